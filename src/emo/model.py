@@ -1,0 +1,135 @@
+"""The classifier: a Hugging Face encoder with a classification head, fine-tuned with AdamW."""
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+from torchmetrics.wrappers import ClasswiseWrapper
+from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+from transformers.trainer_pt_utils import get_parameter_names
+
+from emo import hub
+from emo.data import LABELS
+
+EVAL_STAGES = ("val", "test")
+# Parameters that get no weight decay, as in transformers' Trainer: biases and normalisation weights.
+NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"layer_norm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+
+
+def evaluation_metrics(label_names: Sequence[str], stage: str) -> MetricCollection:
+    """`{stage}/acc`, `/f1_weighted`, `/f1_macro` and per class `/f1_<label>`, `/precision_<label>`, `/recall_<label>`."""
+    n = len(label_names)
+    labels = list(label_names)
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(n, average="micro"),
+            "f1_weighted": MulticlassF1Score(n, average="weighted"),
+            "f1_macro": MulticlassF1Score(n, average="macro"),
+            "f1_per_class": ClasswiseWrapper(MulticlassF1Score(n, average=None), labels=labels, prefix="f1_"),
+            "precision_per_class": ClasswiseWrapper(MulticlassPrecision(n, average=None), labels=labels, prefix="precision_"),
+            "recall_per_class": ClasswiseWrapper(MulticlassRecall(n, average=None), labels=labels, prefix="recall_"),
+        },
+        prefix=f"{stage}/",
+    )
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decayed = set(get_parameter_names(model, [nn.LayerNorm], NO_DECAY_PATTERNS))
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for name, p in trainable if name in decayed], "weight_decay": weight_decay},
+        {"params": [p for name, p in trainable if name not in decayed], "weight_decay": 0.0},
+    ]
+
+
+class EmotionClassifier(L.LightningModule):
+    """`AutoModelForSequenceClassification` with torchmetrics evaluation.
+
+    Args:
+        model_name_or_path: Hub id or local folder of a pretrained encoder.
+        label_names: Class names in id order; linked from the data module by the CLI.
+        learning_rate: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
+        warmup_ratio: Share of the training steps with a linear warm-up; then linear decay to 0.
+        adam_epsilon: AdamW epsilon.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "distilbert-base-uncased",
+        label_names: Sequence[str] = LABELS,
+        learning_rate: PositiveFloat = 2e-5,
+        weight_decay: NonNegativeFloat = 0.01,
+        warmup_ratio: ClosedUnitInterval = 0.0,
+        adam_epsilon: PositiveFloat = 1e-8,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # every setting reaches MLflow from the resolved config instead
+        self.model = hub.from_pretrained(
+            AutoModelForSequenceClassification,
+            model_name_or_path,
+            what="model",
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+        )
+        self.metrics = nn.ModuleDict({stage: evaluation_metrics(label_names, stage) for stage in EVAL_STAGES})
+        self.confusion = nn.ModuleDict({stage: MulticlassConfusionMatrix(len(label_names)) for stage in EVAL_STAGES})
+        self.confusion_matrices: dict[str, torch.Tensor] = {}  # of the last evaluation, for the run's artifacts
+
+    def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        output = self.model(**batch)
+        if stage == "train":
+            self.log("train/loss", output.loss, prog_bar=True)
+            self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        else:
+            self.log(f"{stage}/loss", output.loss, on_epoch=True, sync_dist=True, batch_size=len(batch["labels"]))
+            self.metrics[stage].update(output.logits, batch["labels"])
+            self.confusion[stage].update(output.logits, batch["labels"])
+        return output.loss
+
+    def log_evaluation(self, stage: str) -> None:
+        # compute() gathers the states of all processes: the metrics cover the whole split.
+        values = self.metrics[stage].compute()
+        headline = {name: values.pop(name) for name in (f"{stage}/acc", f"{stage}/f1_weighted")}
+        self.log_dict(headline, prog_bar=True, sync_dist=True)
+        self.log_dict(values, sync_dist=True)
+        self.confusion_matrices[stage] = self.confusion[stage].compute().cpu()
+        self.metrics[stage].reset()
+        self.confusion[stage].reset()
+
+    def training_step(self, batch, batch_idx):
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.shared_step(batch, "test")
+
+    def on_validation_epoch_end(self):
+        self.log_evaluation("val")
+
+    def on_test_epoch_end(self):
+        self.log_evaluation("test")
+
+    def predict_step(self, batch, batch_idx):
+        batch.pop("labels", None)
+        return self.model(**batch).logits.softmax(dim=-1)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(parameter_groups(self.model, hp.weight_decay), lr=hp.learning_rate, eps=hp.adam_epsilon)
+        total_steps = self.trainer.estimated_stepping_batches
+        scheduler = get_linear_schedule_with_warmup(optimizer, round(hp.warmup_ratio * total_steps), total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
