@@ -59,10 +59,13 @@ class EmoCLI(LightningCLI):
         parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
 
     def before_instantiate_classes(self):
-        config = self.config[self.subcommand]
-        problem = config_problem(self.subcommand, config)
+        subcommand = self.subcommand or "fit"  # run=False (Python use) builds the parts of a fit
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        problem = config_problem(subcommand, config)
         if problem:
             self.parser.error(problem)
+        if subcommand == "predict":
+            config.trainer.logger = False  # predictions go to a file, not to a new MLflow run
 
     def after_fit(self):
         if self.trainer.fast_dev_run:

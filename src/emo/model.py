@@ -40,6 +40,7 @@ def evaluation_metrics(label_names: Sequence[str], stage: str) -> MetricCollecti
             "recall_per_class": ClasswiseWrapper(MulticlassRecall(n, average=None), labels=labels, prefix="recall_"),
         },
         prefix=f"{stage}/",
+        compute_groups=False,  # shared states confuse the class-wise wrappers' bookkeeping
     )
 
 
@@ -83,6 +84,7 @@ class EmotionClassifier(L.LightningModule):
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
         )
+        self.model.train()  # from_pretrained returns eval mode, and Lightning keeps a module's mode: dropout on
         self.metrics = nn.ModuleDict({stage: evaluation_metrics(label_names, stage) for stage in EVAL_STAGES})
         self.confusion = nn.ModuleDict({stage: MulticlassConfusionMatrix(len(label_names)) for stage in EVAL_STAGES})
         self.confusion_matrices: dict[str, torch.Tensor] = {}  # of the last evaluation, for the run's artifacts

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import DatasetInput, InputTag, Param
+from mlflow.utils.git_utils import get_git_commit
 
 from emo.data import LABELS, SPLITS, batch_size_of
 
@@ -128,6 +129,9 @@ class LogRunConfig(SaveConfigCallback):
             "emo.dataset": datamodule.source,
             "emo.config_files": ", ".join(str(path) for path in config_files),
         }
+        commit = get_git_commit(os.path.dirname(__file__))  # the code that ran, whatever started it
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
         if datamodule.digests:
             tags["emo.data_digest"] = datamodule.data_digest
             client.log_inputs(run_id, datasets=dataset_inputs(datamodule))

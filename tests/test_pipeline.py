@@ -1,0 +1,158 @@
+"""End to end against a real MLflow server: fit, test on the best checkpoint, log, register, predict."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from conftest import ROOT, SMALL_SIZES, shrunk_args
+from emo.cli import EmoCLI
+from emo.data import LABELS
+from emo.registry import MODEL_URI_TAG, register
+
+
+def fit(tmp_path, tiny_model_dir, small_data_dir, experiment: str, model_name: str, *extra: str) -> EmoCLI:
+    return EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
+                                            "--trainer.logger.init_args.experiment_name", experiment,
+                                            "--registry.registered_model_name", model_name,
+                                            "--model.learning_rate", "5e-3", *extra)])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, tiny_model_dir, small_data_dir, mlflow_server):
+    """One short fit shared by the tests below."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        tmp_path = tmp_path_factory.mktemp("fit")
+        cli = fit(tmp_path, tiny_model_dir, small_data_dir, "pipeline-test", "emotion-pipeline-test")
+    client = mlflow.MlflowClient(mlflow_server)
+    run = client.get_run(cli.trainer.logger.run_id)
+    return cli, client, run
+
+
+def test_run_holds_every_setting_as_a_param(fitted):
+    cli, _, run = fitted
+    params = run.data.params
+    assert params["model.learning_rate"] == "0.005"
+    assert params["model.weight_decay"] == "0.01" and params["model.warmup_ratio"] == "0.1"
+    assert params["data.batch_size"] == "16" and params["data.max_length"] == "128"
+    assert params["trainer.max_epochs"] == "2" and params["seed_everything"] == "42"
+    assert params["checkpoint.monitor"] == "val/f1_weighted"
+    assert params["data.tokenizer_name_or_path"] == params["model.model_name_or_path"]
+
+
+def test_run_tags_say_what_was_trained_on_what(fitted, small_data_dir):
+    cli, _, run = fitted
+    tags = run.data.tags
+    assert tags["emo.task"] == "text-classification"
+    assert tags["emo.dataset"] == str(small_data_dir)
+    assert tags["emo.data_digest"] == cli.datamodule.data_digest and len(tags["emo.data_digest"]) == 64
+    assert tags["emo.model"] == cli.model.hparams.model_name_or_path
+    assert len(tags["mlflow.source.git.commit"]) == 40
+    contexts = {i.tags[0].value: i.dataset.profile for i in run.inputs.dataset_inputs}
+    assert set(contexts) == {"train", "validation", "test"}
+    assert json.loads(contexts["train"])["num_rows"] == SMALL_SIZES["train"]
+
+
+def test_metrics_per_step_per_epoch_and_of_the_best_checkpoint(fitted):
+    cli, client, run = fitted
+    metrics = run.data.metrics
+    for name in ("val/loss", "val/acc", "val/f1_weighted", "val/f1_macro", "val/f1_joy",
+                 "test/loss", "test/acc", "test/f1_weighted", "test/f1_macro", "test/f1_surprise", "train/samples_per_sec"):  # fmt: skip
+        assert name in metrics, name
+    steps_per_epoch = SMALL_SIZES["train"] // 16 + 1
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2 * steps_per_epoch // 5
+    assert len(client.get_metric_history(run.info.run_id, "val/f1_weighted")) == 2  # one per epoch
+    best = cli.trainer.checkpoint_callback.best_model_score.item()
+    assert best == pytest.approx(max(m.value for m in client.get_metric_history(run.info.run_id, "val/f1_weighted")))
+
+
+def test_test_split_is_the_test_file(fitted):
+    _, client, run = fitted
+    report = json.loads(open(client.download_artifacts(run.info.run_id, "test/per_class_report.json")).read())
+    assert sum(row["support"] for row in report.values()) == SMALL_SIZES["test"]
+    summary = json.loads(open(client.download_artifacts(run.info.run_id, "summary.json")).read())
+    assert summary["examples"] == {"train": 300, "validation": 100, "test": 100}
+    assert summary["test"]["test/f1_weighted"] == pytest.approx(run.data.metrics["test/f1_weighted"], abs=1e-5)
+    assert summary["best_checkpoint"].endswith(".ckpt") and summary["train_samples_per_sec"] > 0
+
+
+def test_artifacts(fitted):
+    _, client, run = fitted
+    paths = {a.path for a in client.list_artifacts(run.info.run_id)}
+    paths |= {a.path for a in client.list_artifacts(run.info.run_id, "test")}
+    assert {"config.yaml", "summary.json", "test/confusion_matrix.png", "test/per_class_report.md"} <= paths
+    checkpoint_dirs = [p for p in paths if p.startswith("best-epoch")]
+    assert len(checkpoint_dirs) == 1
+    config = client.download_artifacts(run.info.run_id, "config.yaml")
+    assert "learning_rate: 0.005" in open(config).read()
+    png = open(client.download_artifacts(run.info.run_id, "test/confusion_matrix.png"), "rb").read()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_registered_champion_predicts_a_label(fitted):
+    cli, client, run = fitted
+    version = client.get_model_version_by_alias("emotion-pipeline-test", "champion")
+    assert version.run_id == run.info.run_id
+    model = mlflow.pyfunc.load_model("models:/emotion-pipeline-test@champion")
+    prediction = model.predict(["i can't stop smiling today"])
+    assert prediction["label"][0] in LABELS and 0 < prediction["score"][0] <= 1
+
+
+def test_champion_moves_only_to_a_better_model(fitted, tracking_uri):
+    _, client, run = fitted
+    name = "emotion-pipeline-test"
+    score = run.data.metrics["test/f1_weighted"]
+    champion = client.get_model_version_by_alias(name, "champion").version
+
+    def run_with(test_f1):  # a run that reuses the logged model with another test score
+        with mlflow.start_run(experiment_id=run.info.experiment_id) as other:
+            mlflow.log_metric("test/f1_weighted", test_f1)
+            mlflow.set_tag(MODEL_URI_TAG, run.data.tags[MODEL_URI_TAG])
+        return other.info.run_id
+
+    worse, promoted = register(run_with(score - 0.1), name)
+    assert not promoted and client.get_model_version_by_alias(name, "champion").version == champion
+    better, promoted = register(run_with(score + 0.1), name)
+    assert promoted and client.get_model_version_by_alias(name, "champion").version == better.version
+    assert int(better.version) == int(worse.version) + 1
+
+
+def test_predict_writes_labels_and_probabilities(fitted, tmp_path, tiny_model_dir, small_data_dir):
+    cli, _, _ = fitted
+    texts = tmp_path / "texts.txt"
+    texts.write_text("i feel so happy and loved\nthis makes me furious\n")
+    output = tmp_path / "predictions.csv"
+    EmoCLI(args=["predict", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir),
+                 "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path,
+                 "--data.predict_file", str(texts), "--prediction.output_file", str(output)])  # fmt: skip
+    rows = list(csv.DictReader(open(output)))
+    assert [row["text"] for row in rows] == ["i feel so happy and loved", "this makes me furious"]
+    for row in rows:
+        probabilities = {label: float(row[f"p_{label}"]) for label in LABELS}
+        assert row["label"] == max(probabilities, key=probabilities.get)
+        assert sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_ddp_on_two_cpu_processes(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    """Two processes, one MLflow run, metrics over the whole split, one registered version."""
+    experiment, name = "ddp-test", "emotion-ddp-test"
+    args = shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
+                       "--trainer.logger.init_args.experiment_name", experiment,
+                       "--registry.registered_model_name", name,
+                       "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp")  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "emo", "fit", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    report = json.loads(open(client.download_artifacts(run.info.run_id, "test/per_class_report.json")).read())
+    assert sum(row["support"] for row in report.values()) == SMALL_SIZES["test"]  # both halves counted
+    summary = json.loads(open(client.download_artifacts(run.info.run_id, "summary.json")).read())
+    assert summary["devices"] == "2 x cpu"
+    assert summary["train_examples_seen"] == 2 * SMALL_SIZES["train"]  # 2 epochs, each example once per epoch
+    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
