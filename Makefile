@@ -9,7 +9,9 @@ PORT       ?= 5000
 ARGS       ?=
 OFFLINE    := --config configs/base.yaml --config configs/offline.yaml
 
-.PHONY: help install fit demo test test-slow test-all ui server lint clean
+SWEEP      ?= configs/sweep.yaml
+
+.PHONY: help install fit demo sweep report test test-slow test-all ui server lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +30,12 @@ fit: ## the original experiment from the Hub (configs/base.yaml); extra flags in
 
 demo: ## the same pipeline offline: local MiniLM and data, through to the registered model
 	$(BIN)/python -m emo fit $(OFFLINE) $(ARGS)
+
+sweep: ## learning-rate grid, nested MLflow runs; offline: make sweep ARGS="--config configs/offline.yaml"
+	$(BIN)/python -m emo sweep --config $(SWEEP) $(ARGS)
+
+report: ## table of runs, best run by val/f1_weighted, reports/<name>/report.md; ARGS="--sweep lr-grid"
+	$(BIN)/python -m emo report $(ARGS)
 
 test: ## the default test suite (no slow or GPU tests)
 	$(BIN)/pytest -m "not slow and not gpu" $(ARGS)
@@ -48,5 +56,5 @@ server: ## MLflow tracking server over the same store (127.0.0.1:5000)
 lint: ## ruff
 	$(BIN)/ruff check src tests scripts
 
-clean: ## remove checkpoints and reports (keeps the MLflow store)
+clean: ## remove checkpoints and reports (keeps the MLflow and Optuna stores)
 	rm -rf outputs reports

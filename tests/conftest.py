@@ -111,11 +111,13 @@ def tracking_uri(mlflow_server, monkeypatch) -> str:
     return mlflow_server
 
 
-def shrunk_args(tmp_path: Path, model_dir: Path, data: Path, *extra: str) -> list[str]:
+TRAINING_CONFIGS = ["--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
+
+
+def shrunk_args(tmp_path: Path, model_dir: Path, data: Path, *extra: str, configs=TRAINING_CONFIGS) -> list[str]:
     """The shipped configs, shrunk: tiny model, small data, short training, temp folders."""
     return [
-        "--config", str(ROOT / "configs/base.yaml"),
-        "--config", str(ROOT / "configs/offline.yaml"),
+        *configs,
         "--model.model_name_or_path", str(model_dir),
         "--data.data_dir", str(data),
         "--data.eval_batch_size", "50",

@@ -2,10 +2,13 @@
 
     python -m emo fit --config configs/base.yaml [--config more.yaml] [--model.learning_rate 5e-5]
     python -m emo {validate,test,predict} --config ... --ckpt_path path/to/best.ckpt
+    python -m emo sweep --config configs/sweep.yaml      (emo/sweep.py)
+    python -m emo report [--sweep NAME]                  (emo/report.py)
 
 `fit` ends with `test` on the best checkpoint; then the model is logged and registered.
 """
 
+import importlib
 import sys
 import warnings
 from pathlib import Path
@@ -31,13 +34,15 @@ USER_ERRORS = (HubUnreachableError, LocalPathError, DataFormatError)
 
 
 class EmoCLI(LightningCLI):
-    def __init__(self, args=None, run: bool = True):
+    """LightningCLI for emo; `callbacks` join the trainer's (a sweep adds its pruning callback)."""
+
+    def __init__(self, args=None, run: bool = True, callbacks=()):
         super().__init__(
             EmotionClassifier,
             EmotionDataModule,
             save_config_callback=LogRunConfig,
             save_config_kwargs={"save_to_log_dir": False},
-            trainer_defaults={"callbacks": [RunArtifacts()]},
+            trainer_defaults={"callbacks": [RunArtifacts(), *callbacks]},
             auto_configure_optimizers=False,  # the model builds AdamW with its own parameter groups
             args=args,
             run=run,
@@ -96,9 +101,17 @@ def config_problem(subcommand: str, config) -> str | None:
     return None
 
 
+# Commands beside LightningCLI's own: their modules have a main(args).
+COMMANDS = {"sweep": "emo.sweep", "report": "emo.report"}
+
+
 def main(args=None) -> None:
+    args = sys.argv[1:] if args is None else list(args)
     torch.set_float32_matmul_precision("high")  # TF32 on recent GPUs; no effect on CPU
     try:
-        EmoCLI(args=args)
+        if args and args[0] in COMMANDS:
+            importlib.import_module(COMMANDS[args[0]]).main(args[1:])
+        else:
+            EmoCLI(args=args)
     except USER_ERRORS as error:
         sys.exit(f"emo: error: {error}")

@@ -1,0 +1,227 @@
+"""`python -m emo report`: compare the runs of an experiment (or of one sweep) and pick the best.
+
+    python -m emo report [--experiment NAME] [--sweep STUDY | --parent_run_id ID] [--metric val/f1_weighted]
+
+Prints a table of the runs, selects the best by a validation metric (never a train or test
+one) and writes `reports/<name>/report.md` with plots: the metric against each swept
+hyperparameter, the learning curves side by side, and the best run's confusion matrix.
+Logged to the sweep's parent run when there is one.
+"""
+
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+from jsonargparse import auto_cli  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
+
+from emo.tracking import DEFAULT_EXPERIMENT, resolve_tracking_uri  # noqa: E402
+
+HEADLINE_METRICS = ["val/acc", "val/f1_weighted", "val/f1_macro", "test/acc", "test/f1_weighted", "test/f1_macro"]
+KEY_PARAMS = ["model.model_name_or_path", "model.learning_rate", "data.batch_size", "model.weight_decay",
+              "model.warmup_ratio", "trainer.max_epochs", "data.train_size"]  # fmt: skip
+
+
+def best_step_metrics(client, run_id: str, metric: str, maximize: bool = True) -> dict[str, float]:
+    """Validation metrics of the epoch where `metric` was best: the epoch the checkpoint kept."""
+    history = client.get_metric_history(run_id, metric)
+    if not history:
+        return {}
+    best = (max if maximize else min)(history, key=lambda m: m.value)
+    values = {}
+    for name in client.get_run(run_id).data.metrics:
+        if name.startswith("val/"):
+            values[name] = next((m.value for m in client.get_metric_history(run_id, name) if m.step == best.step), None)
+    return values
+
+
+def load_runs(client, experiment_name: str, parent_run_id: str | None, metric: str, maximize: bool) -> pd.DataFrame:
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise ValueError(f"no MLflow experiment named {experiment_name!r} at {client.tracking_uri}")
+    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'" if parent_run_id else ""
+    # Oldest first: of runs with equal scores the first is best, as in Optuna.
+    runs = client.search_runs([experiment.experiment_id], filter_string=query, max_results=5000, order_by=["attributes.start_time ASC"])
+    rows = []
+    for run in runs:
+        if "emo.sweep" in run.data.tags or "emo.stage" not in run.data.tags:
+            continue  # sweep parents and runs that are not emo fits
+        at_best = best_step_metrics(client, run.info.run_id, metric, maximize)
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "run_name": run.info.run_name,
+                "status": run.data.tags.get("optuna.trial.state", run.info.status),
+                "minutes": round(((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000, 1),
+                **{f"params.{k}": v for k, v in run.data.params.items()},
+                **{f"best.{k}": v for k, v in at_best.items()},  # validation at the kept checkpoint
+                **{k: v for k, v in run.data.metrics.items() if k.startswith("test/")},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def select_best(runs: pd.DataFrame, metric: str, maximize: bool = True) -> pd.Series:
+    if not metric.startswith("val/"):
+        raise ValueError(f"select runs by a validation metric, not {metric!r}: test scores must stay unseen")
+    column = f"best.{metric}"
+    if runs.empty or column not in runs or runs[column].isna().all():
+        raise ValueError(f"no run has {metric}")
+    candidates = runs.dropna(subset=[column])
+    return candidates.loc[candidates[column].idxmax() if maximize else candidates[column].idxmin()]
+
+
+def varying_params(runs: pd.DataFrame, swept: list[str]) -> list[str]:
+    if swept:
+        return [p for p in swept if f"params.{p}" in runs]
+    return [p for p in KEY_PARAMS if f"params.{p}" in runs and runs[f"params.{p}"].nunique() > 1]
+
+
+def as_number(values: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce")
+    return numbers if numbers.notna().all() else values
+
+
+def plot_metric_vs_params(runs: pd.DataFrame, params: list[str], metric: str, path: Path) -> None:
+    figure, axes = plt.subplots(1, max(len(params), 1), figsize=(4.5 * max(len(params), 1), 3.6), squeeze=False)
+    for ax, param in zip(axes[0], params):
+        x = as_number(runs[f"params.{param}"])
+        ax.scatter(x, runs[f"best.{metric}"], c=["tab:red" if s == "PRUNED" else "tab:blue" for s in runs["status"]])
+        if pd.api.types.is_numeric_dtype(x) and x.min() > 0 and x.max() / x.min() >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(param)
+        ax.set_ylabel(f"{metric} (best epoch)")
+        ax.grid(alpha=0.3)
+    figure.suptitle(f"{metric} against each swept hyperparameter (red: pruned)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_learning_curves(client, runs: pd.DataFrame, metric: str, path: Path) -> None:
+    figure, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for _, run in runs.iterrows():
+        label = run["run_name"]
+        for ax, name in ((train_ax, "train/loss"), (val_ax, metric)):
+            history = sorted(client.get_metric_history(run["run_id"], name), key=lambda m: m.step)
+            ax.plot([m.step for m in history], [m.value for m in history], marker="o" if ax is val_ax else None, label=label)
+    train_ax.set(title="train/loss", xlabel="step")
+    val_ax.set(title=metric, xlabel="step")
+    for ax in (train_ax, val_ax):
+        ax.grid(alpha=0.3)
+    val_ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    def cell(value):
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(runs: pd.DataFrame, params: list[str], metric: str, maximize: bool) -> pd.DataFrame:
+    columns = {"run_name": "run", "status": "status", "minutes": "minutes"}
+    columns |= {f"params.{p}": p for p in params}
+    columns |= {f"best.{m}": m for m in HEADLINE_METRICS if m.startswith("val/")}
+    columns |= {m: m for m in HEADLINE_METRICS if m.startswith("test/")}
+    columns |= {f"best.{metric}": metric, "run_id": "run id"}
+    present = [c for c in columns if c in runs]
+    return runs[present].rename(columns=columns).sort_values(metric, ascending=not maximize)
+
+
+def write_report(
+    experiment_name: str = DEFAULT_EXPERIMENT,
+    parent_run_id: str | None = None,
+    metric: str = "val/f1_weighted",
+    direction: Literal["maximize", "minimize"] = "maximize",
+    output_dir: str = "reports",
+    client=None,
+) -> Path:
+    client = client or mlflow.MlflowClient(resolve_tracking_uri())
+    maximize = direction == "maximize"
+    runs = load_runs(client, experiment_name, parent_run_id, metric, maximize)
+    best = select_best(runs, metric, maximize)
+    swept = []
+    name = experiment_name
+    if parent_run_id:
+        parent = client.get_run(parent_run_id)
+        swept = [k.removeprefix("sweep.params.") for k in parent.data.params if k.startswith("sweep.params.")]
+        name = parent.info.run_name
+    params = varying_params(runs, swept)
+    folder = Path(output_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_metric_vs_params(runs, params, metric, folder / "metric_vs_params.png")
+    plot_learning_curves(client, runs, metric, folder / "learning_curves.png")
+    confusion = None
+    try:
+        confusion = client.download_artifacts(best["run_id"], "test/confusion_matrix.png", str(folder))
+        shutil.move(confusion, folder / "best_confusion_matrix.png")
+        shutil.rmtree(folder / "test", ignore_errors=True)
+    except Exception:  # a run without a test (pruned, interrupted) has none
+        confusion = None
+    table = summary_table(runs, params, metric, maximize)
+    text = [
+        f"# {name}: {len(runs)} runs in experiment `{experiment_name}`\n",
+        f"Best by `{metric}` (validation, at the kept checkpoint): **{best['run_name']}** (run `{best['run_id']}`), "
+        f"{metric} = {best[f'best.{metric}']:.4f}" + (f", test/f1_weighted = {best['test/f1_weighted']:.4f}" if "test/f1_weighted" in best and pd.notna(best["test/f1_weighted"]) else "") + ".\n",
+        "Validation columns are at each run's best epoch; test columns are that checkpoint on the test split.\n",
+        markdown_table(table),
+        f"\n## {metric} against the hyperparameters\n\n![](metric_vs_params.png)\n",
+        "\n## Learning curves\n\n![](learning_curves.png)\n",
+    ]
+    if confusion:
+        text.append("\n## Confusion matrix of the best run (test split)\n\n![](best_confusion_matrix.png)\n")
+    (folder / "report.md").write_text("\n".join(text))
+    print(table.to_string(index=False))
+    print(f"\nbest run by {metric}: {best['run_id']} ({best['run_name']})")
+    print(f"report: {folder / 'report.md'}")
+    if parent_run_id:
+        client.log_artifacts(parent_run_id, str(folder), "report")
+    return folder / "report.md"
+
+
+def report(
+    experiment: str = DEFAULT_EXPERIMENT,
+    sweep: str | None = None,
+    parent_run_id: str | None = None,
+    metric: str = "val/f1_weighted",
+    direction: Literal["maximize", "minimize"] = "maximize",
+    output_dir: str = "reports",
+) -> None:
+    """Compare runs and pick the best by a validation metric.
+
+    Args:
+        experiment: MLflow experiment to read.
+        sweep: Only the trials of this sweep (its study name).
+        parent_run_id: Only the children of this run.
+        metric: Validation metric that selects the best run.
+        direction: Whether larger or smaller is better.
+        output_dir: Where the report folder goes.
+    """
+    client = mlflow.MlflowClient(resolve_tracking_uri())
+    if sweep and not parent_run_id:
+        found = client.get_experiment_by_name(experiment)
+        parents = found and client.search_runs([found.experiment_id], filter_string=f"tags.`emo.sweep` = '{sweep}'")
+        if not parents:
+            raise SystemExit(f"emo: error: no sweep named {sweep!r} in experiment {experiment!r}")
+        parent_run_id = parents[0].info.run_id
+    try:
+        write_report(experiment, parent_run_id, metric, direction, output_dir, client)
+    except ValueError as error:
+        raise SystemExit(f"emo: error: {error}") from None
+
+
+def main(args=None) -> None:
+    auto_cli(report, args=args)

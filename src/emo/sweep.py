@@ -1,0 +1,324 @@
+"""`python -m emo sweep`: an Optuna study whose trials are ordinary `emo fit` runs, nested in MLflow.
+
+    python -m emo sweep --config configs/sweep.yaml [--config configs/offline.yaml] [--trainer.* ...]
+
+The sweep file holds a `sweep:` section and names the training configs it builds on; training
+options given here apply to every trial. Each trial is `EmoCLI` on a complete config written to
+`outputs/sweeps/<study>/trial-<n>.yaml` (`emo fit --config` that file reruns it), logged as a
+child of the sweep's parent run. Processes that share the study's Optuna storage share its
+trials; rerunning a sweep continues its study and its parent run.
+"""
+
+import copy
+import dataclasses
+import json
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+import optuna
+import yaml
+from jsonargparse import ArgumentParser
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
+
+from emo.cli import EmoCLI
+from emo.registry import register
+from emo.report import best_step_metrics, write_report
+from emo.tracking import MLflowLogger, flatten, log_params, resolve_tracking_uri
+
+warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: stable in use, "experimental" in name
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # on the study: one parent run, whichever process starts first
+RUN_ATTR = "mlflow_run_id"  # on each trial
+DONE_ATTR = "completed_by_trial"  # on the study: the best trial was registered and reported
+ACTIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+@dataclasses.dataclass
+class Range:
+    """Numbers from `low` to `high`: ints when both ends are ints (and not `log`), else floats."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+class SweepSettings:
+    """The `sweep:` section of a sweep config.
+
+    Args:
+        study_name: Optuna study and MLflow parent run; rerunning with the same name continues it.
+        storage: Optuna storage (an RDB URL), shared by every process working on the study.
+        params: The search space, keyed by option (`model.learning_rate`): a list of values or a Range.
+        sampler: An Optuna sampler; `null` is a grid over the listed values.
+        pruner: An Optuna pruner, fed `metric` after every validation; `null` never prunes.
+        n_trials: Trials of the whole study, all processes together; `null`: the grid's size.
+        metric: Validation metric that ranks the trials; the checkpoint monitor.
+        direction: `maximize` or `minimize` the metric.
+        register_best: Register the best trial's model when the study is complete.
+        report: Write and log the sweep report when the study is complete.
+    """
+
+    def __init__(
+        self,
+        study_name: str = "emotion-sweep",
+        storage: str = "sqlite:///optuna.db",
+        params: dict[str, list[float | int | str | bool] | Range] | None = None,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        pruner: optuna.pruners.BasePruner | None = None,
+        n_trials: int | None = None,
+        metric: str = "val/f1_weighted",
+        direction: Literal["maximize", "minimize"] = "maximize",
+        register_best: bool = True,
+        report: bool = True,
+    ):
+        self.study_name = study_name
+        self.storage = storage
+        self.params = params or {}
+        self.grid = {k: v for k, v in self.params.items() if isinstance(v, list)}
+        is_grid = len(self.grid) == len(self.params)
+        self.sampler = sampler or (optuna.samplers.GridSampler(self.grid, seed=0) if is_grid else optuna.samplers.TPESampler(seed=0))
+        self.pruner = pruner or optuna.pruners.NopPruner()
+        self.n_trials = n_trials or (grid_size(self.grid) if is_grid else 10)
+        self.metric = metric
+        self.direction = direction
+        self.register_best = register_best
+        self.report = report
+
+
+def grid_size(grid: dict[str, list]) -> int:
+    size = 1
+    for values in grid.values():
+        size *= len(values)
+    return size
+
+
+def suggest(trial: optuna.Trial, name: str, space) -> float | int | str | bool:
+    if isinstance(space, list):
+        return trial.suggest_categorical(name, space)
+    if not space.log and all(isinstance(v, int) for v in (space.low, space.high)):
+        return trial.suggest_int(name, space.low, space.high, step=int(space.step or 1))
+    return trial.suggest_float(name, space.low, space.high, log=space.log, step=space.step)
+
+
+def set_option(config: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        config = config[key]
+    config[leaf] = value
+
+
+class SweepCLI(EmoCLI):
+    """The `fit` options plus a `sweep:` section: parses and checks; trials instantiate the rest."""
+
+    def __init__(self, args):
+        super().__init__(args=args, run=False)
+
+    def add_arguments_to_parser(self, parser):
+        super().add_arguments_to_parser(parser)
+        parser.add_class_arguments(SweepSettings, "sweep", instantiate=False)
+
+    def before_instantiate_classes(self):
+        super().before_instantiate_classes()
+        problem = sweep_problem(self.config)
+        if problem:
+            self.parser.error(problem)
+
+    def instantiate_classes(self):
+        parser = ArgumentParser()
+        parser.add_class_arguments(SweepSettings, "sweep")
+        self.settings = parser.instantiate_classes(parser.parse_object({"sweep": self.config.sweep.as_dict()})).sweep
+
+    def trial_template(self) -> dict:
+        """The resolved training config that every trial starts from."""
+        config = self.config.clone().as_dict()
+        for key in ("sweep", "config"):
+            config.pop(key, None)
+        return json.loads(json.dumps(config))  # plain types (PositiveFloat -> float) for YAML
+
+
+def sweep_problem(config) -> str | None:
+    sweep = config.sweep
+    if not sweep.params:
+        return "--sweep.params: give a search space, e.g. {model.learning_rate: [1.0e-5, 2.0e-5, 5.0e-5]}"
+    options = set(flatten(config.clone().as_dict()))
+    unknown = [name for name in sweep.params if name not in options]
+    if unknown:
+        return f"--sweep.params: no option named {', '.join(unknown)}"
+    if sweep.metric != config.checkpoint.monitor:
+        return f"--sweep.metric {sweep.metric!r} must be the checkpoint monitor ({config.checkpoint.monitor!r})"
+    if (sweep.direction == "maximize") != (config.checkpoint.mode == "max"):
+        return f"--sweep.direction {sweep.direction} contradicts --checkpoint.mode {config.checkpoint.mode}"
+    logger = config.trainer.logger
+    if not logger or getattr(logger, "class_path", None) != f"{MLflowLogger.__module__}.{MLflowLogger.__name__}":
+        return "a sweep nests its trials in MLflow: --trainer.logger must be emo.tracking.MLflowLogger"
+    if str(config.trainer.devices) not in ("1", "auto") or config.trainer.strategy not in ("auto", None):
+        return "trials run in this process on one device; scale a sweep out by starting more `emo sweep` processes"
+    return None
+
+
+class TrialPruning(PyTorchLightningPruningCallback):
+    """Optuna's pruning callback, remembering the trial's MLflow run to mark it pruned."""
+
+    run_id: str | None = None
+
+    def on_fit_start(self, trainer, pl_module):
+        super().on_fit_start(trainer, pl_module)
+        self.run_id = trainer.logger.run_id
+
+
+class Sweep:
+    def __init__(self, settings: SweepSettings, template: dict):
+        self.settings = settings
+        self.template = template
+        self.experiment_name = template["trainer"]["logger"]["init_args"]["experiment_name"]
+        self.registry = template["registry"]
+        self.folder = Path(template["trainer"].get("default_root_dir") or ".") / "sweeps" / settings.study_name
+        self.client = mlflow.MlflowClient(resolve_tracking_uri())
+        storage = RDBStorage(
+            settings.storage,
+            heartbeat_interval=30,  # a trial of a killed process is failed after the grace period
+            grace_period=120,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),  # ... and run again
+        )
+        self.study = optuna.create_study(
+            study_name=settings.study_name,
+            storage=storage,
+            sampler=settings.sampler,
+            pruner=settings.pruner,
+            direction=settings.direction,
+            load_if_exists=True,
+        )
+        self.parent_run_id = self.parent_run()
+
+    def parent_run(self) -> str:
+        """The study's parent run: created by the first process, continued by the others and by reruns."""
+        run_id = self.study.user_attrs.get(PARENT_RUN_ATTR)
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment_name)
+        run = self.client.create_run(experiment_id, run_name=self.settings.study_name, tags={"emo.sweep": self.settings.study_name})
+        self.study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+        settings = {
+            "study_name": self.settings.study_name,
+            "storage": self.settings.storage,
+            "sampler": type(self.settings.sampler).__name__,
+            "pruner": type(self.settings.pruner).__name__,
+            "n_trials": self.settings.n_trials,
+            "metric": self.settings.metric,
+            "direction": self.settings.direction,
+            **{f"params.{k}": v for k, v in self.settings.params.items()},
+        }
+        log_params(self.client, run.info.run_id, {f"sweep.{k}": v for k, v in settings.items()})
+        self.client.log_text(run.info.run_id, yaml.safe_dump(self.template, sort_keys=False), "trial_template.yaml")
+        return run.info.run_id
+
+    def retry_interrupted(self) -> None:
+        """Trials that failed (an interrupted sweep, say) run again unless their params ran since."""
+        trials = self.study.get_trials(deepcopy=False)
+        done = [t.params for t in trials if t.state in (*ACTIVE_STATES, TrialState.WAITING)]
+        for trial in trials:
+            if trial.state == TrialState.FAIL and trial.params and trial.params not in done:
+                self.study.enqueue_trial(trial.params)
+                done.append(trial.params)
+
+    def trial_config(self, trial: optuna.Trial) -> Path:
+        config = copy.deepcopy(self.template)
+        for name, space in self.settings.params.items():
+            set_option(config, name, suggest(trial, name, space))
+        logger = config["trainer"]["logger"]["init_args"]
+        logger["run_name"] = f"{self.settings.study_name}-trial-{trial.number}"
+        logger["tags"] = {
+            **(logger.get("tags") or {}),
+            MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+            "optuna.study": self.settings.study_name,
+            "optuna.trial": str(trial.number),
+            "emo.worker": f"{socket.gethostname()}:{os.getpid()}",  # which sweep process ran it
+        }
+        config["registry"]["registered_model_name"] = None  # only the best trial's model, at the end
+        path = self.folder / f"trial-{trial.number}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def objective(self, trial: optuna.Trial) -> float:
+        pruning = TrialPruning(trial, monitor=self.settings.metric)
+        try:
+            cli = EmoCLI(args=["fit", "--config", str(self.trial_config(trial))], callbacks=[pruning])
+        except SystemExit as stop:  # Lightning exits on Ctrl-C; Optuna then marks the trial failed
+            raise KeyboardInterrupt(f"trial {trial.number} interrupted") from stop
+        except optuna.TrialPruned:
+            trial.set_user_attr(RUN_ATTR, pruning.run_id)
+            self.client.set_tag(pruning.run_id, "optuna.trial.state", "PRUNED")
+            self.client.set_terminated(pruning.run_id, status="KILLED")
+            raise
+        run_id = cli.trainer.logger.run_id
+        trial.set_user_attr(RUN_ATTR, run_id)
+        self.client.set_tag(run_id, "optuna.trial.state", "COMPLETE")
+        return cli.trainer.checkpoint_callback.best_model_score.item()
+
+    def remaining(self) -> int:
+        return self.settings.n_trials - len(self.study.get_trials(deepcopy=False, states=ACTIVE_STATES))
+
+    def run(self) -> None:
+        self.retry_interrupted()
+        if self.remaining() > 0:
+            # Counting running trials too: a process stops instead of repeating another's trial.
+            stop_at_n_trials = MaxTrialsCallback(self.settings.n_trials, states=ACTIVE_STATES)
+            try:
+                self.study.optimize(self.objective, callbacks=[stop_at_n_trials])
+            except BaseException:
+                self.client.set_terminated(self.parent_run_id, status="KILLED")
+                raise
+        if self.complete():
+            self.finish()
+
+    def complete(self) -> bool:
+        trials = self.study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        pending = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        return not pending and len(finished) >= self.settings.n_trials
+
+    def finish(self) -> None:
+        """Once per study: record the best trial in the parent run, register its model, report."""
+        best = self.study.best_trial
+        parent = self.parent_run_id
+        if self.study.user_attrs.get(DONE_ATTR) != best.number:
+            best_run_id = best.user_attrs[RUN_ATTR]
+            self.study.set_user_attr(DONE_ATTR, best.number)
+            self.client.set_tag(parent, "emo.best_run_id", best_run_id)
+            self.client.set_tag(parent, "emo.best_trial", str(best.number))
+            log_params(self.client, parent, {f"best.{k}": v for k, v in best.params.items()})
+            maximize = self.settings.direction == "maximize"
+            validation = best_step_metrics(self.client, best_run_id, self.settings.metric, maximize)
+            test = {k: v for k, v in self.client.get_run(best_run_id).data.metrics.items() if k.startswith("test/")}
+            for name, value in {**validation, **test}.items():
+                if value is not None:
+                    self.client.log_metric(parent, f"best/{name}", value)
+            if self.settings.register_best and self.registry["registered_model_name"]:
+                version, promoted = register(
+                    best_run_id, self.registry["registered_model_name"], self.registry["champion_alias"], self.registry["champion_metric"]
+                )
+                self.client.set_tag(parent, "emo.registered_version", version.version)
+            if self.settings.report:
+                write_report(self.experiment_name, parent_run_id=parent, metric=self.settings.metric, client=self.client)
+        self.client.set_terminated(parent, status="FINISHED")
+
+
+def main(args=None) -> None:
+    cli = SweepCLI(args)
+    try:
+        Sweep(cli.settings, cli.trial_template()).run()
+    except KeyboardInterrupt:
+        raise SystemExit("emo: sweep interrupted; run the same command again to continue it") from None

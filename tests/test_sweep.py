@@ -1,0 +1,191 @@
+"""`emo sweep` against a real MLflow server: nested runs, best-trial registration, pruning, workers, resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import ROOT, shrunk_args
+from emo import sweep
+
+SWEEP_CONFIGS = ["--config", str(ROOT / "configs/sweep.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
+
+
+def sweep_args(tmp_path, tiny_model_dir, small_data_dir, name: str, learning_rates: list[float], *extra: str) -> list[str]:
+    return shrunk_args(
+        tmp_path, tiny_model_dir, small_data_dir,
+        "--trainer.logger.init_args.experiment_name", name,
+        "--registry.registered_model_name", name,
+        "--sweep.study_name", name,
+        "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db",
+        "--sweep.params", json.dumps({"model.learning_rate": learning_rates}),
+        *extra, configs=SWEEP_CONFIGS,
+    )  # fmt: skip
+
+
+def children_of(client, parent_run_id: str) -> list:
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def best_val(client, run_id: str, metric: str = "val/f1_weighted") -> float:
+    return max(m.value for m in client.get_metric_history(run_id, metric))
+
+
+def the_parent(client, name: str):
+    experiment = client.get_experiment_by_name(name)
+    parents = client.search_runs([experiment.experiment_id], filter_string=f"tags.`emo.sweep` = '{name}'")
+    assert len(parents) == 1
+    return parents[0]
+
+
+def test_grid_sweep_nests_trials_and_registers_only_the_best(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = "grid-sweep-test"
+    learning_rates = [1e-3, 3e-3, 1e-2]
+    # Enough steps for the tiny random model to tell these learning rates apart.
+    sweep.main(sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null",
+                          "--trainer.max_epochs", "8", "--data.batch_size", "8"))  # fmt: skip
+
+    client = mlflow.MlflowClient()
+    parent = the_parent(client, name)
+    children = children_of(client, parent.info.run_id)
+    assert len(children) == 3
+    assert sorted(float(c.data.params["model.learning_rate"]) for c in children) == learning_rates
+    assert all(c.info.status == "FINISHED" and "test/f1_weighted" in c.data.metrics for c in children)
+    best = max(children, key=lambda c: best_val(client, c.info.run_id))
+    assert parent.data.tags["emo.best_run_id"] == best.info.run_id
+    assert parent.data.params["best.model.learning_rate"] == best.data.params["model.learning_rate"]
+    assert parent.data.metrics["best/val/f1_weighted"] == pytest.approx(best_val(client, best.info.run_id))
+    assert len({best_val(client, c.info.run_id) for c in children}) > 1, "the trials should differ"
+    assert parent.data.params["sweep.sampler"] == "GridSampler" and parent.info.status == "FINISHED"
+    versions = client.search_model_versions(f"name='{name}'")
+    assert [(v.version, v.run_id) for v in versions] == [("1", best.info.run_id)]
+    assert client.get_model_version_by_alias(name, "champion").run_id == best.info.run_id
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/metric_vs_params.png", "report/learning_curves.png"} <= report
+    # each trial's config is a plain fit config
+    trial_config = tmp_path / "outputs/sweeps" / name / "trial-0.yaml"
+    assert "learning_rate" in trial_config.read_text()
+
+
+def test_destructive_learning_rate_is_pruned(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = "pruning-test"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    learning_rates = [1e-3, 3e-3, 50.0]
+    # Order the grid: the destructive value runs after two reasonable ones, so the median exists.
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    for lr in learning_rates:
+        study.enqueue_trial({"model.learning_rate": lr})
+    # Ranked by validation loss, which a tiny random model moves from the first epoch on.
+    sweep.main(sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--trainer.max_epochs", "3",
+                          "--sweep.metric", "val/loss", "--sweep.direction", "minimize",
+                          "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "min"))  # fmt: skip
+
+    trials = {t.params["model.learning_rate"]: t for t in optuna.load_study(study_name=name, storage=storage).trials}
+    assert trials[50.0].state == TrialState.PRUNED
+    assert len(trials[50.0].intermediate_values) == 1  # stopped after its first epoch
+    assert trials[1e-3].state == trials[3e-3].state == TrialState.COMPLETE
+    client = mlflow.MlflowClient()
+    pruned_run = client.get_run(trials[50.0].user_attrs["mlflow_run_id"])
+    assert pruned_run.data.tags["optuna.trial.state"] == "PRUNED" and pruned_run.info.status == "KILLED"
+    assert "test/f1_weighted" not in pruned_run.data.metrics
+    versions = client.search_model_versions(f"name='{name}'")
+    assert len(versions) == 1 and versions[0].run_id != pruned_run.info.run_id
+
+
+def start_sweep(args: list[str], cwd) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "emo", "sweep", *args], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for_trials(storage: str, name: str, state: TrialState, count: int, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(state,))
+            if len(trials) >= count:
+                return
+        except KeyError:  # the study does not exist yet
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"no {count} {state.name} trials in {timeout_s} s")
+
+
+def test_two_processes_share_one_study(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    name = "two-workers-test"
+    learning_rates = [1e-3, 2e-3, 3e-3, 5e-3]
+    args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null")
+    first = start_sweep(args, tmp_path)
+    wait_for_trials(f"sqlite:///{tmp_path}/optuna.db", name, TrialState.RUNNING, 1)
+    second = start_sweep(args, tmp_path)
+    for process in (first, second):
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+
+    client = mlflow.MlflowClient()
+    parent = the_parent(client, name)
+    children = children_of(client, parent.info.run_id)
+    assert sorted(float(c.data.params["model.learning_rate"]) for c in children) == learning_rates  # each once
+    assert len({c.data.tags["emo.worker"] for c in children}) == 2  # both processes ran trials
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+
+def test_an_interrupted_sweep_continues(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    name = "resume-test"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    learning_rates = [1e-3, 3e-3, 1e-2]
+    args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null")
+    process = start_sweep(args, tmp_path)
+    wait_for_trials(storage, name, TrialState.COMPLETE, 1)
+    wait_for_trials(storage, name, TrialState.RUNNING, 1)
+    process.send_signal(signal.SIGINT)  # Ctrl-C during the second trial
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    client = mlflow.MlflowClient()
+    parent_id = optuna.load_study(study_name=name, storage=storage).user_attrs["mlflow_parent_run_id"]
+    assert client.get_run(parent_id).info.status == "KILLED"
+
+    rerun = subprocess.run([sys.executable, "-m", "emo", "sweep", *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert the_parent(client, name).info.run_id == parent_id  # the same parent run
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    done = sorted(t.params["model.learning_rate"] for t in trials if t.state == TrialState.COMPLETE)
+    assert done == learning_rates
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sweep.params", '{"model.lr": [1, 2]}'], "no option named model.lr"),
+        (["--sweep.metric", "val/acc"], "must be the checkpoint monitor"),
+        (["--trainer.devices", "2", "--trainer.strategy", "ddp"], "one device"),
+    ],
+)
+def test_bad_sweeps_stop_at_parse_time(tmp_path, tiny_model_dir, small_data_dir, extra, message, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(sweep_args(tmp_path, tiny_model_dir, small_data_dir, "bad", [1e-3], *extra))
+    assert message in capsys.readouterr().err
+
+
+def test_shipped_sweep_configs_parse(capsys):
+    for config in ("sweep.yaml", "sweep_tpe.yaml"):
+        cli = sweep.SweepCLI(["--config", str(ROOT / "configs" / config), "--config", str(ROOT / "configs/offline.yaml")])
+        assert cli.config.model.model_name_or_path == "models/all-MiniLM-L6-v2"  # base, then offline
+        assert cli.settings.params
+    grid = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep.yaml")])
+    assert grid.settings.n_trials == 3 and isinstance(grid.settings.sampler, optuna.samplers.GridSampler)
+    assert grid.config.model.model_name_or_path == "distilbert-base-uncased"
+    tpe = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep_tpe.yaml")])
+    assert isinstance(tpe.settings.sampler, optuna.samplers.TPESampler) and tpe.settings.n_trials == 20
+    assert set(tpe.settings.params) == {"model.learning_rate", "data.batch_size", "model.weight_decay",
+                                        "model.warmup_ratio", "trainer.max_epochs"}  # fmt: skip
