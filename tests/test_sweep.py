@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -101,9 +102,10 @@ def test_destructive_learning_rate_is_pruned(tmp_path, tiny_model_dir, small_dat
     assert len(versions) == 1 and versions[0].run_id != pruned_run.info.run_id
 
 
-def start_sweep(args: list[str], cwd) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "emo", "sweep", *args], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+def start_sweep(args: list[str], log: Path) -> subprocess.Popen:
+    """A sweep process writing to a file: a pipe nobody reads would stall it once full."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "emo", "sweep", *args], cwd=log.parent, stdout=out, stderr=out)
 
 
 def wait_for_trials(storage: str, name: str, state: TrialState, count: int, timeout_s: float = 300) -> None:
@@ -123,12 +125,11 @@ def test_two_processes_share_one_study(tmp_path, tiny_model_dir, small_data_dir,
     name = "two-workers-test"
     learning_rates = [1e-3, 2e-3, 3e-3, 5e-3]
     args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null")
-    first = start_sweep(args, tmp_path)
+    first = start_sweep(args, tmp_path / "first.log")
     wait_for_trials(f"sqlite:///{tmp_path}/optuna.db", name, TrialState.RUNNING, 1)
-    second = start_sweep(args, tmp_path)
-    for process in (first, second):
-        _, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
+    second = start_sweep(args, tmp_path / "second.log")
+    for process, log in ((first, "first.log"), (second, "second.log")):
+        assert process.wait(timeout=600) == 0, (tmp_path / log).read_text()[-3000:]
 
     client = mlflow.MlflowClient()
     parent = the_parent(client, name)
@@ -143,12 +144,12 @@ def test_an_interrupted_sweep_continues(tmp_path, tiny_model_dir, small_data_dir
     storage = f"sqlite:///{tmp_path}/optuna.db"
     learning_rates = [1e-3, 3e-3, 1e-2]
     args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null")
-    process = start_sweep(args, tmp_path)
+    process = start_sweep(args, tmp_path / "interrupted.log")
     wait_for_trials(storage, name, TrialState.COMPLETE, 1)
     wait_for_trials(storage, name, TrialState.RUNNING, 1)
     process.send_signal(signal.SIGINT)  # Ctrl-C during the second trial
-    process.communicate(timeout=120)
-    assert process.returncode != 0
+    assert process.wait(timeout=120) == 1
+    assert "run the same command again to continue" in (tmp_path / "interrupted.log").read_text()
     client = mlflow.MlflowClient()
     parent_id = optuna.load_study(study_name=name, storage=storage).user_attrs["mlflow_parent_run_id"]
     assert client.get_run(parent_id).info.status == "KILLED"

@@ -184,11 +184,12 @@ class Sweep:
         self.registry = template["registry"]
         self.folder = Path(template["trainer"].get("default_root_dir") or ".") / "sweeps" / settings.study_name
         self.client = mlflow.MlflowClient(resolve_tracking_uri())
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
         storage = RDBStorage(
             settings.storage,
             heartbeat_interval=30,  # a trial of a killed process is failed after the grace period
             grace_period=120,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),  # ... and run again
+            heartbeat_stale_trial_callback=self.retry,  # ... and run again
         )
         self.study = optuna.create_study(
             study_name=settings.study_name,
@@ -225,13 +226,16 @@ class Sweep:
         return run.info.run_id
 
     def retry_interrupted(self) -> None:
-        """Trials that failed (an interrupted sweep, say) run again unless their params ran since."""
+        """Failed trials (an interrupted sweep) run again unless their params ran since.
+
+        Requeued the way Optuna requeues the trials of killed workers, grid position included.
+        """
         trials = self.study.get_trials(deepcopy=False)
-        done = [t.params for t in trials if t.state in (*ACTIVE_STATES, TrialState.WAITING)]
+        taken = [t.params for t in trials if t.state != TrialState.FAIL]
         for trial in trials:
-            if trial.state == TrialState.FAIL and trial.params and trial.params not in done:
-                self.study.enqueue_trial(trial.params)
-                done.append(trial.params)
+            if trial.state == TrialState.FAIL and trial.params and trial.params not in taken:
+                self.retry(self.study, trial)
+                taken.append(trial.params)
 
     def trial_config(self, trial: optuna.Trial) -> Path:
         config = copy.deepcopy(self.template)
