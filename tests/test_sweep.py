@@ -178,15 +178,27 @@ def test_bad_sweeps_stop_at_parse_time(tmp_path, tiny_model_dir, small_data_dir,
     assert message in capsys.readouterr().err
 
 
-def test_shipped_sweep_configs_parse(capsys):
-    for config in ("sweep.yaml", "sweep_tpe.yaml"):
-        cli = sweep.SweepCLI(["--config", str(ROOT / "configs" / config), "--config", str(ROOT / "configs/offline.yaml")])
-        assert cli.config.model.model_name_or_path == "models/all-MiniLM-L6-v2"  # base, then offline
-        assert cli.settings.params
-    grid = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep.yaml")])
-    assert grid.settings.n_trials == 3 and isinstance(grid.settings.sampler, optuna.samplers.GridSampler)
-    assert grid.config.model.model_name_or_path == "distilbert-base-uncased"
-    tpe = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep_tpe.yaml")])
-    assert isinstance(tpe.settings.sampler, optuna.samplers.TPESampler) and tpe.settings.n_trials == 20
-    assert set(tpe.settings.params) == {"model.learning_rate", "data.batch_size", "model.weight_decay",
-                                        "model.warmup_ratio", "trainer.max_epochs"}  # fmt: skip
+SWEEP_FILES = sorted((ROOT / "configs").glob("sweep*.yaml"))
+
+
+def test_sweep_configs_are_shipped():
+    assert {"sweep.yaml", "sweep_tpe.yaml"} <= {p.name for p in SWEEP_FILES}
+
+
+@pytest.mark.parametrize("config", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_sweep_config_parses_with_and_without_offline(config):
+    online = sweep.SweepCLI(["--config", str(config)])
+    assert online.config.model.model_name_or_path == "distilbert-base-uncased"  # from base.yaml
+    assert online.settings.params and online.settings.n_trials >= 1
+    offline = sweep.SweepCLI(["--config", str(config), "--config", str(ROOT / "configs/offline.yaml")])
+    assert offline.config.model.model_name_or_path == "models/all-MiniLM-L6-v2"
+
+
+def test_default_sweep_is_the_original_grid_and_tpe_is_one_config_away():
+    grid = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep.yaml")]).settings
+    assert grid.params == {"model.learning_rate": [1e-5, 2e-5, 5e-5]}
+    assert grid.n_trials == 3 and isinstance(grid.sampler, optuna.samplers.GridSampler)
+    tpe = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep_tpe.yaml")]).settings
+    assert isinstance(tpe.sampler, optuna.samplers.TPESampler) and tpe.n_trials == 20
+    assert set(tpe.params) == {"model.learning_rate", "data.batch_size", "model.weight_decay",
+                               "model.warmup_ratio", "trainer.max_epochs"}  # fmt: skip

@@ -73,7 +73,7 @@ def read_table_examples(path: Path) -> Iterator[dict]:
     if missing:
         raise DataFormatError(f"{path}: missing column(s) {', '.join(sorted(missing))} (has {', '.join(table.columns)})")
     place = "row" if path.suffix in (".parquet", ".json") else "line"
-    for offset, (text, label) in enumerate(zip(table["text"], table["label"])):
+    for offset, (text, label) in enumerate(zip(table["text"], table["label"], strict=True)):
         yield checked_example(text, label, f"{path}: {place} {offset + first_line}")
 
 
@@ -121,7 +121,7 @@ def load_hub_splits(name: str, config: str | None) -> datasets.DatasetDict:
 def content_digest(split: datasets.Dataset) -> str:
     """sha256 of the examples themselves, whatever file or cache they came from."""
     digest = hashlib.sha256()
-    for text, label in zip(split["text"], split["label"]):
+    for text, label in zip(split["text"], split["label"], strict=True):
         digest.update(f"{label}\t{text}\n".encode())
     return digest.hexdigest()
 

@@ -26,6 +26,6 @@ class PredictionWriter(BasePredictionWriter):
         with open(path, "w", newline="", encoding="utf-8") as out:
             writer = csv.writer(out)
             writer.writerow(["text", "label", *(f"p_{label}" for label in labels)])
-            for text, p in zip(trainer.datamodule.predict_texts, probabilities):
+            for text, p in zip(trainer.datamodule.predict_texts, probabilities, strict=True):
                 writer.writerow([text, labels[max(range(len(p)), key=p.__getitem__)], *(f"{x:.5f}" for x in p)])
         print(f"Wrote {len(probabilities)} predictions to {path}")

@@ -59,7 +59,7 @@ def load_runs(client, experiment_name: str, parent_run_id: str | None, metric: s
                 "run_id": run.info.run_id,
                 "run_name": run.info.run_name,
                 "status": run.data.tags.get("optuna.trial.state", run.info.status),
-                "minutes": round(((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000, 1),
+                "minutes": f"{((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000:.1f}",
                 **{f"params.{k}": v for k, v in run.data.params.items()},
                 **{f"best.{k}": v for k, v in at_best.items()},  # validation at the kept checkpoint
                 **{k: v for k, v in run.data.metrics.items() if k.startswith("test/")},
@@ -90,8 +90,9 @@ def as_number(values: pd.Series) -> pd.Series:
 
 
 def plot_metric_vs_params(runs: pd.DataFrame, params: list[str], metric: str, path: Path) -> None:
-    figure, axes = plt.subplots(1, max(len(params), 1), figsize=(4.5 * max(len(params), 1), 3.6), squeeze=False)
-    for ax, param in zip(axes[0], params):
+    columns = max(len(params), 1)
+    figure, axes = plt.subplots(1, columns, figsize=(max(6.0, 4.5 * columns), 4.0), squeeze=False)
+    for ax, param in zip(axes[0], params, strict=False):
         x = as_number(runs[f"params.{param}"])
         ax.scatter(x, runs[f"best.{metric}"], c=["tab:red" if s == "PRUNED" else "tab:blue" for s in runs["status"]])
         if pd.api.types.is_numeric_dtype(x) and x.min() > 0 and x.max() / x.min() >= 10:
@@ -99,7 +100,7 @@ def plot_metric_vs_params(runs: pd.DataFrame, params: list[str], metric: str, pa
         ax.set_xlabel(param)
         ax.set_ylabel(f"{metric} (best epoch)")
         ax.grid(alpha=0.3)
-    figure.suptitle(f"{metric} against each swept hyperparameter (red: pruned)")
+    figure.suptitle(f"{metric} per swept hyperparameter (red: pruned)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -124,7 +125,9 @@ def plot_learning_curves(client, runs: pd.DataFrame, metric: str, path: Path) ->
 
 def markdown_table(frame: pd.DataFrame) -> str:
     def cell(value):
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            return "–" if pd.isna(value) else f"{value:.4f}"
+        return str(value)
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
