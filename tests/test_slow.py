@@ -12,15 +12,15 @@ from emo.data import LABELS
 
 
 @pytest.mark.slow
-def test_real_minilm_learns_from_2000_real_examples(tmp_path, data_dir, minilm_dir, monkeypatch):
+def test_real_minilm_learns_from_4000_real_examples(tmp_path, data_dir, minilm_dir, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     cli = EmoCLI(args=["fit", "--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml"),
                        "--model.model_name_or_path", str(minilm_dir), "--data.data_dir", str(data_dir),
-                       "--data.train_size", "2000", "--trainer.max_epochs", "1",
+                       "--data.train_size", "4000", "--trainer.max_epochs", "1",
                        "--trainer.default_root_dir", str(tmp_path / "outputs")])  # fmt: skip
     metrics = cli.trainer.callback_metrics
-    assert metrics["test/acc"] > 0.6 and metrics["test/f1_weighted"] > 0.5  # majority class: 0.35
+    assert metrics["test/acc"] > 0.7 and metrics["test/f1_weighted"] > 0.6  # majority class: 0.35
     model = mlflow.pyfunc.load_model("models:/distilbert-emotion-classifier@champion")
     assert model.predict(["i am so happy and excited today"])["label"][0] in LABELS
 
