@@ -102,10 +102,16 @@ def test_destructive_learning_rate_is_pruned(tmp_path, tiny_model_dir, small_dat
     assert len(versions) == 1 and versions[0].run_id != pruned_run.info.run_id
 
 
+def as_in_a_terminal():
+    # Ctrl-C as a user sends it: processes started in the background inherit SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_sweep(args: list[str], log: Path) -> subprocess.Popen:
     """A sweep process writing to a file: a pipe nobody reads would stall it once full."""
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "emo", "sweep", *args], cwd=log.parent, stdout=out, stderr=out)
+        return subprocess.Popen([sys.executable, "-m", "emo", "sweep", *args], cwd=log.parent, stdout=out, stderr=out,
+                                preexec_fn=as_in_a_terminal)  # fmt: skip
 
 
 def wait_for_trials(storage: str, name: str, state: TrialState, count: int, timeout_s: float = 300) -> None:
