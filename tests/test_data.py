@@ -106,7 +106,8 @@ def test_real_files_load_with_hub_labels(data_dir):
     splits = load_local_splits(str(data_dir))
     assert {name: len(split) for name, split in splits.items()} == {"train": 16000, "validation": 2000, "test": 2000}
     assert splits["train"].features["label"].names == list(LABELS)
-    assert splits["train"][0] == {"text": "i didnt feel humiliated", "label": 0}
+    text, label = (data_dir / "train.txt").read_text().splitlines()[0].rsplit(";", 1)
+    assert splits["train"][0] == {"text": text, "label": LABELS.index(label)}
 
 
 def test_digest_follows_content_not_files(tmp_path):
