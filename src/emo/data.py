@@ -225,11 +225,11 @@ class EmotionDataModule(L.LightningDataModule):
 
     def tokenized_predict_texts(self) -> datasets.Dataset:
         if not self.hparams.predict_file:
-            raise ValueError("predict needs --data.predict_file: a text file with one text a line")
+            raise DataFormatError("predict needs --data.predict_file: a text file with one text a line")
         with open(self.hparams.predict_file, encoding="utf-8") as lines:
             self.predict_texts = [line.strip() for line in lines if line.strip()]
         if not self.predict_texts:
-            raise ValueError(f"{self.hparams.predict_file}: no texts to predict")
+            raise DataFormatError(f"{self.hparams.predict_file}: no texts to predict")
         return datasets.Dataset.from_dict({"text": self.predict_texts}).map(self.tokenize_function(), batched=True)
 
     def model_inputs(self, split: str) -> datasets.Dataset:
