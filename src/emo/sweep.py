@@ -12,6 +12,7 @@ trials; rerunning a sweep continues its study and its parent run.
 import copy
 import dataclasses
 import json
+import math
 import os
 import socket
 import warnings
@@ -84,22 +85,15 @@ class SweepSettings:
         self.study_name = study_name
         self.storage = storage
         self.params = params or {}
-        self.grid = {k: v for k, v in self.params.items() if isinstance(v, list)}
-        is_grid = len(self.grid) == len(self.params)
-        self.sampler = sampler or (optuna.samplers.GridSampler(self.grid, seed=0) if is_grid else optuna.samplers.TPESampler(seed=0))
+        grid = {k: v for k, v in self.params.items() if isinstance(v, list)}
+        is_grid = len(grid) == len(self.params)
+        self.sampler = sampler or (optuna.samplers.GridSampler(grid, seed=0) if is_grid else optuna.samplers.TPESampler(seed=0))
         self.pruner = pruner or optuna.pruners.NopPruner()
-        self.n_trials = n_trials or (grid_size(self.grid) if is_grid else 10)
+        self.n_trials = n_trials or (math.prod(len(v) for v in grid.values()) if is_grid else 10)
         self.metric = metric
         self.direction = direction
         self.register_best = register_best
         self.report = report
-
-
-def grid_size(grid: dict[str, list]) -> int:
-    size = 1
-    for values in grid.values():
-        size *= len(values)
-    return size
 
 
 def suggest(trial: optuna.Trial, name: str, space) -> float | int | str | bool:
