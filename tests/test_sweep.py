@@ -1,10 +1,11 @@
 """`emo sweep` against a real MLflow server: nested runs, best-trial registration, pruning, workers, resume."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import mlflow
@@ -13,7 +14,9 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, shrunk_args
+from gates import gate_callback, open_gate, wait_for_reached
 from emo import sweep
+from emo.registry import MODEL_URI_TAG
 
 SWEEP_CONFIGS = ["--config", str(ROOT / "configs/sweep.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
 
@@ -65,7 +68,7 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(tmp_path, tiny_mode
     assert parent.data.params["best.model.learning_rate"] == best.data.params["model.learning_rate"]
     assert parent.data.metrics["best/val/f1_weighted"] == pytest.approx(best_val(client, best.info.run_id))
     assert len({best_val(client, c.info.run_id) for c in children}) > 1, "the trials should differ"
-    assert parent.data.params["sweep.sampler"] == "GridSampler" and parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.sampler"] == "grid" and parent.info.status == "FINISHED"
     versions = client.search_model_versions(f"name='{name}'")
     assert [(v.version, v.run_id) for v in versions] == [("1", best.info.run_id)]
     assert client.get_model_version_by_alias(name, "champion").run_id == best.info.run_id
@@ -80,11 +83,7 @@ def test_destructive_learning_rate_is_pruned(tmp_path, tiny_model_dir, small_dat
     monkeypatch.chdir(tmp_path)
     name = "pruning-test"
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    learning_rates = [1e-3, 3e-3, 50.0]
-    # Order the grid: the destructive value runs after two reasonable ones, so the median exists.
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
-    for lr in learning_rates:
-        study.enqueue_trial({"model.learning_rate": lr})
+    learning_rates = [1e-3, 3e-3, 50.0]  # a grid runs in the listed order: the median exists for the last
     # Ranked by validation loss, which a tiny random model moves from the first epoch on.
     sweep.main(sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--trainer.max_epochs", "3",
                           "--sweep.metric", "val/loss", "--sweep.direction", "minimize",
@@ -109,31 +108,23 @@ def as_in_a_terminal():
 
 def start_sweep(args: list[str], log: Path) -> subprocess.Popen:
     """A sweep process writing to a file: a pipe nobody reads would stall it once full."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     with open(log, "w") as out:
         return subprocess.Popen([sys.executable, "-m", "emo", "sweep", *args], cwd=log.parent, stdout=out, stderr=out,
-                                preexec_fn=as_in_a_terminal)  # fmt: skip
-
-
-def wait_for_trials(storage: str, name: str, state: TrialState, count: int, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(state,))
-            if len(trials) >= count:
-                return
-        except KeyError:  # the study does not exist yet
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"no {count} {state.name} trials in {timeout_s} s")
+                                env=env, preexec_fn=as_in_a_terminal)  # fmt: skip
 
 
 def test_two_processes_share_one_study(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
     name = "two-workers-test"
     learning_rates = [1e-3, 2e-3, 3e-3, 5e-3]
-    args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null")
+    gate = tmp_path / "gate"
+    # Each process holds its first trial until both have one running: both surely take part.
+    args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null",
+                      *gate_callback(gate))  # fmt: skip
     first = start_sweep(args, tmp_path / "first.log")
-    wait_for_trials(f"sqlite:///{tmp_path}/optuna.db", name, TrialState.RUNNING, 1)
     second = start_sweep(args, tmp_path / "second.log")
+    wait_for_reached(gate, processes=2, watch=(first, second))
+    open_gate(gate)
     for process, log in ((first, "first.log"), (second, "second.log")):
         assert process.wait(timeout=600) == 0, (tmp_path / log).read_text()[-3000:]
 
@@ -149,10 +140,12 @@ def test_an_interrupted_sweep_continues(tmp_path, tiny_model_dir, small_data_dir
     name = "resume-test"
     storage = f"sqlite:///{tmp_path}/optuna.db"
     learning_rates = [1e-3, 3e-3, 1e-2]
-    args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null")
+    gate = tmp_path / "gate"
+    # The second trial waits at its second step for the Ctrl-C; the rerun passes the gate.
+    args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null",
+                      *gate_callback(gate, at_step=2, run_suffix="trial-1", once_per_folder=True))  # fmt: skip
     process = start_sweep(args, tmp_path / "interrupted.log")
-    wait_for_trials(storage, name, TrialState.COMPLETE, 1)
-    wait_for_trials(storage, name, TrialState.RUNNING, 1)
+    wait_for_reached(gate, processes=1, watch=(process,))
     process.send_signal(signal.SIGINT)  # Ctrl-C during the second trial
     assert process.wait(timeout=120) == 1
     assert "run the same command again to continue" in (tmp_path / "interrupted.log").read_text()
@@ -160,8 +153,8 @@ def test_an_interrupted_sweep_continues(tmp_path, tiny_model_dir, small_data_dir
     parent_id = optuna.load_study(study_name=name, storage=storage).user_attrs["mlflow_parent_run_id"]
     assert client.get_run(parent_id).info.status == "KILLED"
 
-    rerun = subprocess.run([sys.executable, "-m", "emo", "sweep", *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rerun = start_sweep(args, tmp_path / "rerun.log")
+    assert rerun.wait(timeout=600) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     assert the_parent(client, name).info.run_id == parent_id  # the same parent run
     trials = optuna.load_study(study_name=name, storage=storage).trials
     done = sorted(t.params["model.learning_rate"] for t in trials if t.state == TrialState.COMPLETE)
@@ -203,8 +196,83 @@ def test_every_sweep_config_parses_with_and_without_offline(config):
 def test_default_sweep_is_the_original_grid_and_tpe_is_one_config_away():
     grid = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep.yaml")]).settings
     assert grid.params == {"model.learning_rate": [1e-5, 2e-5, 5e-5]}
-    assert grid.n_trials == 3 and isinstance(grid.sampler, optuna.samplers.GridSampler)
+    assert grid.n_trials == 3 and grid.grid == [{"model.learning_rate": lr} for lr in (1e-5, 2e-5, 5e-5)]
     tpe = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep_tpe.yaml")]).settings
-    assert isinstance(tpe.sampler, optuna.samplers.TPESampler) and tpe.n_trials == 20
+    assert isinstance(tpe.sampler, optuna.samplers.TPESampler) and tpe.n_trials == 20 and not tpe.grid
     assert set(tpe.params) == {"model.learning_rate", "data.batch_size", "model.weight_decay",
                                "model.warmup_ratio", "trainer.max_epochs"}  # fmt: skip
+
+
+class Constant(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input):
+        return ["joy"] * len(model_input)
+
+
+def race(workers: int, action) -> list:
+    """Runs `action(i)` in `workers` threads released at the same instant; returns the results in order."""
+    barrier = threading.Barrier(workers)
+    results = [None] * workers
+    errors = []
+
+    def work(i):
+        try:
+            barrier.wait()
+            results[i] = action(i)
+        except BaseException as error:  # re-raised in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_collisions_cannot_duplicate_parent_trials_or_versions(tmp_path, tracking_uri, monkeypatch):
+    """Workers on one study meet at the three critical points at once: starting, taking trials, finishing."""
+    name, workers = "collision-test", 4
+    settings = sweep.SweepSettings(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db",
+                                   params={"model.learning_rate": [1e-3, 2e-3, 3e-3]}, report=False)  # fmt: skip
+    template = {
+        "trainer": {"logger": {"init_args": {"experiment_name": name}}, "default_root_dir": str(tmp_path)},
+        "registry": {"registered_model_name": name, "champion_alias": "champion", "champion_metric": "test/f1_weighted"},
+    }
+    # Worst case at start: every worker looks for the parent run before any has claimed one.
+    looked = threading.local()
+    real_value = sweep.Claims.value
+
+    def value_before_anyone_claimed(self, what):
+        if what == "parent-run" and not getattr(looked, "parent", False):
+            looked.parent = True
+            return None
+        return real_value(self, what)
+
+    monkeypatch.setattr(sweep.Claims, "value", value_before_anyone_claimed)
+    sweeps = race(workers, lambda i: sweep.Sweep(settings, template))
+    client = mlflow.MlflowClient()
+    parent = the_parent(client, name)  # one active parent run
+    assert {s.parent_run_id for s in sweeps} == {parent.info.run_id}
+    experiment_id = parent.info.experiment_id
+    deleted = client.search_runs([experiment_id], run_view_type=mlflow.entities.ViewType.DELETED_ONLY)
+    assert len(deleted) == workers - 1  # the candidates of the workers that lost
+
+    # Three grid points, four workers asking at once, twice: each point is taken exactly once.
+    with mlflow.start_run(experiment_id=experiment_id) as model_run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=Constant())
+        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+        mlflow.log_metric("test/f1_weighted", 0.5)
+    taken = [trial for trials in (race(workers, lambda i: sweeps[i].next_trial()) for _ in range(2)) for trial in trials if trial]
+    learning_rates = [sweep.suggest(t, "model.learning_rate", settings.params["model.learning_rate"]) for t in taken]
+    assert sorted(learning_rates) == [1e-3, 2e-3, 3e-3]
+    for trial, learning_rate in zip(taken, learning_rates, strict=True):
+        trial.set_user_attr(sweep.RUN_ATTR, model_run.info.run_id)
+        sweeps[0].study.tell(trial, learning_rate)
+    assert len(sweeps[0].study.trials) == 3 and all(s.complete() for s in sweeps)
+
+    # All finish at the same instant: one registered version.
+    race(workers, lambda i: sweeps[i].finish())
+    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"

@@ -9,24 +9,28 @@ child of the sweep's parent run. Processes that share the study's Optuna storage
 trials; rerunning a sweep continues its study and its parent run.
 """
 
+import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import os
 import socket
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Literal
 
 import mlflow
 import optuna
+import sqlalchemy
 import yaml
 from jsonargparse import ArgumentParser
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
@@ -37,10 +41,10 @@ from emo.tracking import MLflowLogger, flatten, log_params, resolve_tracking_uri
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: stable in use, "experimental" in name
 
-PARENT_RUN_ATTR = "mlflow_parent_run_id"  # on the study: one parent run, whichever process starts first
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # on the study, for people and tools that read it
 RUN_ATTR = "mlflow_run_id"  # on each trial
-DONE_ATTR = "completed_by_trial"  # on the study: the best trial was registered and reported
-ACTIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+INTERRUPTED_ATTR = "interrupted"  # on a trial stopped by Ctrl-C or SIGTERM: it runs again
+HEARTBEAT_S, GRACE_S = 30, 120  # a trial of a killed process is failed (and run again) after the grace period
 
 
 @dataclasses.dataclass
@@ -85,11 +89,14 @@ class SweepSettings:
         self.study_name = study_name
         self.storage = storage
         self.params = params or {}
-        grid = {k: v for k, v in self.params.items() if isinstance(v, list)}
-        is_grid = len(grid) == len(self.params)
-        self.sampler = sampler or (optuna.samplers.GridSampler(grid, seed=0) if is_grid else optuna.samplers.TPESampler(seed=0))
+        lists = {k: v for k, v in self.params.items() if isinstance(v, list)}
+        # A grid: every combination once, in the listed order (each trial is queued with its values).
+        self.grid = [dict(zip(lists, values, strict=True)) for values in itertools.product(*lists.values())]
+        if sampler or len(lists) != len(self.params):
+            self.grid = []
+        self.sampler = sampler or optuna.samplers.TPESampler(seed=0)
         self.pruner = pruner or optuna.pruners.NopPruner()
-        self.n_trials = n_trials or (math.prod(len(v) for v in grid.values()) if is_grid else 10)
+        self.n_trials = n_trials or len(self.grid) or 10
         self.metric = metric
         self.direction = direction
         self.register_best = register_best
@@ -157,6 +164,10 @@ def sweep_problem(config) -> str | None:
         return "a sweep nests its trials in MLflow: --trainer.logger must be emo.tracking.MLflowLogger"
     if str(config.trainer.devices) not in ("1", "auto") or config.trainer.strategy not in ("auto", None):
         return "trials run in this process on one device; scale a sweep out by starting more `emo sweep` processes"
+    grid_size = math.prod(len(v) for v in sweep.params.values() if isinstance(v, list))
+    is_grid = not sweep.sampler and all(isinstance(v, list) for v in sweep.params.values())
+    if is_grid and sweep.n_trials and sweep.n_trials > grid_size:
+        return f"--sweep.n_trials {sweep.n_trials}: the grid has {grid_size} points; each runs once"
     return None
 
 
@@ -170,6 +181,75 @@ class TrialPruning(PyTorchLightningPruningCallback):
         self.run_id = trainer.logger.run_id
 
 
+class Claims:
+    """Decisions that exactly one process of a study may take, kept in the study's own database.
+
+    A claim is a row whose primary key is (study, what): of processes that insert the same row
+    at the same instant the database accepts one, so "who creates the parent run", "who runs
+    grid point 3" and "who registers the best model" have one answer whatever the timing.
+    """
+
+    def __init__(self, engine, study_name: str):
+        self.engine = engine
+        self.study_name = study_name
+        self.table = sqlalchemy.Table(
+            "emo_sweep_claims",
+            sqlalchemy.MetaData(),
+            sqlalchemy.Column("study_name", sqlalchemy.String(512), primary_key=True),
+            sqlalchemy.Column("claim", sqlalchemy.String(128), primary_key=True),
+            sqlalchemy.Column("value", sqlalchemy.String(512), nullable=False),
+        )
+        with contextlib.suppress(sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
+            self.table.create(engine, checkfirst=True)  # another process may create it at the same time
+
+    def claim(self, what: str, value: str = "") -> bool:
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(self.table.insert().values(study_name=self.study_name, claim=what, value=value))
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
+
+    def value(self, what: str) -> str | None:
+        query = sqlalchemy.select(self.table.c.value).where(
+            self.table.c.study_name == self.study_name, self.table.c.claim == what
+        )
+        with self.engine.connect() as connection:
+            return connection.execute(query).scalar()
+
+
+def open_storage(url: str, retry) -> RDBStorage:
+    """Optuna's storage; processes that create a new database at the same instant race, so try again."""
+    for attempt in range(5):
+        try:
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=retry)
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
+@contextlib.contextmanager
+def heartbeat(storage: RDBStorage, trial_id: int):
+    """Optuna's trial heartbeat, as `study.optimize` keeps it: a killed process's trial goes stale."""
+    stop = threading.Event()
+
+    def beat():
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is retried; only a long silence counts
+                storage.record_heartbeat(trial_id)
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, name=f"optuna-heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Sweep:
     def __init__(self, settings: SweepSettings, template: dict):
         self.settings = settings
@@ -179,57 +259,110 @@ class Sweep:
         self.folder = Path(template["trainer"].get("default_root_dir") or ".") / "sweeps" / settings.study_name
         self.client = mlflow.MlflowClient(resolve_tracking_uri())
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
-        storage = RDBStorage(
-            settings.storage,
-            heartbeat_interval=30,  # a trial of a killed process is failed after the grace period
-            grace_period=120,
-            heartbeat_stale_trial_callback=self.retry,  # ... and run again
-        )
+        self.storage = open_storage(settings.storage, self.retry_once)  # retry_once needs self.claims, set below
         self.study = optuna.create_study(
             study_name=settings.study_name,
-            storage=storage,
+            storage=self.storage,
             sampler=settings.sampler,
             pruner=settings.pruner,
             direction=settings.direction,
             load_if_exists=True,
         )
+        self.study_id = self.storage.get_study_id_from_name(settings.study_name)
+        self.claims = Claims(self.storage.engine, settings.study_name)
         self.parent_run_id = self.parent_run()
 
     def parent_run(self) -> str:
-        """The study's parent run: created by the first process, continued by the others and by reruns."""
-        run_id = self.study.user_attrs.get(PARENT_RUN_ATTR)
-        if run_id:
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        experiment = self.client.get_experiment_by_name(self.experiment_name)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment_name)
-        run = self.client.create_run(experiment_id, run_name=self.settings.study_name, tags={"emo.sweep": self.settings.study_name})
-        self.study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+        """The study's parent run: the first process's, continued by the others and by reruns."""
+        run_id = self.claims.value("parent-run")
+        if run_id is None:
+            experiment = self.client.get_experiment_by_name(self.experiment_name)
+            experiment_id = experiment.experiment_id if experiment else self.create_experiment()
+            tags = {"emo.sweep": self.settings.study_name}
+            candidate = self.client.create_run(experiment_id, run_name=self.settings.study_name, tags=tags).info.run_id
+            if self.claims.claim("parent-run", candidate):
+                self.describe_parent(candidate)
+                return candidate
+            self.client.delete_run(candidate)  # another process was first
+            run_id = self.claims.value("parent-run")
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def create_experiment(self) -> str:
+        try:
+            return self.client.create_experiment(self.experiment_name)
+        except mlflow.exceptions.MlflowException:  # created by another process meanwhile
+            return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    def describe_parent(self, run_id: str) -> None:
+        self.study.set_user_attr(PARENT_RUN_ATTR, run_id)
         settings = {
             "study_name": self.settings.study_name,
             "storage": self.settings.storage,
-            "sampler": type(self.settings.sampler).__name__,
+            "sampler": type(self.settings.sampler).__name__ if not self.settings.grid else "grid",
             "pruner": type(self.settings.pruner).__name__,
             "n_trials": self.settings.n_trials,
             "metric": self.settings.metric,
             "direction": self.settings.direction,
             **{f"params.{k}": v for k, v in self.settings.params.items()},
         }
-        log_params(self.client, run.info.run_id, {f"sweep.{k}": v for k, v in settings.items()})
-        self.client.log_text(run.info.run_id, yaml.safe_dump(self.template, sort_keys=False), "trial_template.yaml")
-        return run.info.run_id
+        log_params(self.client, run_id, {f"sweep.{k}": v for k, v in settings.items()})
+        self.client.log_text(run_id, yaml.safe_dump(self.template, sort_keys=False), "trial_template.yaml")
 
-    def retry_interrupted(self) -> None:
-        """Failed trials (an interrupted sweep) run again unless their params ran since.
+    # Trials. Every trial is queued (WAITING) before it runs and a process takes it by moving it
+    # to RUNNING, which Optuna's storage lets exactly one process do. New trials are queued per
+    # claimed slot (slot i of n_trials: grid point i, or a sampler's pick), so the study never
+    # holds more than n_trials, nor a grid point twice.
 
-        Requeued the way Optuna requeues the trials of killed workers, grid position included.
-        """
-        trials = self.study.get_trials(deepcopy=False)
-        taken = [t.params for t in trials if t.state != TrialState.FAIL]
-        for trial in trials:
-            if trial.state == TrialState.FAIL and trial.params and trial.params not in taken:
-                self.retry(self.study, trial)
-                taken.append(trial.params)
+    def take_waiting_trial(self) -> optuna.Trial | None:
+        # Optuna's own WAITING -> RUNNING step is atomic on PostgreSQL and MySQL but not on SQLite: claim first.
+        for waiting in self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            if not self.claims.claim(f"take-{waiting.number}", str(os.getpid())):
+                continue
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, waiting.number)
+            self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+            return optuna.Trial(self.study, trial_id)
+        return None
+
+    def queue_next_slot(self) -> bool:
+        for slot in range(self.settings.n_trials):
+            if self.claims.claim(f"slot-{slot}", str(os.getpid())):
+                self.study.enqueue_trial(self.settings.grid[slot] if self.settings.grid else {})
+                return True
+        return False
+
+    def retry_once(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Queues a copy of a stopped trial (Optuna's retry callback), once whatever the number of processes."""
+        if self.claims.claim(f"retry-{trial.number}", str(os.getpid())):
+            self.retry(study, trial)
+
+    def requeue_stopped_trials(self) -> None:
+        """Trials of killed processes (stale heartbeat) and interrupted ones run again."""
+        fail_stale_trials(self.study)  # calls retry_once for each trial it fails
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if trial.user_attrs.get(INTERRUPTED_ATTR):
+                self.retry_once(self.study, trial)
+
+    def next_trial(self) -> optuna.Trial | None:
+        self.requeue_stopped_trials()
+        while True:
+            trial = self.take_waiting_trial()
+            if trial is not None or not self.queue_next_slot():
+                return trial
+
+    def run_trial(self, trial: optuna.Trial) -> None:
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        with heartbeat(self.storage, trial_id):
+            try:
+                value = self.objective(trial)
+            except optuna.TrialPruned:
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return
+            except BaseException:
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                raise
+        self.study.tell(trial, value)
 
     def trial_config(self, trial: optuna.Trial) -> Path:
         config = copy.deepcopy(self.template)
@@ -254,7 +387,7 @@ class Sweep:
         pruning = TrialPruning(trial, monitor=self.settings.metric)
         try:
             cli = EmoCLI(args=["fit", "--config", str(self.trial_config(trial))], callbacks=[pruning])
-        except SystemExit as stop:  # Lightning exits on Ctrl-C; Optuna then marks the trial failed
+        except SystemExit as stop:  # Lightning exits on Ctrl-C
             raise KeyboardInterrupt(f"trial {trial.number} interrupted") from stop
         except optuna.TrialPruned:
             trial.set_user_attr(RUN_ATTR, pruning.run_id)
@@ -266,35 +399,31 @@ class Sweep:
         self.client.set_tag(run_id, "optuna.trial.state", "COMPLETE")
         return cli.trainer.checkpoint_callback.best_model_score.item()
 
-    def remaining(self) -> int:
-        return self.settings.n_trials - len(self.study.get_trials(deepcopy=False, states=ACTIVE_STATES))
-
     def run(self) -> None:
-        self.retry_interrupted()
-        if self.remaining() > 0:
-            # Counting running trials too: a process stops instead of repeating another's trial.
-            stop_at_n_trials = MaxTrialsCallback(self.settings.n_trials, states=ACTIVE_STATES)
-            try:
-                self.study.optimize(self.objective, callbacks=[stop_at_n_trials])
-            except BaseException:
-                self.client.set_terminated(self.parent_run_id, status="KILLED")
-                raise
+        try:
+            while (trial := self.next_trial()) is not None:
+                self.run_trial(trial)
+        except BaseException:
+            self.client.set_terminated(self.parent_run_id, status="KILLED")
+            raise
         if self.complete():
             self.finish()
 
     def complete(self) -> bool:
+        """Every slot ran to an end that a rerun would not change."""
         trials = self.study.get_trials(deepcopy=False)
-        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        pending = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-        return not pending and len(finished) >= self.settings.n_trials
+        if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            return False
+        retried = {number for t in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+        settled = [t for t in trials if t.state != TrialState.FAIL or not (t.number in retried or t.user_attrs.get(INTERRUPTED_ATTR))]
+        return len(settled) >= self.settings.n_trials
 
     def finish(self) -> None:
-        """Once per study: record the best trial in the parent run, register its model, report."""
-        best = self.study.best_trial
+        """Once per study and best trial: record the best trial in the parent run, register its model, report."""
         parent = self.parent_run_id
-        if self.study.user_attrs.get(DONE_ATTR) != best.number:
+        best = self.study.best_trial
+        if self.claims.claim(f"finish-{best.number}", str(os.getpid())):
             best_run_id = best.user_attrs[RUN_ATTR]
-            self.study.set_user_attr(DONE_ATTR, best.number)
             self.client.set_tag(parent, "emo.best_run_id", best_run_id)
             self.client.set_tag(parent, "emo.best_trial", str(best.number))
             log_params(self.client, parent, {f"best.{k}": v for k, v in best.params.items()})
