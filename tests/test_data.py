@@ -1,13 +1,20 @@
+import io
 import json
+import re
+import zipfile
+from pathlib import Path
 
+import datasets
 import pandas as pd
 import pytest
 import torch
 
+import emo.data
 from emo.data import (
     LABELS,
     DataFormatError,
     EmotionDataModule,
+    check_inputs,
     content_digest,
     find_split_file,
     label_id,
@@ -29,7 +36,7 @@ def test_label_ids_are_the_hub_ids():
     assert label_id("3", "x") == 3 and label_id(5, "x") == 5 and label_id(" Joy ", "x") == 1
 
 
-@pytest.mark.parametrize("bad", ["happy", "6", "-1", ""])
+@pytest.mark.parametrize("bad", ["happy", "6", "-1", "", 1.5, "1.0", True, None, float("nan"), "²"])
 def test_unknown_label_names_the_place(bad):
     with pytest.raises(DataFormatError, match=r"f\.txt:7: unknown label"):
         label_id(bad, "f.txt:7")
@@ -120,6 +127,13 @@ def test_digest_follows_content_not_files(tmp_path):
     assert content_digest(changed["train"]) != content_digest(first["train"])
 
 
+def test_a_changed_reader_reads_the_files_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    first = load_local_splits(str(write_splits(tmp_path)))["train"]
+    monkeypatch.setattr(emo.data, "READER_DIGEST", "other code")
+    assert load_local_splits(str(tmp_path))["train"].cache_files != first.cache_files
+
+
 @pytest.fixture
 def datamodule(small_data_dir, tiny_model_dir):
     return EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir), batch_size=8)
@@ -183,3 +197,166 @@ def test_predict_file(tmp_path, small_data_dir, tiny_model_dir):
     dm.setup("predict")
     assert dm.predict_texts == ["i am thrilled", "i feel lonely tonight"]
     assert len(next(iter(dm.predict_dataloader()))["input_ids"]) == 2
+
+
+def parquet_bytes(**columns) -> bytes:
+    buffer = io.BytesIO()
+    pd.DataFrame(columns).to_parquet(buffer)
+    return buffer.getvalue()
+
+
+def zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("train.txt", "i feel fine;joy\n")
+    return buffer.getvalue()
+
+
+FOLDER = None  # in a files table: make a folder at that path
+GOOD = {
+    ".txt": b"i feel fine;joy\n",
+    ".csv": b"text,label\ni feel fine,joy\n",
+    ".jsonl": b'{"text": "i feel fine", "label": "joy"}\n',
+    ".json": b'[{"text": "i feel fine", "label": "joy"}]',
+    ".parquet": parquet_bytes(text=["i feel fine"], label=["joy"]),
+}
+UTF8_HINT = "; save the file as UTF-8"
+UNKNOWN = " (expected one of sadness, joy, love, anger, fear, surprise or 0-5)"
+
+
+def bad_split(name: str, content: bytes | None, message: str, id: str):
+    """A folder of good train/val/test files in `name`'s format, `name` replaced by `content`; checked for a fit."""
+    suffix = name[name.index(".") :]
+    files = {f"{split}{suffix}": GOOD[suffix] for split in ("train", "val", "test")} | {name: content}
+    return pytest.param(files, (".", None, "fit"), message, id=id)
+
+
+def bad_predict_file(content: bytes | None, message: str, id: str):
+    return pytest.param({"texts.txt": content}, (None, "texts.txt", "predict"), message, id=id)
+
+
+BAD_INPUTS = [
+    # Not UTF-8, binary: the line of the first bad byte.
+    bad_split("train.txt", b"i feel fine;joy\nso calm;joy\ncaf\xff ok;joy\n",
+              "{d}/train.txt:3: not UTF-8 text (byte 0xff at column 4)" + UTF8_HINT, id="txt-latin1"),
+    bad_split("train.csv", b"text,label\ni feel fine,joy\nso caf\xe9,joy\n",
+              "{d}/train.csv: line 3: not UTF-8 text (byte 0xe9 at column 7)" + UTF8_HINT, id="csv-latin1"),
+    bad_split("test.jsonl", b'{"text": "ok", "label": 1}\r\n{"text": "caf\xe9", "label": 1}\r\n',
+              "{d}/test.jsonl: line 2: not UTF-8 text (byte 0xe9 at column 14)" + UTF8_HINT, id="jsonl-latin1"),
+    bad_split("val.json", b'[\n{"text": "ok", "label": 1},\n{"text": "caf\xe9", "label": 1}]',
+              "{d}/val.json: line 3: not UTF-8 text (byte 0xe9 at column 14)" + UTF8_HINT, id="json-latin1"),
+    bad_split("train.txt", "i feel fine;joy\n".encode("utf-16"),
+              "{d}/train.txt: UTF-16 text, not UTF-8" + UTF8_HINT, id="txt-utf16"),
+    bad_split("train.txt", zip_bytes(),
+              "{d}/train.txt: binary content (a NUL byte at line 1), not a text file", id="zip"),
+    bad_split("val.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+              "{d}/val.csv: binary content (a NUL byte at line 3), not a text file", id="png"),
+    bad_split("train.txt", b"i feel fine;joy\ni feel\x00;joy\n",
+              "{d}/train.txt: binary content (a NUL byte at line 2), not a text file", id="nul"),
+    bad_split("train.parquet", GOOD[".csv"],
+              "{d}/train.parquet: not a Parquet file (Parquet magic bytes not found in footer)", id="csv-as-parquet"),
+    # Empty, blank, no rows.
+    bad_split("train.txt", b"", "{d}/train.txt: no examples (the file is empty or blank)", id="txt-empty"),
+    bad_split("test.txt", b"\n  \n\t\r\n", "{d}/test.txt: no examples (the file is empty or blank)", id="txt-blank"),
+    bad_split("train.csv", b"", "{d}/train.csv: no examples (the file is empty or blank)", id="csv-empty"),
+    bad_split("train.jsonl", b"\n\n", "{d}/train.jsonl: no examples (the file is empty or blank)", id="jsonl-blank"),
+    bad_split("train.parquet", b"", "{d}/train.parquet: no examples (the file is empty or blank)", id="parquet-empty"),
+    bad_split("train.csv", b"text,label\n", "{d}/train.csv: no examples (the file has no rows)", id="csv-header-only"),
+    bad_split("train.json", b"[]", "{d}/train.json: no examples (the file has no rows)", id="json-empty-list"),
+    bad_split("train.parquet", parquet_bytes(text=[], label=[]),
+              "{d}/train.parquet: no examples (the file has no rows)", id="parquet-no-rows"),
+    # Columns and fields.
+    bad_split("train.csv", b"text,label,source\ni feel fine,joy,web\n",
+              "{d}/train.csv: unexpected column(s) source; keep only text and label", id="csv-extra-column"),
+    bad_split("train.csv", b"text,label,label\ni feel fine,joy,joy\n", "{d}/train.csv: repeated column(s) label",
+              id="csv-repeated-column"),
+    bad_split("train.parquet", parquet_bytes(text=["ok"], label=[1], source=["web"]),
+              "{d}/train.parquet: unexpected column(s) source; keep only text and label", id="parquet-extra-column"),
+    bad_split("train.parquet", parquet_bytes(sentence=["ok"], label=[1]),
+              "{d}/train.parquet: missing column(s) text (has sentence, label)", id="parquet-missing-column"),
+    bad_split("train.csv", b"text,label\ni feel fine,joy\ni feel, fine,joy\n",
+              "{d}/train.csv: line 3: expected 2 fields, found 3", id="csv-more-fields"),
+    bad_split("train.csv", b"text,label\ni feel fine,joy\ni feel fine\n",
+              "{d}/train.csv: line 3: expected 2 fields, found 1", id="csv-fewer-fields"),
+    bad_split("train.csv", b'text,label\n"two\nlines",joy\n\n"ok",joy,x\n',
+              "{d}/train.csv: line 5: expected 2 fields, found 3", id="csv-lines-not-rows"),
+    bad_split("train.csv", b'text,label\ni feel fine,joy\n"unclosed,joy\n',
+              "{d}/train.csv: line 3: not valid CSV (unexpected end of data)", id="csv-open-quote"),
+    bad_split("train.jsonl", b'{"text": "a", "label": 1}\n\n{"text": "b", "label": 1}\n{"text": "c" "label": 1}\n',
+              "{d}/train.jsonl: line 4: not valid JSON (Expecting ',' delimiter at column 14)", id="jsonl-bad-json"),
+    bad_split("train.jsonl", b'{"text": "a", "label": 1}\n["b", 1]\n',
+              "{d}/train.jsonl: line 2: expected an object with text and label, got a list", id="jsonl-not-object"),
+    bad_split("train.jsonl", b'{"text": "a", "label": 1}\n{"text": "b"}\n',
+              "{d}/train.jsonl: line 2: missing column(s) label (has text)", id="jsonl-missing-key"),
+    bad_split("train.jsonl", b'{"text": "a", "label": 1, "source": "web"}\n',
+              "{d}/train.jsonl: line 1: unexpected column(s) source; keep only text and label", id="jsonl-extra-key"),
+    bad_split("train.json", b'{"text": {"0": "a"}, "label": {"0": 1}}',
+              '{d}/train.json: expected a list of records [{{"text": ..., "label": ...}}, ...], got an object',
+              id="json-columns-not-records"),
+    bad_split("train.json", b'[{"text": "a", "label": 1}, "b"]',
+              "{d}/train.json: row 2: expected an object with text and label, got a string",
+              id="json-record-not-object"),
+    bad_split("train.json", b'[{"text": "a",\n "label": 1',
+              "{d}/train.json: line 2: not valid JSON (Expecting ',' delimiter at column 12)", id="json-truncated"),
+    # Labels that are not names or ids 0-5, whatever type the format gives them.
+    bad_split("train.txt", b"i feel fine;joy\nso so;1.5\n",
+              "{d}/train.txt:2: unknown label '1.5'" + UNKNOWN, id="txt-float"),
+    bad_split("train.csv", b"text,label\na,joy\nb,1.0\n", "{d}/train.csv: line 3: unknown label '1.0'" + UNKNOWN,
+              id="csv-float-text"),
+    bad_split("train.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": true}\n',
+              "{d}/train.jsonl: line 2: unknown label 'True'" + UNKNOWN, id="jsonl-bool"),
+    bad_split("train.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": null}\n',
+              "{d}/train.jsonl: line 2: unknown label 'None'" + UNKNOWN, id="jsonl-null"),
+    bad_split("train.json", b'[{"text": "a", "label": 1}, {"text": "b", "label": NaN}]',
+              "{d}/train.json: row 2: unknown label 'nan'" + UNKNOWN, id="json-nan"),
+    bad_split("train.parquet", parquet_bytes(text=["a", "b"], label=[1.5, 2.0]),
+              "{d}/train.parquet: row 1: unknown label '1.5'" + UNKNOWN, id="parquet-float"),
+    bad_split("train.parquet", parquet_bytes(text=["a", "b"], label=[True, False]),
+              "{d}/train.parquet: row 1: unknown label 'True'" + UNKNOWN, id="parquet-bool"),
+    bad_split("train.parquet", parquet_bytes(text=["a", "b"], label=pd.array([1, None], dtype="Int64")),
+              "{d}/train.parquet: row 2: unknown label '<NA>'" + UNKNOWN, id="parquet-null-label"),
+    bad_split("train.parquet", parquet_bytes(text=["a", None], label=[1, 2]),
+              "{d}/train.parquet: row 2: expected text, got <NA>", id="parquet-null-text"),
+    # Folders and files in each other's place.
+    bad_split("train.txt", FOLDER, "{d}/train.txt is a folder, not a file", id="split-is-folder"),
+    bad_split("val.parquet", FOLDER, "{d}/val.parquet is a folder, not a file", id="spark-parquet-folder"),
+    pytest.param({"train.txt": GOOD[".txt"]}, ("train.txt", None, "fit"),
+                 "--data.data_dir {d}/train.txt is a file; give the folder that holds train/val/test files",
+                 id="data-dir-is-file"),
+    # The predict file.
+    pytest.param({}, (None, "texts.txt", "predict"), "{d}/texts.txt: no such file", id="predict-missing"),
+    bad_predict_file(FOLDER, "{d}/texts.txt is a folder, not a file", id="predict-folder"),
+    bad_predict_file(b"i am thrilled\nso caf\xe9\n",
+                     "{d}/texts.txt:2: not UTF-8 text (byte 0xe9 at column 7)" + UTF8_HINT, id="predict-latin1"),
+    bad_predict_file(zip_bytes(), "{d}/texts.txt: binary content (a NUL byte at line 1), not a text file",
+                     id="predict-binary"),
+    bad_predict_file(b"", "{d}/texts.txt: no texts to predict (the file is empty or blank)", id="predict-empty"),
+    bad_predict_file(b" \n\n", "{d}/texts.txt: no texts to predict (the file is empty or blank)", id="predict-blank"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("files, inputs, message", BAD_INPUTS)
+def test_bad_inputs_stop_with_one_line_naming_file_and_line(tmp_path, files, inputs, message):
+    for name, content in files.items():
+        (tmp_path / name).mkdir() if content is FOLDER else (tmp_path / name).write_bytes(content)
+    data_dir, predict_file, stage = inputs
+    message = message.format(d=tmp_path)
+    with pytest.raises(DataFormatError, match=f"^{re.escape(message)}$"):
+        check_inputs(data_dir and str(tmp_path / data_dir), predict_file and str(tmp_path / predict_file), stage)
+
+
+def test_check_inputs_reads_only_what_the_stage_uses(tmp_path):
+    (tmp_path / "texts.txt").write_text("i am thrilled\n")
+    check_inputs(str(tmp_path / "no-data-here"), str(tmp_path / "texts.txt"), "predict")  # predict reads no splits
+    check_inputs(None, str(tmp_path / "missing.txt"), "fit")  # the Hub dataset is left to datasets; no predict file
+
+
+def test_check_inputs_fills_the_cache_that_training_loads(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))
+    check_inputs(str(data_dir), None, "fit")
+    written = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.arrow")}
+    splits = load_local_splits(str(data_dir))
+    assert {name: len(split) for name, split in splits.items()} == {"train": 16000, "validation": 2000, "test": 2000}
+    cached = {Path(file["filename"]) for split in splits.values() for file in split.cache_files}
+    assert len(cached) == 3 and cached == set(written)  # the files check_inputs wrote, not new ones
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.arrow")} == written
