@@ -111,6 +111,14 @@ def tracking_uri(mlflow_server, monkeypatch) -> str:
     return mlflow_server
 
 
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """Hub ids pass the start-up checks (as with HF_HUB_OFFLINE=1): for tests that parse the online configs only."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 TRAINING_CONFIGS = ["--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
 
 

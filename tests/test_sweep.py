@@ -14,9 +14,9 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, shrunk_args
-from gates import gate_callback, open_gate, wait_for_reached
 from emo import sweep
 from emo.registry import MODEL_URI_TAG
+from gates import gate_callback, open_gate, wait_for_reached
 
 SWEEP_CONFIGS = ["--config", str(ROOT / "configs/sweep.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
 
@@ -185,7 +185,7 @@ def test_sweep_configs_are_shipped():
 
 
 @pytest.mark.parametrize("config", SWEEP_FILES, ids=lambda p: p.name)
-def test_every_sweep_config_parses_with_and_without_offline(config):
+def test_every_sweep_config_parses_with_and_without_offline(config, hub_offline):
     online = sweep.SweepCLI(["--config", str(config)])
     assert online.config.model.model_name_or_path == "distilbert-base-uncased"  # from base.yaml
     assert online.settings.params and online.settings.n_trials >= 1
@@ -193,7 +193,7 @@ def test_every_sweep_config_parses_with_and_without_offline(config):
     assert offline.config.model.model_name_or_path == "models/all-MiniLM-L6-v2"
 
 
-def test_default_sweep_is_the_original_grid_and_tpe_is_one_config_away():
+def test_default_sweep_is_the_original_grid_and_tpe_is_one_config_away(hub_offline):
     grid = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep.yaml")]).settings
     assert grid.params == {"model.learning_rate": [1e-5, 2e-5, 5e-5]}
     assert grid.n_trials == 3 and grid.grid == [{"model.learning_rate": lr} for lr in (1e-5, 2e-5, 5e-5)]

@@ -6,6 +6,7 @@ with it the run stops in seconds with one line that says what to do.
 
 import contextlib
 import functools
+import json
 import os
 import urllib.error
 import urllib.request
@@ -13,18 +14,23 @@ from pathlib import Path
 
 from huggingface_hub import constants
 
+from emo import UserError
+
 OFFLINE_HINT = (
     "to run without the Hub add --config configs/offline.yaml (local MiniLM and data), "
     "or set HF_HUB_OFFLINE=1 to use copies already in the Hugging Face cache"
 )
 
 
-class HubUnreachableError(RuntimeError):
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class HubUnreachableError(UserError):
     """The Hub is needed for a model, tokenizer or dataset and cannot be reached."""
 
 
-class LocalPathError(FileNotFoundError):
-    """A model or data path that is meant to be local does not exist."""
+class LocalPathError(UserError):
+    """A model or data path that is meant to be local does not exist or is not what it should be."""
 
 
 def is_local(name: str) -> bool:
@@ -63,14 +69,44 @@ def require(name: str, what: str) -> None:
         )
 
 
+def check_model_folder(name: str) -> None:
+    """A local model folder holds a config and weights, before anything is loaded from it."""
+    require(name, "model")
+    folder = Path(name).expanduser()
+    if not is_local(name):
+        return  # a Hub id, reachable
+    if not folder.is_dir():
+        raise LocalPathError(f"model {name!r} is a file; give the folder written by save_pretrained (config.json, weights, tokenizer)")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise LocalPathError(f"model folder {name!r} has no config.json: not a Hugging Face model folder")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise LocalPathError(f"{config}: not valid JSON ({error})") from None
+    if not any((folder / weights).is_file() for weights in WEIGHT_FILES):
+        raise LocalPathError(f"model folder {name!r} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
 def from_pretrained(cls, name: str, what: str, **kwargs):
-    """`cls.from_pretrained(name)`, with the check above and a one-line error when offline."""
+    """`cls.from_pretrained(name)`, with the check above and one-line errors for what a user can fix."""
     require(name, what)
     try:
         return cls.from_pretrained(name, **kwargs)
-    except OSError as error:
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
         if constants.is_offline_mode() and not is_local(name):
             raise HubUnreachableError(f"the {what} {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {OFFLINE_HINT}") from error
+        if is_local(name):
+            raise LocalPathError(f"the {what} in {name!r} cannot be loaded: {first_line(error)}") from error
+        raise
+    except Exception as error:  # safetensors and tokenizers raise their own types for damaged files
+        if is_local(name) and type(error).__module__.split(".")[0] in ("safetensors", "tokenizers", "builtins"):
+            raise LocalPathError(f"the {what} in {name!r} cannot be loaded: {first_line(error)}") from error
         raise
 
 

@@ -1,9 +1,12 @@
 """The classifier: a Hugging Face encoder with a classification head, fine-tuned with AdamW."""
 
+import contextlib
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
 import torch
+import transformers
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat
 from torch import nn
 from torchmetrics import MetricCollection
@@ -44,6 +47,40 @@ def evaluation_metrics(label_names: Sequence[str], stage: str) -> MetricCollecti
     )
 
 
+@contextlib.contextmanager
+def transformers_errors_only():
+    previous = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(previous)
+
+
+def load_classifier(name: str, label_names: Sequence[str]) -> nn.Module:
+    """The pretrained encoder with a new classification head.
+
+    transformers reports the new head's weights as missing from the checkpoint, which is the
+    point of fine-tuning; only weights missing from the encoder itself are worth a warning.
+    """
+    with transformers_errors_only():
+        model, loading = hub.from_pretrained(
+            AutoModelForSequenceClassification,
+            name,
+            what="model",
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={label: i for i, label in enumerate(label_names)},
+            output_loading_info=True,
+        )
+    encoder = model.base_model_prefix + "."
+    missing = [key for key in loading["missing_keys"] if key.startswith(encoder)]
+    if missing:
+        warnings.warn(f"model {name!r}: {len(missing)} encoder weights are not in its checkpoint and start random "
+                      f"({', '.join(missing[:3])}, ...)", stacklevel=2)  # fmt: skip
+    return model
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decayed = set(get_parameter_names(model, [nn.LayerNorm], NO_DECAY_PATTERNS))
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -76,14 +113,7 @@ class EmotionClassifier(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # every setting reaches MLflow from the resolved config instead
-        self.model = hub.from_pretrained(
-            AutoModelForSequenceClassification,
-            model_name_or_path,
-            what="model",
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
-        )
+        self.model = load_classifier(model_name_or_path, label_names)
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps a module's mode: dropout on
         self.metrics = nn.ModuleDict({stage: evaluation_metrics(label_names, stage) for stage in EVAL_STAGES})
         self.confusion = nn.ModuleDict({stage: MulticlassConfusionMatrix(len(label_names)) for stage in EVAL_STAGES})

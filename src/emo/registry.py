@@ -20,6 +20,22 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version.split('+')[0]}" for name, version in versions.items()]
 
 
+def send_model(run_id: str, folder) -> None:
+    """The journal's `model` line: logs the model saved in the run folder, unless an earlier try did."""
+    if MODEL_URI_TAG in mlflow.MlflowClient().get_run(run_id).data.tags:
+        return
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    log_transformers_model(run_id, model, AutoTokenizer.from_pretrained(folder))
+
+
+def send_registration(run_id: str, name: str, alias: str, metric: str) -> None:
+    """The journal's `register` line: registers the run's model, unless an earlier try did."""
+    if not mlflow.MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        register(run_id, name, alias, metric)
+
+
 def log_transformers_model(run_id: str, model, tokenizer) -> str:
     """Logs model + tokenizer as a text-classification pipeline in the run; returns the model URI."""
     with mlflow.start_run(run_id=run_id, nested=True), hub.offline_unless_reachable(model.name_or_path):
@@ -92,6 +108,6 @@ class ModelRegistry(Callback):
         if not (self.fitted and self.log_model and trainer.is_global_zero and logger):
             return
         self.fitted = False  # a later test in the same process is not a new model
-        log_transformers_model(logger.run_id, pl_module.model, trainer.datamodule.tokenizer)
+        logger.record_model(pl_module.model, trainer.datamodule.tokenizer)
         if self.registered_model_name:
-            self.registered = register(logger.run_id, self.registered_model_name, self.champion_alias, self.champion_metric)
+            logger.record_registration(self.registered_model_name, self.champion_alias, self.champion_metric)

@@ -1,28 +1,48 @@
 """MLflow tracking: where runs go, and what each run records besides its metrics.
 
-- `MLflowLogger`: Lightning's logger, with the store chosen when the run starts.
+- `check_tracking_uri`: one quick request before anything loads; a wrong URI or a server
+  that is down is one line.
+- `MLflowLogger`: Lightning's logger writing through the run's journal (`emo.journal`):
+  training never waits for the server, an outage loses nothing, a killed run can be resumed.
 - `LogRunConfig`: the resolved config as `config.yaml` and as params, plus tags and data inputs.
 - `RunArtifacts`: training throughput, confusion matrix, per-class report, run summary.
 """
 
+import contextlib
 import json
 import os
+import re
 import resource
+import sys
+import threading
 import time
+from pathlib import Path
 
 import mlflow
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
-from mlflow.entities import DatasetInput, InputTag, Param
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 from mlflow.utils.git_utils import get_git_commit
 
+from emo import UserError
 from emo.data import LABELS, SPLITS, batch_size_of
+from emo.journal import HEARTBEAT_INTERVAL_TAG, Journal, Sender, mark_stale_runs, pending_journals, sync
+from emo.redact import redact
+from emo.resume import INTERRUPTIONS, RECORD_KEY
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3 refuses ./mlruns; the Model Registry needs a database
 DEFAULT_EXPERIMENT = "Emotion-Classification-FineTuning"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+CHECK_TIMEOUT_S = 10
+
+
+class TrackingServerError(UserError):
+    """The tracking URI is wrong, or its server does not answer or refuses emo."""
 
 
 def resolve_tracking_uri() -> str:
@@ -30,16 +50,77 @@ def resolve_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+@contextlib.contextmanager
+def mlflow_http(retries: int, timeout_s: float):
+    """MLflow's HTTP retry count and timeout for the calls inside (MLflow reads both from the environment)."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def tracking_problem(uri: str, error: Exception) -> str:
+    shown = redact(uri)
+    text = str(error)
+    status = error.get_http_status_code() if isinstance(error, MlflowException) else None
+    if "filesystem tracking backend" in text:
+        return f"tracking URI {shown}: MLflow 3 no longer records into a folder; use {DEFAULT_TRACKING_URI} or a server"
+    if "unsupported URI" in text or "Could not find a registered tracking store" in text:
+        return f"tracking URI {shown}: unknown scheme; use http(s)://host:port (a server), sqlite:///file.db or a database URL"
+    reason = next((why for pattern, why in (("NameResolution", "unknown host"), ("Connection refused", "connection refused"),
+                                             ("NewConnectionError", "connection refused"), ("timed out", f"no answer in {CHECK_TIMEOUT_S} s"),
+                                             ("Timeout", f"no answer in {CHECK_TIMEOUT_S} s")) if pattern in text), None)  # fmt: skip
+    if reason:
+        return (f"cannot reach the MLflow tracking server at {shown} ({reason}): start it (make server), check "
+                f"MLFLOW_TRACKING_URI, or unset it to record into {DEFAULT_TRACKING_URI}")  # fmt: skip
+    if status in (401, 403):
+        return (f"the tracking server at {shown} refused emo (HTTP {status}): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server")  # fmt: skip
+    if status and status != 500:
+        return f"{shown} does not answer as an MLflow tracking server (HTTP {status}); check MLFLOW_TRACKING_URI"
+    return f"tracking URI {shown}: {redact(text.splitlines()[0][:300])}"
+
+
+def check_tracking_uri(uri: str) -> None:
+    """One request, no retries, a short timeout: a wrong URI or an absent server is one line within seconds."""
+    with mlflow_http(retries=0, timeout_s=CHECK_TIMEOUT_S):
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as error:  # MLflow, SQLAlchemy and driver errors alike
+            raise TrackingServerError(tracking_problem(uri, error)) from None
+
+
+def prepare_tracking(uri: str, experiment_name: str) -> None:
+    """Before anything loads: the store answers, and RUNNING runs whose process died are ended as KILLED."""
+    check_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        for run_id in mark_stale_runs(client, experiment.experiment_id):
+            print(f"emo: run {run_id} stopped beating (its process died); marked KILLED", file=sys.stderr)
+
+
 class MLflowLogger(MLFlowLogger):
-    """Lightning's `MLFlowLogger`, reading `MLFLOW_TRACKING_URI` when built rather than when imported.
+    """Lightning's `MLFlowLogger`; everything the run records goes through its journal (`emo.journal`).
 
     Args:
         experiment_name: MLflow experiment of the run.
         run_name: Display name of the run.
         tracking_uri: Store or server; default `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`.
         tags: Extra run tags (a sweep passes `mlflow.parentRunId`).
-        log_model: Upload the best checkpoint when training ends (`all`: every saved checkpoint).
-        run_id: Continue this run instead of starting one.
+        log_model: Upload the best checkpoint when training ends.
+        run_id: Continue this run instead of starting one (`--ckpt_path last` sets it).
+        heartbeat_interval_s: A live run sets the tag `emo.heartbeat` this often; one silent for five
+            intervals is ended as KILLED by the next emo command.
+        flush_timeout_s: At the end, how long to wait for an absent tracking server before leaving
+            the rest in the journal for `emo sync`.
     """
 
     def __init__(
@@ -48,8 +129,10 @@ class MLflowLogger(MLFlowLogger):
         run_name: str | None = None,
         tracking_uri: str | None = None,
         tags: dict[str, str] | None = None,
-        log_model: bool | str = True,
+        log_model: bool = True,
         run_id: str | None = None,
+        heartbeat_interval_s: PositiveInt = 60,
+        flush_timeout_s: NonNegativeFloat = 60,
     ):
         super().__init__(
             experiment_name=experiment_name,
@@ -59,14 +142,155 @@ class MLflowLogger(MLFlowLogger):
             log_model=log_model,
             run_id=run_id,
         )
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.flush_timeout_s = flush_timeout_s
+        self.runs_dir = "outputs"  # the run folder's parent; the CLI sets it to the trainer's default_root_dir
+        self.resume_step: int | None = None  # set by emo.resume: the step of the checkpoint this run continues from
+        self.keep_open = False  # the CLI sets it while a test follows the fit in the same run
+        self.interrupted = False
+        self.failure: str | None = None
+        self.checkpoint_step: int | None = None
+        self.best_checkpoint: str | None = None
+        self.journal: Journal | None = None
+        self.sender: Sender | None = None
+        self.background_sync: threading.Thread | None = None
 
     @property
     def tracking_uri(self) -> str:
         return self._tracking_uri
 
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> mlflow.MlflowClient:
+        if not self._initialized:
+            resumed = self._run_id is not None
+            _ = super().experiment  # finds or creates the experiment and the run
+            self.open_journal(resumed)
+        return self._mlflow_client
 
-def mlflow_logger(trainer: Trainer) -> MLFlowLogger | None:
-    return next((logger for logger in trainer.loggers if isinstance(logger, MLFlowLogger)), None)
+    @property
+    def folder(self) -> Path:
+        """The run's local folder: its journal, checkpoints and artifacts before they are sent."""
+        return Path(self.runs_dir) / self.experiment_id / self.run_id
+
+    def open_journal(self, resumed: bool) -> None:
+        self.journal = Journal(self.folder, self._run_id, self._tracking_uri)
+        if resumed:
+            self._mlflow_client.update_run(self._run_id, status="RUNNING")
+            if self.resume_step is not None:
+                self.journal.drop_unsent_after(self.resume_step)
+                self.journal.cover(self.resume_step)
+        self.journal.append("tags", tags={HEARTBEAT_INTERVAL_TAG: self.heartbeat_interval_s})
+        self.sender = Sender(self.journal, heartbeat_s=self.heartbeat_interval_s)
+        self.sender.start()
+        others = [folder for folder in pending_journals(Path(self.runs_dir)) if folder != self.folder]
+        if others:  # records an earlier process could not send: send them now, beside training
+            self.background_sync = threading.Thread(target=sync, args=(Path(self.runs_dir),), daemon=True)
+            self.background_sync.start()
+
+    # What the run records: every call appends to the journal and returns at once.
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        values = {re.sub(r"[^a-zA-Z0-9_/. -]+", "", key): float(value) for key, value in metrics.items() if not isinstance(value, str)}
+        _ = self.experiment  # opens the run and its journal on first use
+        self.journal.append("metrics", step=step or 0, metrics=values)
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        self.record_params(flatten(dict(params)))
+
+    @rank_zero_only
+    def record_params(self, params: dict) -> None:
+        _ = self.experiment
+        self.journal.append("params", params={key: str(value)[:MAX_PARAM_LENGTH] for key, value in params.items()})
+
+    @rank_zero_only
+    def record_tags(self, tags: dict) -> None:
+        _ = self.experiment
+        self.journal.append("tags", tags={key: str(value) for key, value in tags.items()})
+
+    @rank_zero_only
+    def record_inputs(self, datasets: list[dict]) -> None:
+        _ = self.experiment
+        self.journal.append("inputs", datasets=datasets)
+
+    def artifact_file(self, artifact_file: str) -> Path:
+        path = self.folder / "artifacts" / artifact_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @rank_zero_only
+    def record_file(self, path: Path, artifact_dir: str | None = None) -> None:
+        """A file of the run folder, uploaded under `artifact_dir` of the run's artifacts."""
+        self.journal.append("artifact", local=str(Path(path).relative_to(self.folder)), path=artifact_dir)
+
+    @rank_zero_only
+    def record_text(self, text: str, artifact_file: str) -> None:
+        path = self.artifact_file(artifact_file)
+        path.write_text(redact(text), encoding="utf-8")
+        self.record_file(path, os.path.dirname(artifact_file) or None)
+
+    @rank_zero_only
+    def record_figure(self, figure, artifact_file: str) -> None:
+        path = self.artifact_file(artifact_file)
+        figure.savefig(path)
+        self.record_file(path, os.path.dirname(artifact_file) or None)
+
+    @rank_zero_only
+    def record_model(self, model, tokenizer) -> None:
+        """Saves model and tokenizer into the run folder (safetensors); the sender logs them in MLflow's format."""
+        folder = self.folder / "model"
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        self.journal.append("model", local="model")
+
+    @rank_zero_only
+    def record_registration(self, name: str, alias: str, metric: str) -> None:
+        self.journal.append("register", name=name, alias=alias, metric=metric)
+
+    # Checkpoints cover metric points; the end of the run sends what is left.
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        if self.journal is not None and self.checkpoint_step is not None:
+            self.journal.cover(self.checkpoint_step)
+        if self._log_model and checkpoint_callback.monitor and checkpoint_callback.best_model_path:
+            self.best_checkpoint = checkpoint_callback.best_model_path
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if self.journal is None:
+            return
+        if status == "finished" or (status == "success" and self.keep_open):
+            # "finished": Lightning's SLURM handler before requeueing the job, which comes back to this run.
+            self.flush()
+            return
+        if self._log_model and self.best_checkpoint and os.path.exists(self.best_checkpoint):
+            self.record_file(Path(self.best_checkpoint), Path(self.best_checkpoint).stem)
+            self.best_checkpoint = None
+        if self.failure:
+            self.record_tags({"emo.failure": self.failure})
+        final = "FINISHED" if status == "success" else ("KILLED" if self.interrupted else "FAILED")
+        self.journal.append("status", status=final)
+        self.flush(stop=True)
+
+    def flush(self, stop: bool = False) -> bool:
+        """Sends what is left, waiting `flush_timeout_s` at most; what the server did not take stays in the journal."""
+        done = (self.sender.stop if stop else self.sender.flush)(self.flush_timeout_s)
+        if self.background_sync is not None and stop:
+            self.background_sync.join(self.flush_timeout_s)
+        for refusal in self.sender.refused:
+            print(f"emo: warning: the tracking server refused a record of run {self.run_id}: {refusal}", file=sys.stderr)
+        self.sender.refused.clear()
+        if not done:
+            print(f"emo: warning: the tracking server at {redact(self._tracking_uri)} did not take {self.journal.unsent} "
+                  f"records of run {self.run_id} in {self.flush_timeout_s:.0f} s; they are kept in {self.folder} and "
+                  f"`emo sync` sends them (so does the next `emo fit` with the same output folder)", file=sys.stderr)  # fmt: skip
+        return done
+
+
+def mlflow_logger(trainer: Trainer) -> MLflowLogger | None:
+    return next((logger for logger in trainer.loggers if isinstance(logger, MLflowLogger)), None)
 
 
 def flatten(tree, prefix: str = "") -> dict:
@@ -83,14 +307,22 @@ def flatten(tree, prefix: str = "") -> dict:
     return flat
 
 
+def run_settings(config) -> dict[str, str]:
+    """Every setting of a resolved config, as the run's params hold them."""
+    settings = config.clone().as_dict()
+    settings.pop("config", None)  # the files it came from: a tag, not a setting
+    return {key: redact(str(value))[:MAX_PARAM_LENGTH] for key, value in flatten(settings).items()}
+
+
 def log_params(client, run_id: str, params: dict) -> None:
-    entries = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+    """Params sent directly (a sweep's parent run); a run's own params go through its journal."""
+    entries = [Param(key, redact(str(value))[:MAX_PARAM_LENGTH]) for key, value in params.items()]
     for start in range(0, len(entries), 100):  # MLflow takes at most 100 params a batch
         client.log_batch(run_id, params=entries[start : start + 100])
 
 
-def dataset_inputs(datamodule) -> list[DatasetInput]:
-    """The splits actually used, with their content digests, for the run's Datasets panel."""
+def dataset_inputs(datamodule) -> list[dict]:
+    """The splits actually used, with their content digests, for the run's Datasets panel (as journal fields)."""
     inputs = []
     for split in SPLITS:
         examples = datamodule.splits[split]
@@ -100,8 +332,9 @@ def dataset_inputs(datamodule) -> list[DatasetInput]:
             targets="label",
             name=f"emotion-{split}",
             digest=datamodule.digests[split][:20],
-        )
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
+        )._to_mlflow_entity()
+        fields = {key: getattr(dataset, key) for key in ("name", "digest", "source_type", "source", "schema", "profile")}
+        inputs.append({**fields, "tags": {"mlflow.data.context": split}})
     return inputs
 
 
@@ -109,18 +342,33 @@ class LogRunConfig(SaveConfigCallback):
     """Records the resolved config in the MLflow run: `config.yaml`, every setting as a param, and tags.
 
     Replaces LightningCLI's default callback, which writes into a log folder that sqlite and
-    remote stores do not have.
+    remote stores do not have. Also writes the run record into every checkpoint (its run,
+    settings and step, for `emo.resume`) and notes why a run stopped.
     """
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        logger = mlflow_logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        checkpoint[RECORD_KEY] = {"run_id": logger.run_id, "experiment_id": logger.experiment_id,
+                                  "step": trainer.global_step, "params": run_settings(self.config)}  # fmt: skip
+        logger.checkpoint_step = trainer.global_step
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        logger = mlflow_logger(trainer)
+        if logger is None:
+            return
+        logger.interrupted = isinstance(exception, INTERRUPTIONS)
+        if not logger.interrupted:
+            logger.failure = redact(f"{type(exception).__name__}: {str(exception).strip()[:500]}")
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         logger = mlflow_logger(trainer)
-        if logger is None or stage == "predict":
-            return
-        client, run_id = logger.experiment, logger.run_id
-        client.log_text(run_id, self.parser.dump(self.config, skip_none=False), "config.yaml")
-        settings = self.config.clone().as_dict()
-        config_files = settings.pop("config", None) or []
-        log_params(client, run_id, flatten(settings))
+        if logger is None or stage == "predict" or logger.resume_step is not None:
+            return  # a resumed run recorded its config when it started
+        logger.record_text(self.parser.dump(self.config, skip_none=False), "config.yaml")
+        config_files = self.config.get("config") or []
+        logger.record_params(run_settings(self.config))
         datamodule = trainer.datamodule
         tags = {
             "emo.task": "text-classification",
@@ -134,9 +382,8 @@ class LogRunConfig(SaveConfigCallback):
             tags["mlflow.source.git.commit"] = commit
         if datamodule.digests:
             tags["emo.data_digest"] = datamodule.data_digest
-            client.log_inputs(run_id, datasets=dataset_inputs(datamodule))
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
+            logger.record_inputs(dataset_inputs(datamodule))
+        logger.record_tags(tags)
 
 
 def peak_memory_mib() -> float:
@@ -222,15 +469,14 @@ class RunArtifacts(Callback):
         logger = mlflow_logger(trainer)
         if logger is None:
             return
-        client, run_id = logger.experiment, logger.run_id
         confusion = pl_module.confusion_matrices["test"]
         figure, _ = pl_module.confusion["test"].plot(val=confusion, labels=list(pl_module.hparams.label_names))
         figure.set_size_inches(7, 6)
-        client.log_figure(run_id, figure, "test/confusion_matrix.png")
+        logger.record_figure(figure, "test/confusion_matrix.png")
         report = per_class_report(trainer.callback_metrics, confusion, pl_module.hparams.label_names)
-        client.log_dict(run_id, report, "test/per_class_report.json")
-        client.log_text(run_id, report_markdown(report), "test/per_class_report.md")
-        client.log_text(run_id, json.dumps(self.summary(trainer, pl_module), indent=2), "summary.json")
+        logger.record_text(json.dumps(report, indent=2), "test/per_class_report.json")
+        logger.record_text(report_markdown(report), "test/per_class_report.md")
+        logger.record_text(json.dumps(self.summary(trainer, pl_module), indent=2), "summary.json")
 
 
 def per_class_report(metrics: dict, confusion, label_names=LABELS) -> dict:

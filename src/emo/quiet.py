@@ -1,0 +1,43 @@
+"""A quiet start: emo prints progress, results and problems, not what libraries say about choices made on purpose.
+
+Each line below silences one message that every run printed although nothing was wrong.
+Real problems still show: only these messages are filtered, by their text.
+"""
+
+import logging
+import warnings
+
+EXPECTED_WARNINGS = [
+    # emo hands LightningCLI the command line itself (and each sweep trial its own)
+    r"LightningCLI's args parameter is intended",
+    # inside datasets' sort, between pyarrow versions
+    r"Specifying null_placement in SortOptions is deprecated",
+    # MLflow's schema hint for the integer label column of the logged datasets
+    r"Hint: Inferred schema contains integer column",
+    # Lightning's own use of torch's pytree API
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+]
+
+
+class DropMessages(logging.Filter):
+    def __init__(self, *starts: str):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_libraries() -> None:
+    for message in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message)
+    # Adverts for other loggers and model stores.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(DropMessages("💡 Tip"))
+    # "Experiment ... not found. Creating it.": a new experiment is created on purpose.
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
+    # No model card or licence for local folders; the signature is inferred on purpose.
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # a bar per weight file loaded or saved, gone in a blink
