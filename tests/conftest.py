@@ -1,6 +1,7 @@
 """Shared test parts: the real data, a tiny random BERT with the real MiniLM tokenizer, a real MLflow server."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -135,3 +136,24 @@ def shrunk_args(tmp_path: Path, model_dir: Path, data: Path, *extra: str, config
         "--trainer.default_root_dir", str(tmp_path / "outputs"),
         *extra,
     ]  # fmt: skip
+
+
+def as_in_a_terminal():
+    # Ctrl-C as a user sends it: processes started in the background inherit SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_emo(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """`python -m emo ARGS` in its own process, writing to a file (a pipe nobody reads would stall it), gates importable."""
+    paths = [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **(env or {})}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "emo", *args], cwd=log.parent, stdout=out, stderr=out, env=env,
+                                preexec_fn=as_in_a_terminal)  # fmt: skip
+
+
+def run_emo(args: list[str], log: Path, env: dict | None = None, timeout: int = 600) -> tuple[int, str]:
+    """Runs `python -m emo ARGS` to the end; returns its exit status and output."""
+    process = start_emo(args, log, env)
+    code = process.wait(timeout=timeout)
+    return code, log.read_text()

@@ -39,8 +39,13 @@ class Gate(Callback):
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"reached-{os.getpid()}-{trainer.global_step}").write_text(run_name)
-        while not (self.folder / "open").exists():
+        while not (self.folder / "open").exists() and not stop_requested(trainer):
             time.sleep(0.05)
+
+
+def stop_requested(trainer) -> bool:
+    """A stop signal arrived (emo finishes the training step under way, as a busy process would)."""
+    return trainer.received_sigterm or any(getattr(callback, "stop_signal", None) for callback in trainer.callbacks)
 
 
 def gate_callback(folder: Path, **settings) -> list[str]:

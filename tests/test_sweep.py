@@ -1,10 +1,7 @@
 """`emo sweep` against a real MLflow server: nested runs, best-trial registration, pruning, workers, resume."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -13,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, shrunk_args
+from conftest import ROOT, shrunk_args, start_emo
 from emo import sweep
 from emo.registry import MODEL_URI_TAG
 from gates import gate_callback, open_gate, wait_for_reached
@@ -101,17 +98,8 @@ def test_destructive_learning_rate_is_pruned(tmp_path, tiny_model_dir, small_dat
     assert len(versions) == 1 and versions[0].run_id != pruned_run.info.run_id
 
 
-def as_in_a_terminal():
-    # Ctrl-C as a user sends it: processes started in the background inherit SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start_sweep(args: list[str], log: Path) -> subprocess.Popen:
-    """A sweep process writing to a file: a pipe nobody reads would stall it once full."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "emo", "sweep", *args], cwd=log.parent, stdout=out, stderr=out,
-                                env=env, preexec_fn=as_in_a_terminal)  # fmt: skip
+def start_sweep(args: list[str], log: Path):
+    return start_emo(["sweep", *args], log)
 
 
 def test_two_processes_share_one_study(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
@@ -159,6 +147,12 @@ def test_an_interrupted_sweep_continues(tmp_path, tiny_model_dir, small_data_dir
     trials = optuna.load_study(study_name=name, storage=storage).trials
     done = sorted(t.params["model.learning_rate"] for t in trials if t.state == TrialState.COMPLETE)
     assert done == learning_rates
+    # The interrupted trial's copy continued its MLflow run from the last checkpoint: three runs, all finished.
+    children = children_of(client, parent_id)
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    interrupted = next(t for t in trials if t.state == TrialState.FAIL)
+    retried = next(t for t in trials if t.system_attrs.get("failed_trial") == interrupted.number)
+    assert retried.user_attrs["mlflow_run_id"] == interrupted.user_attrs["mlflow_run_id"]
     assert client.get_run(parent_id).info.status == "FINISHED"
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 

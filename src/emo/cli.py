@@ -15,6 +15,7 @@ exists, and reported as one line (`emo: error: ...`).
 import difflib
 import importlib
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from emo import UserError
 from emo.data import LABELS, EmotionDataModule
@@ -270,3 +271,5 @@ def main(args=None) -> None:
     except UserError as error:
         print(f"emo: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except SIGTERMException:  # Lightning stopped the fit cleanly; say how it ended as a shell expects
+        sys.exit(128 + signal.SIGTERM)

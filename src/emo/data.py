@@ -22,8 +22,9 @@ import datasets
 import lightning as L
 import pandas as pd
 import pyarrow as pa
+import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from transformers import AutoTokenizer, DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -343,6 +344,47 @@ def tokenize_texts(batch: dict, tokenizer, max_length: int) -> dict:
     return tokenizer(batch["text"], truncation=True, max_length=max_length, return_length=True)
 
 
+class EpochSampler(Sampler[int]):
+    """The training order of an epoch: shuffled (or length-grouped) from the seed and the epoch number alone.
+
+    So a run resumed mid-epoch from a checkpoint sees the same order as one never stopped, and
+    skips the batches its epoch already trained on (`batches_done`, read when the epoch starts).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, group_by_length: bool, seed: int, batches_done=lambda: 0):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.batches_done = batches_done
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls it before every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.group_by_length:
+            order = list(LengthGroupedSampler(self.batch_size, lengths=self.lengths, generator=generator))
+        else:
+            order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        return iter(order[self.batches_done() * self.batch_size :])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning may checkpoint mid-epoch: its position is Lightning's own restored batch count."""
+
+    def state_dict(self) -> dict:
+        return {"seed": self.sampler.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.sampler.seed:
+            raise DataFormatError(f"the checkpoint's training order has seed {state.get('seed')}, this run {self.sampler.seed}")
+
+
 class EmotionDataModule(L.LightningDataModule):
     """The emotion splits, tokenized once (cached by `datasets`), padded per batch.
 
@@ -450,15 +492,20 @@ class EmotionDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
         )
 
+    def batches_done(self) -> int:
+        """Batches of the current epoch already trained: non-zero only when resuming mid-epoch."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size > 1:
+            return 0  # with several processes Lightning splits the order itself: a resumed epoch starts over
+        return trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
     def train_dataloader(self) -> DataLoader:
-        train = self.splits["train"]
-        sampler = None
-        if self.hparams.group_by_length:
-            sampler = LengthGroupedSampler(self.hparams.batch_size, lengths=train["length"])
-        return DataLoader(
+        sampler = EpochSampler(self.splits["train"]["length"], self.hparams.batch_size, self.hparams.group_by_length,
+                               seed=torch.initial_seed(), batches_done=self.batches_done)  # fmt: skip
+        resumable = self.trainer is None or self.trainer.world_size == 1
+        return (ResumableLoader if resumable else DataLoader)(
             self.model_inputs("train"),
             batch_size=self.hparams.batch_size,
-            shuffle=sampler is None,
             sampler=sampler,
             collate_fn=self.collator,
             num_workers=self.hparams.num_workers,

@@ -140,6 +140,18 @@ class Journal:
         self._lock_file.close()
 
 
+def in_use(folder: Path) -> bool:
+    """Whether a live process holds the journal of this run folder (the lock dies with its process)."""
+    if not (folder / LOCK).exists():
+        return False
+    with open(folder / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
 def read_entries(path: Path) -> list[dict]:
     if not path.exists():
         return []

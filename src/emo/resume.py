@@ -11,6 +11,9 @@
   refused with one line, unless `--resume_new_run true` asks for a new run.
 """
 
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,13 +25,24 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from emo import UserError
-from emo.journal import HEARTBEAT_INTERVAL_TAG, HEARTBEAT_TAG, JOURNAL, STALE_AFTER_BEATS, read_entries, read_sent
+from emo.journal import (
+    HEARTBEAT_INTERVAL_TAG,
+    HEARTBEAT_TAG,
+    JOURNAL,
+    STALE_AFTER_BEATS,
+    in_use,
+    read_entries,
+    read_sent,
+)
 
 RECORD_KEY = "emo"
 # Settings that change how a run is watched or where it writes, not what it learns: a resume may change them.
 OPERATIONAL = ("ckpt_path", "resume_new_run", "weights_only", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-               "data.num_workers", "trainer.logger.init_args.flush_timeout_s", "trainer.logger.init_args.heartbeat_interval_s",
-               "last_checkpoint.every_n_train_steps", "data.eval_batch_size")  # fmt: skip
+               "data.num_workers", "data.eval_batch_size", "last_checkpoint.every_n_train_steps",
+               "trainer.logger.init_args.flush_timeout_s", "trainer.logger.init_args.heartbeat_interval_s",
+               "trainer.logger.init_args.run_name", "trainer.logger.init_args.tags")  # a continued run keeps its own  # fmt: skip
+# Settings a continued checkpoint honours (the loop's length, bookkeeping): `--resume_new_run true` may change them.
+CONTINUABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.logger.", "registry.", "checkpoint.", "trainer.log_every_n_steps")
 INTERRUPTIONS = (KeyboardInterrupt, SIGTERMException)
 
 
@@ -37,7 +51,12 @@ class ResumeError(UserError):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """Keeps `last.ckpt` current, for `--ckpt_path last` after a crash or an interruption.
+    """Keeps `last.ckpt` current, for `--ckpt_path last` after a crash or a stop.
+
+    Written every `every_n_train_steps` steps, at every epoch end, and when the process is asked
+    to stop: Ctrl-C or SIGTERM finish the training step under way, write `last.ckpt` and end the
+    run as KILLED (a second Ctrl-C stops at once, keeping the checkpoint before it). A step's end
+    is the point Lightning resumes from exactly: no metric step is skipped or repeated.
 
     Args:
         every_n_train_steps: Also write it every this many training steps (0: only at epoch ends and on stop).
@@ -45,10 +64,48 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, every_n_train_steps: NonNegativeInt = 200):
         super().__init__(save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps)
+        self.stop_signal: int | None = None
+        self.saved_for_stop = False
+        self.previous_sigint = None
 
     def save_now(self, trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.stop_signal, self.saved_for_stop = None, False
+        if threading.current_thread() is threading.main_thread():
+            self.previous_sigint = signal.signal(signal.SIGINT, self.ctrl_c)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.restore_sigint()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.restore_sigint()
+
+    def restore_sigint(self) -> None:
+        if self.previous_sigint is not None:
+            signal.signal(signal.SIGINT, self.previous_sigint)
+            self.previous_sigint = None
+
+    def ctrl_c(self, signum, frame) -> None:
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt  # asked twice: now
+        self.stop_signal = signal.SIGINT
+        print("\nemo: stopping after this training step (Ctrl-C again stops at once)", file=sys.stderr)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.stop_signal is not None or trainer.received_sigterm:
+            self.save_now(trainer)
+            self.saved_for_stop = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # The stop comes here, after Lightning has logged the metrics of the step the checkpoint holds.
+        if self.saved_for_stop:
+            raise KeyboardInterrupt if self.stop_signal == signal.SIGINT else SIGTERMException()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self.save_now(trainer)  # at every epoch end, improved or not
@@ -57,8 +114,8 @@ class LastCheckpoint(ModelCheckpoint):
         self.save_now(trainer)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        # Asked to stop: keep the progress. A crash (a NaN loss, a bug) keeps the last good state instead.
-        if isinstance(exception, INTERRUPTIONS) and not trainer.sanity_checking:
+        # Lightning's own SIGTERM stop (at an epoch's end, or during validation) keeps its progress too.
+        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
             self.save_now(trainer)
 
 
@@ -78,8 +135,8 @@ def read_record(path: Path) -> dict | None:
     return checkpoint.get(RECORD_KEY)
 
 
-def differences(recorded: dict, current: dict) -> list[str]:
-    keys = sorted(k for k in set(recorded) | set(current) if not k.startswith(OPERATIONAL))
+def differences(recorded: dict, current: dict, allowed: tuple[str, ...] = ()) -> list[str]:
+    keys = sorted(k for k in set(recorded) | set(current) if not k.startswith(OPERATIONAL + allowed))
     return [f"{k} {recorded.get(k, '(unset)')} -> {current.get(k, '(unset)')}" for k in keys if recorded.get(k) != current.get(k)]
 
 
@@ -88,19 +145,26 @@ def last_checkpoints(root: Path) -> list[Path]:
     return sorted(root.glob("*/*/checkpoints/last*.ckpt"), key=lambda path: path.stat().st_mtime, reverse=True)
 
 
-def find_last(root: Path, settings: dict) -> tuple[Path, dict]:
-    """The newest `last.ckpt` under `root` whose run has these settings."""
+def find_last(root: Path, settings: dict, allowed: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    """The newest `last.ckpt` under `root` whose run has these settings (but for `allowed` ones)."""
     found = [(path, read_record(path)) for path in last_checkpoints(root)]
     found = [(path, record) for path, record in found if record]
     if not found:
         raise ResumeError(f"--ckpt_path last: no last checkpoint of an emo run under {root}/ (nothing to resume)")
-    for path, record in found:
-        if not differences(record["params"], settings):
-            return path, record
-    path, record = found[0]
-    raise ResumeError(f"--ckpt_path last: the settings differ from those of run {record['run_id']} ({path}): "
-                      f"{'; '.join(differences(record['params'], settings)[:4])}; use the run's settings, "
-                      "or add --resume_new_run true to continue its training in a new run")  # fmt: skip
+    return next(((path, record) for path, record in found if not differences(record["params"], settings, allowed)), found[0])
+
+
+def check_settings(path, record: dict, settings: dict, new_run: bool) -> None:
+    """A continued run keeps its settings; a new run may change only what a continuation honours."""
+    problems = differences(record["params"], settings, CONTINUABLE if new_run else ())
+    if not problems:
+        return
+    changes = "; ".join(problems[:4])
+    if new_run:
+        raise ResumeError(f"--ckpt_path {path}: {changes}: a checkpoint carries its optimizer and schedule, so only "
+                          f"{', '.join(CONTINUABLE)} may change when continuing it; start a new fit for other changes")  # fmt: skip
+    raise ResumeError(f"--ckpt_path {path}: the settings differ from those of run {record['run_id']}: {changes}; use the "
+                      "run's settings, or add --resume_new_run true to continue its training in a new run")  # fmt: skip
 
 
 def hpc_checkpoint(root: Path) -> Path | None:
@@ -120,14 +184,17 @@ def check_run_can_continue(record: dict, folder: Path, tracking_uri: str) -> Non
                           "to continue its training in a new run") from None  # fmt: skip
     if run.info.status == "FINISHED":
         raise ResumeError(f"run {run_id} has finished: nothing to resume (start a new fit without --ckpt_path)")
+    if in_use(folder):
+        raise ResumeError(f"run {run_id} is still running: a process on this machine writes {folder}; stop it first")
     tags = run.data.tags
-    if run.info.status == "RUNNING" and HEARTBEAT_TAG in tags:
+    if run.info.status == "RUNNING" and HEARTBEAT_TAG in tags and not (folder / JOURNAL).exists():
+        # Its journal is on another machine: only the heartbeat tells whether its process is alive.
         silent_s = time.time() - float(tags[HEARTBEAT_TAG])
         if silent_s < STALE_AFTER_BEATS * float(tags.get(HEARTBEAT_INTERVAL_TAG, 60)):
-            raise ResumeError(f"run {run_id} is still running (its heartbeat is {silent_s:.0f} s old); stop it first")
+            raise ResumeError(f"run {run_id} is still running elsewhere (its heartbeat is {silent_s:.0f} s old); stop it first")
     entries = read_entries(folder / JOURNAL)
     recorded = [e["step"] for e in entries[: read_sent(folder)] if e["op"] == "metrics"]
-    if recorded and max(recorded) > step:
+    if recorded and max(recorded) >= step:  # metrics of batch n are logged at step n - 1
         raise ResumeError(f"run {run_id} already recorded steps up to {max(recorded)}, past this checkpoint (step {step}): "
                           "resume from its last checkpoint, or add --resume_new_run true for a new run")  # fmt: skip
 
@@ -138,22 +205,21 @@ def plan_resume(config, settings: dict, tracking_uri: str) -> int | None:
     None: nothing to continue (no checkpoint, a plain Lightning checkpoint, or a new run asked for).
     """
     root = Path(config.trainer.default_root_dir or ".")
-    path = config.ckpt_path
+    path, new_run = config.ckpt_path, config.resume_new_run
     if path == "last":
-        path, record = find_last(root, settings)
-        config.ckpt_path = str(path)
+        found, record = find_last(root, settings, CONTINUABLE if new_run else ())
+        config.ckpt_path, path = str(found), f"last ({found})"
     elif path:
         record = read_record(Path(path))
     elif hpc := hpc_checkpoint(root):
         record = read_record(hpc)  # Lightning restores it by itself; the run continues here
     else:
         return None
-    if record is None or config.resume_new_run:
+    if record is None:
+        return None  # a plain Lightning checkpoint: its training continues in a new run
+    check_settings(path, record, settings, new_run)
+    if new_run:
         return None
-    problems = differences(record["params"], settings)
-    if problems:
-        raise ResumeError(f"--ckpt_path {path}: the settings differ from those of run {record['run_id']}: "
-                          f"{'; '.join(problems[:4])}; use the run's settings, or add --resume_new_run true")  # fmt: skip
     check_run_can_continue(record, root / record["experiment_id"] / record["run_id"], tracking_uri)
     config.trainer.logger.init_args.run_id = record["run_id"]
     return record["step"]

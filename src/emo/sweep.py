@@ -172,13 +172,18 @@ def sweep_problem(config) -> str | None:
 
 
 class TrialPruning(PyTorchLightningPruningCallback):
-    """Optuna's pruning callback, remembering the trial's MLflow run to mark it pruned."""
+    """Optuna's pruning callback; also notes the trial's MLflow run on the trial as soon as it exists.
+
+    An interrupted trial's copy (queued by `retry_once`) inherits that note and continues the run
+    from its last checkpoint.
+    """
 
     run_id: str | None = None
 
     def on_fit_start(self, trainer, pl_module):
         super().on_fit_start(trainer, pl_module)
         self.run_id = trainer.logger.run_id
+        self._trial.set_user_attr(RUN_ATTR, self.run_id)
 
 
 class Claims:
@@ -378,10 +383,18 @@ class Sweep:
             "emo.worker": f"{socket.gethostname()}:{os.getpid()}",  # which sweep process ran it
         }
         config["registry"]["registered_model_name"] = None  # only the best trial's model, at the end
+        interrupted = self.last_checkpoint_of(trial.user_attrs.get(RUN_ATTR))
+        if interrupted:
+            config["ckpt_path"] = str(interrupted)  # the retry of an interrupted trial continues its run
         path = self.folder / f"trial-{trial.number}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
+
+    def last_checkpoint_of(self, run_id: str | None) -> Path | None:
+        root = Path(self.template["trainer"].get("default_root_dir") or ".")
+        found = sorted(root.glob(f"*/{run_id}/checkpoints/last.ckpt")) if run_id else []
+        return found[0] if found else None
 
     def objective(self, trial: optuna.Trial) -> float:
         pruning = TrialPruning(trial, monitor=self.settings.metric)

@@ -178,8 +178,8 @@ class MLflowLogger(MLFlowLogger):
         if resumed:
             self._mlflow_client.update_run(self._run_id, status="RUNNING")
             if self.resume_step is not None:
-                self.journal.drop_unsent_after(self.resume_step)
-                self.journal.cover(self.resume_step)
+                self.journal.drop_unsent_after(last_step_held(self.resume_step))
+                self.journal.cover(last_step_held(self.resume_step))
         self.journal.append("tags", tags={HEARTBEAT_INTERVAL_TAG: self.heartbeat_interval_s})
         self.sender = Sender(self.journal, heartbeat_s=self.heartbeat_interval_s)
         self.sender.start()
@@ -253,7 +253,7 @@ class MLflowLogger(MLFlowLogger):
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         if self.journal is not None and self.checkpoint_step is not None:
-            self.journal.cover(self.checkpoint_step)
+            self.journal.cover(last_step_held(self.checkpoint_step))
         if self._log_model and checkpoint_callback.monitor and checkpoint_callback.best_model_path:
             self.best_checkpoint = checkpoint_callback.best_model_path
 
@@ -273,6 +273,8 @@ class MLflowLogger(MLFlowLogger):
         final = "FINISHED" if status == "success" else ("KILLED" if self.interrupted else "FAILED")
         self.journal.append("status", status=final)
         self.flush(stop=True)
+        if self.interrupted:
+            print(f"emo: run {self.run_id} stopped; continue it with the same command and --ckpt_path last", file=sys.stderr)
 
     def flush(self, stop: bool = False) -> bool:
         """Sends what is left, waiting `flush_timeout_s` at most; what the server did not take stays in the journal."""
@@ -287,6 +289,11 @@ class MLflowLogger(MLFlowLogger):
                   f"records of run {self.run_id} in {self.flush_timeout_s:.0f} s; they are kept in {self.folder} and "
                   f"`emo sync` sends them (so does the next `emo fit` with the same output folder)", file=sys.stderr)  # fmt: skip
         return done
+
+
+def last_step_held(global_step: int) -> int:
+    """The last metric step a checkpoint at `global_step` holds: Lightning logs batch n's metrics at step n - 1."""
+    return global_step - 1
 
 
 def mlflow_logger(trainer: Trainer) -> MLflowLogger | None:
@@ -311,6 +318,7 @@ def run_settings(config) -> dict[str, str]:
     """Every setting of a resolved config, as the run's params hold them."""
     settings = config.clone().as_dict()
     settings.pop("config", None)  # the files it came from: a tag, not a setting
+    settings.get("model", {}).pop("label_names", None)  # linked from the data module when the classes are built
     return {key: redact(str(value))[:MAX_PARAM_LENGTH] for key, value in flatten(settings).items()}
 
 
