@@ -69,4 +69,5 @@ def wait_for_reached(folder: Path, processes: int, watch=(), timeout_s: float = 
 
 
 def open_gate(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)  # a gate may be opened before any process reaches it
     (folder / "open").touch()

@@ -14,6 +14,7 @@ exists, and reported as one line (`emo: error: ...`).
 
 import difflib
 import importlib
+import os
 import re
 import signal
 import sys
@@ -256,10 +257,17 @@ def check_config_files(args: list[str]) -> None:
 COMMANDS = {"sweep": "emo.sweep", "report": "emo.report", "sync": "emo.journal"}
 
 
+# MLflow retries a failed request 7 times over about two minutes; emo's journal retries for as long as it takes,
+# so a request may give up sooner and leave the thread free (set these variables to choose otherwise).
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
 def main(args=None) -> None:
     from emo.quiet import quiet_libraries
 
     quiet_libraries()
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     args = sys.argv[1:] if args is None else list(args)
     torch.set_float32_matmul_precision("high")  # TF32 on recent GPUs; no effect on CPU
     try:

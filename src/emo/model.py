@@ -21,7 +21,7 @@ from torchmetrics.wrappers import ClasswiseWrapper
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_parameter_names
 
-from emo import hub
+from emo import UserError, hub
 from emo.data import LABELS
 
 EVAL_STAGES = ("val", "test")
@@ -45,6 +45,10 @@ def evaluation_metrics(label_names: Sequence[str], stage: str) -> MetricCollecti
         prefix=f"{stage}/",
         compute_groups=False,  # shared states confuse the class-wise wrappers' bookkeeping
     )
+
+
+class TrainingDiverged(UserError):
+    """The loss is no longer a number: the run stops and is recorded as FAILED."""
 
 
 @contextlib.contextmanager
@@ -141,7 +145,13 @@ class EmotionClassifier(L.LightningModule):
         self.confusion[stage].reset()
 
     def training_step(self, batch, batch_idx):
-        return self.shared_step(batch, "train")
+        loss = self.shared_step(batch, "train")
+        if not torch.isfinite(loss):  # every later step would be NaN too: stop now, with the reason
+            raise TrainingDiverged(
+                f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                f"lower --model.learning_rate (now {self.hparams.learning_rate:g}) or check the data"
+            )
+        return loss
 
     def validation_step(self, batch, batch_idx):
         self.shared_step(batch, "val")

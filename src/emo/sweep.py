@@ -17,6 +17,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -34,7 +35,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
+from emo import UserError
 from emo.cli import EmoCLI
+from emo.redact import redact
 from emo.registry import register
 from emo.report import best_step_metrics, write_report
 from emo.tracking import MLflowLogger, flatten, log_params, resolve_tracking_uri
@@ -312,7 +315,7 @@ class Sweep:
             **{f"params.{k}": v for k, v in self.settings.params.items()},
         }
         log_params(self.client, run_id, {f"sweep.{k}": v for k, v in settings.items()})
-        self.client.log_text(run_id, yaml.safe_dump(self.template, sort_keys=False), "trial_template.yaml")
+        self.client.log_text(run_id, redact(yaml.safe_dump(self.template, sort_keys=False)), "trial_template.yaml")
 
     # Trials. Every trial is queued (WAITING) before it runs and a process takes it by moving it
     # to RUNNING, which Optuna's storage lets exactly one process do. New trials are queued per
@@ -362,6 +365,10 @@ class Sweep:
                 value = self.objective(trial)
             except optuna.TrialPruned:
                 self.study.tell(trial, state=TrialState.PRUNED)
+                return
+            except UserError as error:  # a trial's own failure (a NaN loss): recorded, and the sweep goes on
+                print(f"emo: trial {trial.number} failed: {error}", file=sys.stderr)
+                self.study.tell(trial, state=TrialState.FAIL)
                 return
             except BaseException:
                 trial.set_user_attr(INTERRUPTED_ATTR, True)

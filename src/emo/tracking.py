@@ -136,9 +136,9 @@ class MLflowLogger(MLFlowLogger):
     ):
         super().__init__(
             experiment_name=experiment_name,
-            run_name=run_name,
+            run_name=redact(run_name) if run_name else None,
             tracking_uri=tracking_uri or resolve_tracking_uri(),
-            tags=tags,
+            tags={key: redact(str(value)) for key, value in (tags or {}).items()},  # sent as the run is created
             log_model=log_model,
             run_id=run_id,
         )

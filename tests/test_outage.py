@@ -1,0 +1,98 @@
+"""Tracking outages against a real MLflow server that the tests kill and restart on the same port and store."""
+
+import time
+
+import mlflow
+import pytest
+
+from conftest import SMALL_SIZES, MlflowServer, run_emo, shrunk_args, start_emo
+from gates import open_gate, wait_for_reached
+
+STEPS = 2 * -(-SMALL_SIZES["train"] // 16)  # two epochs of 19 batches
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    server = MlflowServer(tmp_path / "server")
+    server.folder.mkdir()
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    mlflow.set_tracking_uri(server.url)
+    yield server
+    server.kill()
+
+
+def fit_args(tmp_path, tiny_model_dir, small_data_dir, name: str, *extra: str) -> list[str]:
+    # Gate "down": the test cuts the server; gate "up": training has gone on without it.
+    gates = [{"class_path": "gates.Gate", "init_args": {"folder": str(tmp_path / g), "at_step": step}}
+             for g, step in (("down", 5), ("up", 30))]  # fmt: skip
+    return ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
+                                "--trainer.logger.init_args.experiment_name", name,
+                                "--registry.registered_model_name", name,
+                                "--trainer.log_every_n_steps", "1",
+                                "--trainer.callbacks", __import__("json").dumps(gates), *extra)]  # fmt: skip
+
+
+def assert_complete_record(client, name: str) -> None:
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    for metric in ("train/loss", "train/lr"):  # every step once: nothing lost, nothing twice
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, metric)) == list(range(STEPS))
+    assert len(client.get_metric_history(run.info.run_id, "val/f1_weighted")) == 2
+    assert "test/f1_weighted" in run.data.metrics and "train/samples_per_sec" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "summary.json"} <= artifacts and "emo.model_uri" in run.data.tags
+    assert [v.run_id for v in client.search_model_versions(f"name='{name}'")] == [run.info.run_id]
+
+
+def test_a_minute_without_the_server_loses_nothing(tmp_path, tiny_model_dir, small_data_dir, server):
+    name = "outage-test"
+    process = start_emo(fit_args(tmp_path, tiny_model_dir, small_data_dir, name), tmp_path / "fit.log")
+    wait_for_reached(tmp_path / "down", processes=1, watch=(process,))
+    server.kill()
+    cut = time.monotonic()
+    open_gate(tmp_path / "down")
+    wait_for_reached(tmp_path / "up", processes=1, watch=(process,))  # 25 steps trained and logged meanwhile
+    time.sleep(max(0.0, 60 - (time.monotonic() - cut)))  # the outage lasts a minute
+    server.start()
+    open_gate(tmp_path / "up")
+    assert process.wait(timeout=600) == 0, (tmp_path / "fit.log").read_text()[-3000:]
+    assert_complete_record(mlflow.MlflowClient(), name)
+
+
+def test_a_longer_outage_keeps_the_records_for_emo_sync(tmp_path, tiny_model_dir, small_data_dir, server):
+    name = "long-outage-test"
+    args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.flush_timeout_s", "2")
+    process = start_emo(args, tmp_path / "fit.log")
+    wait_for_reached(tmp_path / "down", processes=1, watch=(process,))
+    server.kill()
+    open_gate(tmp_path / "down")
+    open_gate(tmp_path / "up")
+    assert process.wait(timeout=600) == 0, (tmp_path / "fit.log").read_text()[-3000:]
+    output = (tmp_path / "fit.log").read_text()
+    assert "did not take" in output and "`emo sync` sends them" in output and "Traceback" not in output
+    [run_folder] = [p for p in (tmp_path / "outputs").glob("*/*") if (p / "journal.jsonl").exists()]
+    assert (run_folder / "model" / "model.safetensors").exists()  # the trained model is on disk
+    assert list((run_folder / "checkpoints").glob("best-*.ckpt"))
+
+    server.start()
+    code, output = run_emo(["sync", "--root", str(tmp_path / "outputs")], tmp_path / "sync.log")
+    assert code == 0, output[-3000:]
+    assert "sent" in output and run_folder.name in output
+    assert_complete_record(mlflow.MlflowClient(), name)
+
+
+def test_an_absent_server_is_one_line_before_anything_loads(tmp_path, tiny_model_dir, small_data_dir, server):
+    server.kill()
+    started = time.monotonic()
+    code, output = run_emo(fit_args(tmp_path, tiny_model_dir, small_data_dir, "absent-test"), tmp_path / "fit.log")
+    elapsed = time.monotonic() - started
+    assert code != 0 and "Traceback" not in output
+    assert output.strip().splitlines()[-1] == (
+        f"emo: error: cannot reach the MLflow tracking server at {server.url} (connection refused): start it "
+        f"(make server), check MLFLOW_TRACKING_URI, or unset it to record into sqlite:///mlflow.db"
+    )
+    assert "Tokenizing" not in output and not (tmp_path / "outputs").exists()  # nothing was loaded or written
+    print(f"absent server reported after {elapsed:.1f} s")

@@ -1,0 +1,129 @@
+"""Nobody in: local servers, MLflow's basic-auth app, no secret in the record, checkpoints loaded without pickle."""
+
+import json
+import pickle
+import subprocess
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.server import get_app_client
+
+from conftest import ROOT, MlflowServer, run_emo, shrunk_args
+from emo.resume import ResumeError, read_record
+
+SECRETS = {  # what a researcher's shell may hold while training
+    "MLFLOW_TRACKING_PASSWORD": "pw-9f2c1e7a-tracking",
+    "HF_TOKEN": "hf_s3cr3tT0kenValue1234",
+    "AWS_SECRET_ACCESS_KEY": "aws/S3cr3tAcc3ssK3yValue+987",
+    "AZURE_STORAGE_KEY": "azureKeyValue0123456789==",
+}
+
+
+@pytest.mark.parametrize("target", ["ui", "server"])
+def test_make_ui_and_server_listen_on_localhost_only(target):
+    command = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "--host 127.0.0.1" in command and "0.0.0.0" not in command
+
+
+@pytest.fixture
+def auth_server(tmp_path):
+    folder = tmp_path / "auth-server"
+    folder.mkdir()
+    config = folder / "basic_auth.ini"
+    config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder}/basic_auth.db\n"
+                      "admin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")  # fmt: skip
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-password-1234",
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-csrf-key"}
+    server = MlflowServer(folder, extra_args=("--app-name", "basic-auth"), env=env).start()
+    yield server
+    server.kill()
+
+
+def status_without_credentials(url: str) -> int:
+    try:
+        urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+    except urllib.error.HTTPError as error:
+        return error.code
+    return 200
+
+
+def everything_recorded(client, run, folder) -> list[tuple[str, str]]:
+    """(where, content) of every param, tag and artifact of the run, and of its registered versions."""
+    found = [(f"param {k}", v) for k, v in run.data.params.items()] + [(f"tag {k}", v) for k, v in run.data.tags.items()]
+    mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve through the global store
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(folder / "run"))
+    model = mlflow.artifacts.download_artifacts(run.data.tags["emo.model_uri"], dst_path=str(folder / "model"))
+    for root in (local, model):
+        for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+            found.append((f"artifact {path.name}", path.read_bytes().decode("latin-1")))
+            if path.suffix == ".ckpt":  # a zip: its members are stored uncompressed, but look inside all the same
+                with zipfile.ZipFile(path) as archive:
+                    found += [(f"{path.name}/{n}", archive.read(n).decode("latin-1")) for n in archive.namelist()]
+    for version in client.search_model_versions(f"run_id='{run.info.run_id}'"):
+        found += [(f"version tag {k}", v) for k, v in version.tags.items()] + [("version", version.description or "")]
+    return found
+
+
+def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
+    tmp_path, tiny_model_dir, small_data_dir, auth_server, monkeypatch
+):
+    assert status_without_credentials(auth_server.url) == 401
+    name = "auth-test"
+    stranger = ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
+                                    "--trainer.logger.init_args.experiment_name", name,
+                                    "--registry.registered_model_name", name)]  # fmt: skip
+    # Secrets typed where they do not belong, on top of those in the environment: the record must hold none.
+    args = [*stranger, "--trainer.logger.init_args.tracking_uri",
+            auth_server.url.replace("://", f"://researcher:{SECRETS['MLFLOW_TRACKING_PASSWORD']}@"),
+            "--trainer.logger.init_args.tags", json.dumps({"note": f"token {SECRETS['HF_TOKEN']}"})]  # fmt: skip
+    code, output = run_emo(stranger, tmp_path / "stranger.log", env={"MLFLOW_TRACKING_URI": auth_server.url})
+    assert code != 0 and "Traceback" not in output
+    assert output.strip().splitlines()[-1].startswith(f"emo: error: the tracking server at {auth_server.url} refused emo (HTTP 401)")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-password-1234")
+    get_app_client("basic-auth", tracking_uri=auth_server.url).create_user(
+        "researcher", SECRETS["MLFLOW_TRACKING_PASSWORD"]
+    )
+    code, output = run_emo(args, tmp_path / "researcher.log", env={**SECRETS, "MLFLOW_TRACKING_USERNAME": "researcher",
+                                                                     "MLFLOW_TRACKING_URI": auth_server.url})  # fmt: skip
+    assert code == 0, output[-3000:]
+
+    client = mlflow.MlflowClient(auth_server.url)  # as admin, who may read everything
+    [run] = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.user"] != "admin"
+    recorded = everything_recorded(client, run, tmp_path / "downloads")
+    recorded += [(f"local {p.name}", p.read_text()) for p in (tmp_path / "outputs").rglob("journal.jsonl")]
+    assert any(where == "artifact config.yaml" for where, _ in recorded) and len(recorded) > 100
+    leaks = [(where, name) for where, text in recorded for name, secret in SECRETS.items() if secret in text]
+    assert leaks == []
+    assert run.data.params["trainer.logger.init_args.tracking_uri"] == auth_server.url.replace("://", "://***@")
+
+
+def test_registered_weights_are_safetensors(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    name = "safetensors-test"
+    code, output = run_emo(["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
+                                                "--trainer.logger.init_args.experiment_name", name,
+                                                "--registry.registered_model_name", name)], tmp_path / "fit.log")  # fmt: skip
+    assert code == 0, output[-3000:]
+    model = mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / "model"))
+    files = {p.name for p in Path(model).rglob("*")}
+    assert "model.safetensors" in files and not {f for f in files if f.endswith((".bin", ".pt", ".pkl"))}
+
+
+class Payload:
+    def __reduce__(self):  # what a malicious checkpoint would run when unpickled
+        return (print, ("pwned",))
+
+
+def test_checkpoints_are_read_without_running_pickled_code(tmp_path, capsys):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "emo": Payload()}, path, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(ResumeError, match="not a checkpoint that can be loaded safely"):
+        read_record(path)
+    assert "pwned" not in capsys.readouterr().out
