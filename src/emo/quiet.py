@@ -29,6 +29,9 @@ class DropMessages(logging.Filter):
 
 
 def quiet_libraries() -> None:
+    if getattr(quiet_libraries, "done", False):
+        return
+    quiet_libraries.done = True
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message)
     # Adverts for other loggers and model stores.

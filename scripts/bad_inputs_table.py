@@ -1,0 +1,58 @@
+"""Runs every bad input of tests/bad_inputs.py as a real `python -m emo` process and prints a Markdown table.
+
+    .venv/bin/python scripts/bad_inputs_table.py [--only SUBSTRING] > reports/bad_inputs.md
+
+Each case gets a fresh scratch folder, the tiny test model, a few hundred real examples and a
+real MLflow server on 127.0.0.1; the table gives the exit status, the seconds from start to exit
+(Python start-up and imports included) and the last line printed.
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from bad_inputs import CASES, Context  # noqa: E402
+from conftest import MlflowServer, write_small_data, write_tiny_model  # noqa: E402
+
+
+def run_case(case, scratch: Path, model: Path, data: Path, server: MlflowServer) -> tuple[int, float, str]:
+    ctx = Context(scratch, model, data, server.url, name=f"table-{case.name.replace(' ', '-')}")
+    args, env = case.build(ctx)
+    environment = {**__import__("os").environ, "MLFLOW_TRACKING_URI": server.url, **env}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "emo", *args], cwd=scratch, capture_output=True, text=True, env=environment)
+    seconds = time.monotonic() - started
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return done.returncode, seconds, lines[-1] if lines else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    only = parser.parse_args().only
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        model, data = write_tiny_model(folder / "tiny"), write_small_data(folder / "data")
+        (folder / "server").mkdir()
+        server = MlflowServer(folder / "server").start()
+        try:
+            print("| case | exit | seconds | what emo printed (last line) |\n|---|---|---|---|")
+            for number, case in enumerate(c for c in CASES if only in c.name):
+                scratch = folder / f"case-{number}"
+                scratch.mkdir()
+                code, seconds, line = run_case(case, scratch, model, data, server)
+                shown = line.replace(str(scratch), "…").replace("|", "\\\\|")
+                flag = "" if code and case.expected in line and line.startswith("emo: error:") else " **(unexpected)**"
+                print(f"| {case.name} | {code} | {seconds:.1f} | `{shown}`{flag} |", flush=True)
+        finally:
+            server.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Bad inputs, one per case, each built in a scratch folder: what a user gets wrong and the line emo must answer.
+
+Used by `tests/test_bad_inputs.py` (through `emo.cli.main`, in-process) and by `scripts/bad_inputs_table.py`
+(each case as a real `python -m emo` process, timed, as a Markdown table).
+"""
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
+
+
+@dataclasses.dataclass
+class Context:
+    folder: Path  # scratch space of this case
+    model_dir: Path  # a good (tiny) model folder
+    data_dir: Path  # a good data folder
+    tracking_uri: str  # a good tracking server
+    name: str = "bad-input"  # experiment and registered model of the case
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    expected: str  # a fragment of the one line emo must print
+    build: Callable[[Context], tuple[list[str], dict]]  # -> (command-line arguments, environment overrides)
+
+
+def fit(ctx: Context, *extra: str, model: Path | None = None, data: Path | None = None, command: str = "fit") -> list[str]:
+    return [command, *CONFIGS, "--model.model_name_or_path", str(model or ctx.model_dir),
+            "--data.data_dir", str(data or ctx.data_dir), "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(ctx.folder / "outputs"),
+            "--trainer.logger.init_args.experiment_name", ctx.name, "--registry.registered_model_name", ctx.name, *extra]  # fmt: skip
+
+
+def data_with(ctx: Context, name: str, content: bytes | None) -> Path:
+    """The good data folder with one file replaced (None: a folder in its place)."""
+    folder = ctx.folder / "data"
+    shutil.copytree(ctx.data_dir, folder)
+    for old in folder.glob(f"{Path(name).stem}.*"):
+        old.unlink()
+    if content is None:
+        (folder / name).mkdir()
+    else:
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def model_with(ctx: Context, change: Callable[[Path], None]) -> Path:
+    folder = ctx.folder / "model"
+    shutil.copytree(ctx.model_dir, folder)
+    change(folder)
+    return folder
+
+
+def file(ctx: Context, name: str, content: bytes) -> Path:
+    path = ctx.folder / name
+    path.write_bytes(content)
+    return path
+
+
+def plain(args: Callable[[Context], list[str]]) -> Callable[[Context], tuple[list[str], dict]]:
+    return lambda ctx: (args(ctx), {})
+
+
+GOOD_LINE = b"i feel fine;joy\n"
+CASES = [
+    # configs
+    Case("unknown option", "did you mean --data.batch_size", plain(lambda c: fit(c, "--data.batch_sise", "3"))),
+    Case("wrong type", "--model.learning_rate: Not of type PositiveFloat", plain(lambda c: fit(c, "--model.learning_rate", "abc"))),
+    Case("out of range", "--data.batch_size: Not of type PositiveInt", plain(lambda c: fit(c, "--data.batch_size", "0"))),
+    Case("not one of the choices", "--trainer.precision: 17 is not one of", plain(lambda c: fit(c, "--trainer.precision", "17"))),
+    Case("trainer value Lightning refuses", "`max_epochs` must be a non-negative integer", plain(lambda c: fit(c, "--trainer.max_epochs", "-2"))),
+    Case("bad combination", "choose a validation metric", plain(lambda c: fit(c, "--checkpoint.monitor", "train/loss"))),
+    Case("unknown key in a config file", "does not accept option 'modle.learning_rate' (did you mean --model.learning_rate?)",
+         plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"modle:\n  learning_rate: 0.1\n"))))),
+    Case("unreadable YAML", "typo.yaml:3:1: not valid YAML",
+         plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"model:\n  learning_rate: [1\n"))))),
+    Case("config file missing", "--config: File does not exist", plain(lambda c: fit(c, "--config", str(c.folder / "nope.yaml")))),
+    Case("config file not text", "binary.yaml: not a text (UTF-8) file",
+         plain(lambda c: fit(c, "--config", str(file(c, "binary.yaml", b"\xff\xfe\x00\x01model"))))),
+    # data
+    Case("data folder missing", "no file for the train split", plain(lambda c: fit(c, data=c.folder / "nowhere"))),
+    Case("data folder is a file", "is a file; give the folder", plain(lambda c: fit(c, data=file(c, "data.txt", GOOD_LINE)))),
+    Case("split file is a folder", "train.txt is a folder, not a file", plain(lambda c: fit(c, data=data_with(c, "train.txt", None)))),
+    Case("not UTF-8", "train.txt:2: not UTF-8 text (byte 0xe9",
+         plain(lambda c: fit(c, data=data_with(c, "train.txt", GOOD_LINE + b"caf\xe9 time;joy\n")))),
+    Case("binary content", "train.txt: binary content", plain(lambda c: fit(c, data=data_with(c, "train.txt", b"PK\x03\x04\x00\x00")))),
+    Case("empty split", "val.txt: no examples (the file is empty or blank)", plain(lambda c: fit(c, data=data_with(c, "val.txt", b"\n  \n")))),
+    Case("label out of range", "test.txt:2: unknown label '6'", plain(lambda c: fit(c, data=data_with(c, "test.txt", GOOD_LINE + b"so odd;6\n")))),
+    Case("missing separator", "train.txt:1: expected '<text>;<label>'", plain(lambda c: fit(c, data=data_with(c, "train.txt", b"no label here\n")))),
+    Case("extra column", "unexpected column(s) source", plain(lambda c: fit(c, data=data_with(c, "train.csv", b"text,label,source\nhi,joy,web\n")))),
+    Case("short CSV row", "train.csv: line 3: expected 2 fields, found 1",
+         plain(lambda c: fit(c, data=data_with(c, "train.csv", b"text,label\nhi,joy\nlonely\n")))),
+    Case("broken JSON line", "train.jsonl: line 2: not valid JSON",
+         plain(lambda c: fit(c, data=data_with(c, "train.jsonl", b'{"text": "hi", "label": 1}\n{"text": "hi"\n')))),
+    Case("not Parquet", "train.parquet: not a Parquet file", plain(lambda c: fit(c, data=data_with(c, "train.parquet", b"text,label\n")))),
+    # model folders
+    Case("model folder missing", "no such local file or folder", plain(lambda c: fit(c, model=c.folder / "no-model"))),
+    Case("model folder without config", "has no config.json", plain(lambda c: fit(c, model=model_with(c, lambda m: (m / "config.json").unlink())))),
+    Case("model config not JSON", "config.json: not valid JSON",
+         plain(lambda c: fit(c, model=model_with(c, lambda m: (m / "config.json").write_text("{oops"))))),
+    Case("model folder without weights", "has no weights", plain(lambda c: fit(c, model=model_with(c, lambda m: (m / "model.safetensors").unlink())))),
+    Case("damaged weights", "cannot be loaded", plain(lambda c: fit(c, model=model_with(c, lambda m: (m / "model.safetensors").write_bytes(b"\x08garbage"))))),
+    # checkpoints
+    Case("checkpoint missing", "no such file", plain(lambda c: fit(c, "--ckpt_path", str(c.folder / "none.ckpt"), command="test"))),
+    Case("not a checkpoint", "not a checkpoint that can be loaded safely",
+         plain(lambda c: fit(c, "--ckpt_path", str(file(c, "notes.ckpt", b"hello")), command="test"))),
+    Case("checkpoint of another model", "is not a checkpoint of model",
+         plain(lambda c: fit(c, "--ckpt_path", str(foreign_checkpoint(c)), command="test"))),
+    Case("nothing to resume", "no last checkpoint of an emo run", plain(lambda c: fit(c, "--ckpt_path", "last"))),
+    # predict files
+    Case("predict file missing", "texts.txt: no such file",
+         plain(lambda c: fit(c, "--data.predict_file", str(c.folder / "texts.txt"), command="predict"))),
+    Case("predict file empty", "no texts to predict",
+         plain(lambda c: fit(c, "--data.predict_file", str(file(c, "texts.txt", b"\n\n")), command="predict"))),
+    Case("predict file binary", "binary content",
+         plain(lambda c: fit(c, "--data.predict_file", str(file(c, "texts.txt", b"\x89PNG\r\n\x1a\n\x00")), command="predict"))),
+    Case("predict without a file", "predict needs --data.predict_file", plain(lambda c: fit(c, command="predict"))),
+    # tracking
+    Case("server not running", "cannot reach the MLflow tracking server at http://127.0.0.1:9 (connection refused)",
+         lambda c: (fit(c), {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})),
+    Case("unknown host", "(unknown host)", lambda c: (fit(c), {"MLFLOW_TRACKING_URI": "http://no-such-host.invalid:5000"})),
+    Case("file store", "MLflow 3 no longer records into a folder", lambda c: (fit(c), {"MLFLOW_TRACKING_URI": str(c.folder / "mlruns")})),
+    Case("unknown scheme", "unknown scheme", lambda c: (fit(c), {"MLFLOW_TRACKING_URI": "htp://localhost:5000"})),
+    # training
+    Case("loss becomes NaN", "the training loss became nan", plain(lambda c: fit(c, "--model.learning_rate", "1e30"))),
+]
+
+
+def foreign_checkpoint(ctx: Context) -> Path:
+    """A Lightning checkpoint whose weights belong to another model."""
+    import torch
+
+    path = ctx.folder / "other-model.ckpt"
+    torch.save({"state_dict": {"model.other.weight": torch.zeros(2, 2)}, "pytorch-lightning_version": "2.6.6"}, path)
+    return path
