@@ -107,7 +107,7 @@ CASES = [
     Case("damaged weights", "cannot be loaded", plain(lambda c: fit(c, model=model_with(c, lambda m: (m / "model.safetensors").write_bytes(b"\x08garbage"))))),
     # checkpoints
     Case("checkpoint missing", "no such file", plain(lambda c: fit(c, "--ckpt_path", str(c.folder / "none.ckpt"), command="test"))),
-    Case("not a checkpoint", "not a checkpoint that can be loaded safely",
+    Case("not a checkpoint", "notes.ckpt: not a checkpoint (checkpoints are torch.save archives)",
          plain(lambda c: fit(c, "--ckpt_path", str(file(c, "notes.ckpt", b"hello")), command="test"))),
     Case("checkpoint of another model", "is not a checkpoint of model",
          plain(lambda c: fit(c, "--ckpt_path", str(foreign_checkpoint(c)), command="test"))),

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -121,6 +122,8 @@ class LastCheckpoint(ModelCheckpoint):
 
 def read_record(path: Path) -> dict | None:
     """The run record of a checkpoint (None for a checkpoint not written by `emo fit`), without loading its weights."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise ResumeError(f"--ckpt_path {path}: not a checkpoint (checkpoints are torch.save archives)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
