@@ -38,6 +38,8 @@ def steps_per_second(points: list[tuple[int, int]], start_ms: float, end_ms: flo
     """Median rate between consecutive points inside the window (an interval with validation in it is left out)."""
     rates = [(s2 - s1) / ((t2 - t1) / 1000) for (s1, t1), (s2, t2) in zip(points, points[1:], strict=False)
              if start_ms <= t1 and t2 <= end_ms and t2 > t1]  # fmt: skip
+    if not rates:
+        return float("nan")  # no training in that window
     typical = statistics.median(rates)
     return statistics.median([r for r in rates if r > typical / 3])  # validation pauses are a third of the rate or less
 
@@ -45,8 +47,8 @@ def steps_per_second(points: list[tuple[int, int]], start_ms: float, end_ms: flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outage_s", type=float, default=300)
-    parser.add_argument("--cut_after_s", type=float, default=60)
-    parser.add_argument("--train_size", type=int, default=9000)
+    parser.add_argument("--cut_after_s", type=float, default=40)
+    parser.add_argument("--train_size", type=int, default=16000, help="examples (16000: all)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--log_every", type=int, default=10)
     options = parser.parse_args()

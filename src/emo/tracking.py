@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
 from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -235,6 +236,7 @@ class MLflowLogger(MLFlowLogger):
     def record_figure(self, figure, artifact_file: str) -> None:
         path = self.artifact_file(artifact_file)
         figure.savefig(path)
+        plt.close(figure)
         self.record_file(path, os.path.dirname(artifact_file) or None)
 
     @rank_zero_only
@@ -272,7 +274,9 @@ class MLflowLogger(MLFlowLogger):
             self.record_tags({"emo.failure": self.failure})
         final = "FINISHED" if status == "success" else ("KILLED" if self.interrupted else "FAILED")
         self.journal.append("status", status=final)
-        self.flush(stop=True)
+        if self.flush(stop=True):
+            self.journal.close()  # all sent: `emo sync` in another process may read it
+        # else the sender keeps trying while this process lives (a sweep's next trials), holding the journal
         if self.interrupted:
             print(f"emo: run {self.run_id} stopped; continue it with the same command and --ckpt_path last", file=sys.stderr)
 
