@@ -44,6 +44,52 @@ def steps_per_second(points: list[tuple[int, int]], start_ms: float, end_ms: flo
     return statistics.median([r for r in rates if r > typical / 3])  # validation pauses are a third of the rate or less
 
 
+def run_with_outage(server: MlflowServer, folder: Path, options) -> None:
+    """The fit, the outage in its middle, and what the server recorded."""
+    args = ["fit", "--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml"),
+            "--data.data_dir", str(DATA_DIR), "--data.train_size", str(options.train_size),
+            "--trainer.max_epochs", str(options.epochs), "--trainer.log_every_n_steps", str(options.log_every),
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(folder / "outputs"),
+            "--trainer.logger.init_args.experiment_name", "outage-check",
+            "--trainer.logger.init_args.flush_timeout_s", str(options.outage_s + 120),
+            "--registry.registered_model_name", "outage-check"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url}
+    with open(folder / "fit.log", "w") as log:
+        fit = subprocess.Popen([sys.executable, "-m", "emo", *args], cwd=ROOT, stdout=log, stderr=log, env=env)
+    while not list((folder / "outputs").glob("*/*/journal.jsonl")) or not train_points(
+        next((folder / "outputs").glob("*/*/journal.jsonl"))
+    ):
+        if fit.poll() is not None:
+            raise SystemExit((folder / "fit.log").read_text()[-3000:])
+        time.sleep(1)
+    journal = next((folder / "outputs").glob("*/*/journal.jsonl"))
+    time.sleep(options.cut_after_s)
+    server.kill()
+    cut_ms = time.time() * 1000
+    print(f"server killed at step {train_points(journal)[-1][0]}", flush=True)
+    time.sleep(options.outage_s)
+    server.start()
+    back_ms = time.time() * 1000
+    print(f"server back at step {train_points(journal)[-1][0]}", flush=True)
+    code = fit.wait()
+    print((folder / "fit.log").read_text()[-1500:] if code else f"fit exited {code}")
+
+    client = mlflow.MlflowClient(server.url)
+    [run] = client.search_runs([client.get_experiment_by_name("outage-check").experiment_id])
+    recorded = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    logged = sorted(step for step, _ in train_points(journal))
+    points = train_points(journal)
+    before = steps_per_second(points, 0, cut_ms)
+    during = steps_per_second(points, cut_ms, back_ms)
+    after = steps_per_second(points, back_ms, float("inf"))
+    print(f"run {run.info.run_id}: status {run.info.status}")
+    print(f"train/loss points logged by training {len(logged)}, recorded by the server {len(recorded)}, "
+          f"lost {len(set(logged) - set(recorded))}, repeated {len(recorded) - len(set(recorded))}")  # fmt: skip
+    print(f"steps/s before the outage {before:.3f}, during {during:.3f} ({during / before - 1:+.1%}), after {after:.3f}")
+    versions = [v.version for v in client.search_model_versions("name='outage-check'")]
+    print(f"registered versions: {versions}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outage_s", type=float, default=300)
@@ -56,49 +102,12 @@ def main() -> None:
         folder = Path(folder)
         (folder / "server").mkdir()
         server = MlflowServer(folder / "server").start()
-        args = ["fit", "--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml"),
-                "--data.data_dir", str(DATA_DIR), "--data.train_size", str(options.train_size),
-                "--trainer.max_epochs", str(options.epochs), "--trainer.log_every_n_steps", str(options.log_every),
-                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(folder / "outputs"),
-                "--trainer.logger.init_args.experiment_name", "outage-check",
-                "--trainer.logger.init_args.flush_timeout_s", str(options.outage_s + 120),
-                "--registry.registered_model_name", "outage-check"]  # fmt: skip
-        env = {**os.environ, "MLFLOW_TRACKING_URI": server.url}
-        with open(folder / "fit.log", "w") as log:
-            fit = subprocess.Popen([sys.executable, "-m", "emo", *args], cwd=ROOT, stdout=log, stderr=log, env=env)
-        while not list((folder / "outputs").glob("*/*/journal.jsonl")) or not train_points(
-            next((folder / "outputs").glob("*/*/journal.jsonl"))
-        ):
-            if fit.poll() is not None:
-                raise SystemExit((folder / "fit.log").read_text()[-3000:])
-            time.sleep(1)
-        journal = next((folder / "outputs").glob("*/*/journal.jsonl"))
-        time.sleep(options.cut_after_s)
-        server.kill()
-        cut_ms = time.time() * 1000
-        print(f"server killed at step {train_points(journal)[-1][0]}", flush=True)
-        time.sleep(options.outage_s)
-        server.start()
-        back_ms = time.time() * 1000
-        print(f"server back at step {train_points(journal)[-1][0]}", flush=True)
-        code = fit.wait()
-        print((folder / "fit.log").read_text()[-1500:] if code else f"fit exited {code}")
+        try:
+            run_with_outage(server, folder, options)
+        finally:
+            server.kill()
 
-        client = mlflow.MlflowClient(server.url)
-        [run] = client.search_runs([client.get_experiment_by_name("outage-check").experiment_id])
-        recorded = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
-        logged = sorted(step for step, _ in train_points(journal))
-        points = train_points(journal)
-        before = steps_per_second(points, 0, cut_ms)
-        during = steps_per_second(points, cut_ms, back_ms)
-        after = steps_per_second(points, back_ms, float("inf"))
-        print(f"run {run.info.run_id}: status {run.info.status}")
-        print(f"train/loss points logged by training {len(logged)}, recorded by the server {len(recorded)}, "
-              f"lost {len(set(logged) - set(recorded))}, repeated {len(recorded) - len(set(recorded))}")  # fmt: skip
-        print(f"steps/s before the outage {before:.3f}, during {during:.3f} ({during / before - 1:+.1%}), after {after:.3f}")
-        versions = [v.version for v in client.search_model_versions("name='outage-check'")]
-        print(f"registered versions: {versions}")
-        server.kill()
+
 
 
 if __name__ == "__main__":

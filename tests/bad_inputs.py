@@ -74,6 +74,8 @@ CASES = [
     Case("out of range", "--data.batch_size: Not of type PositiveInt", plain(lambda c: fit(c, "--data.batch_size", "0"))),
     Case("not one of the choices", "--trainer.precision: 17 is not one of", plain(lambda c: fit(c, "--trainer.precision", "17"))),
     Case("trainer value Lightning refuses", "`max_epochs` must be a non-negative integer", plain(lambda c: fit(c, "--trainer.max_epochs", "-2"))),
+    Case("trainer value Lightning refuses mid-fit", "val_check_interval",
+         plain(lambda c: fit(c, "--trainer.val_check_interval", "1000"))),
     Case("bad combination", "choose a validation metric", plain(lambda c: fit(c, "--checkpoint.monitor", "train/loss"))),
     Case("unknown key in a config file", "does not accept option 'modle.learning_rate' (did you mean --model.learning_rate?)",
          plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"modle:\n  learning_rate: 0.1\n"))))),
@@ -97,6 +99,7 @@ CASES = [
          plain(lambda c: fit(c, data=data_with(c, "train.csv", b"text,label\nhi,joy\nlonely\n")))),
     Case("broken JSON line", "train.jsonl: line 2: not valid JSON",
          plain(lambda c: fit(c, data=data_with(c, "train.jsonl", b'{"text": "hi", "label": 1}\n{"text": "hi"\n')))),
+    Case("subset smaller than the classes", "--data.train_size 3:", plain(lambda c: fit(c, "--data.train_size", "3"))),
     Case("not Parquet", "train.parquet: not a Parquet file", plain(lambda c: fit(c, data=data_with(c, "train.parquet", b"text,label\n")))),
     # model folders
     Case("model folder missing", "no such local file or folder", plain(lambda c: fit(c, model=c.folder / "no-model"))),
@@ -104,6 +107,7 @@ CASES = [
     Case("model config not JSON", "config.json: not valid JSON",
          plain(lambda c: fit(c, model=model_with(c, lambda m: (m / "config.json").write_text("{oops"))))),
     Case("model folder without weights", "has no weights", plain(lambda c: fit(c, model=model_with(c, lambda m: (m / "model.safetensors").unlink())))),
+    Case("longer than the model takes", "--data.max_length 4096: model", plain(lambda c: fit(c, "--data.max_length", "4096"))),
     Case("damaged weights", "cannot be loaded", plain(lambda c: fit(c, model=model_with(c, lambda m: (m / "model.safetensors").write_bytes(b"\x08garbage"))))),
     # checkpoints
     Case("checkpoint missing", "no such file", plain(lambda c: fit(c, "--ckpt_path", str(c.folder / "none.ckpt"), command="test"))),

@@ -169,13 +169,29 @@ def as_in_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """A test that fails while its process waits at a gate would leave it waiting forever: end it."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
 def start_emo(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     """`python -m emo ARGS` in its own process, writing to a file (a pipe nobody reads would stall it), gates importable."""
     paths = [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **(env or {})}
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "emo", *args], cwd=log.parent, stdout=out, stderr=out, env=env,
-                                preexec_fn=as_in_a_terminal)  # fmt: skip
+        process = subprocess.Popen([sys.executable, "-m", "emo", *args], cwd=log.parent, stdout=out, stderr=out, env=env,
+                                   preexec_fn=as_in_a_terminal)  # fmt: skip
+    STARTED.append(process)
+    return process
 
 
 def run_emo(args: list[str], log: Path, env: dict | None = None, timeout: int = 600) -> tuple[int, str]:

@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from emo import UserError
 from emo.data import LABELS, EmotionDataModule
 from emo.data import check_inputs as check_data
-from emo.hub import check_model_folder
+from emo.hub import check_model_folder, max_positions
 from emo.model import EmotionClassifier
 from emo.predict import PredictionWriter
 from emo.registry import ModelRegistry
@@ -220,6 +221,10 @@ def check_inputs(subcommand: str, config) -> None:
     """Data files, the model folder and the checkpoint file, read and checked before any of them is used."""
     check_data(config.data.data_dir if subcommand != "predict" else None, config.data.predict_file, subcommand)
     check_model_folder(config.model.model_name_or_path)
+    positions = max_positions(config.model.model_name_or_path)
+    if positions and config.data.max_length > positions:
+        raise UserError(f"--data.max_length {config.data.max_length}: model {config.model.model_name_or_path!r} "
+                        f"takes at most {positions} tokens")  # fmt: skip
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
         read_record(Path(ckpt_path))  # exists, and is a checkpoint that loads with weights_only
@@ -253,6 +258,12 @@ def check_config_files(args: list[str]) -> None:
                 raise UserError(f"{path}: not a text (UTF-8) file") from None
 
 
+def raised_by_lightning(error: BaseException) -> bool:
+    """Lightning checks some trainer settings only when fitting starts, raising ValueError from its own code."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and f"{os.sep}lightning{os.sep}pytorch{os.sep}" in frames[-1].filename
+
+
 # Commands beside LightningCLI's own: their modules have a main(args).
 COMMANDS = {"sweep": "emo.sweep", "report": "emo.report", "sync": "emo.journal"}
 
@@ -276,8 +287,13 @@ def main(args=None) -> None:
             importlib.import_module(COMMANDS[args[0]]).main(args[1:])
         else:
             EmoCLI(args=args)
-    except UserError as error:
-        print(f"emo: error: {error}", file=sys.stderr)
+    except (UserError, MisconfigurationException) as error:  # Lightning's name for settings it cannot run with
+        print(f"emo: error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
+    except ValueError as error:
+        if not raised_by_lightning(error):
+            raise
+        print(f"emo: error: trainer settings: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
     except SIGTERMException:  # Lightning stopped the fit cleanly; say how it ended as a shell expects
         sys.exit(128 + signal.SIGTERM)

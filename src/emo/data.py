@@ -460,9 +460,12 @@ class EmotionDataModule(L.LightningDataModule):
         else:
             splits = load_hub_splits(self.hparams.dataset, self.hparams.dataset_config)
         if self.hparams.train_size and self.hparams.train_size < len(splits["train"]):
-            splits["train"] = splits["train"].train_test_split(
-                train_size=self.hparams.train_size, stratify_by_column="label", seed=self.hparams.subset_seed
-            )["train"]
+            try:
+                splits["train"] = splits["train"].train_test_split(
+                    train_size=self.hparams.train_size, stratify_by_column="label", seed=self.hparams.subset_seed
+                )["train"]
+            except ValueError as error:  # e.g. fewer examples than classes: no stratified subset exists
+                raise DataFormatError(f"--data.train_size {self.hparams.train_size}: {error}") from None
         return splits
 
     def tokenize_function(self):

@@ -88,6 +88,14 @@ def check_model_folder(name: str) -> None:
         raise LocalPathError(f"model folder {name!r} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
+def max_positions(name: str) -> int | None:
+    """How many tokens a local model folder's encoder takes (None when its config does not say, or for Hub ids)."""
+    config = Path(name).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:300]

@@ -177,7 +177,9 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def is_permanent(error: Exception) -> bool:
-    """A request the server refused for its content (sending it again cannot help), not a failure to deliver it."""
+    """A record that sending again cannot help (refused for its content, or its file is gone), not a failed delivery."""
+    if isinstance(error, FileNotFoundError):
+        return True
     status = error.get_http_status_code() if isinstance(error, MlflowException) else None
     return status is not None and 400 <= status < 500 and status not in (401, 403, 408, 429)
 
