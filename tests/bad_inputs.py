@@ -129,6 +129,9 @@ CASES = [
          lambda c: (fit(c), {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})),
     Case("unknown host", "(unknown host)", lambda c: (fit(c), {"MLFLOW_TRACKING_URI": "http://no-such-host.invalid:5000"})),
     Case("file store", "MLflow 3 no longer records into a folder", lambda c: (fit(c), {"MLFLOW_TRACKING_URI": str(c.folder / "mlruns")})),
+    Case("sweep without its server", "cannot reach the MLflow tracking server at http://127.0.0.1:9",
+         lambda c: (["sweep", "--config", str(ROOT / "configs/sweep.yaml"), *fit(c)[1:],
+                     "--sweep.storage", f"sqlite:///{c.folder}/optuna.db"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})),
     Case("unknown scheme", "unknown scheme", lambda c: (fit(c), {"MLFLOW_TRACKING_URI": "htp://localhost:5000"})),
     # training
     Case("loss becomes NaN", "the training loss became nan", plain(lambda c: fit(c, "--model.learning_rate", "1e30"))),

@@ -120,9 +120,14 @@ SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "emo-test", "SLURM_JOB_ID": "424
          "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1"}  # fmt: skip
 
 
-def test_slurm_requeue_comes_back_to_the_same_run(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
-    """Lightning's auto-requeue (SIGUSR1: hpc checkpoint, requeue) still works, and the requeued job continues the run."""
-    name = "slurm-requeue-test"
+@pytest.mark.parametrize("then", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_slurm_requeue_comes_back_to_the_same_run(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, then):
+    """Lightning's auto-requeue (SIGUSR1: hpc checkpoint, requeue) still works, and the requeued job continues the run.
+
+    SLURM sends SIGTERM before it ends a job: emo then stops at a step's end with a newer last.ckpt, which the
+    requeued job prefers. Killed outright, the job comes back from Lightning's hpc checkpoint.
+    """
+    name = f"slurm-requeue-test-{then.name.lower()}"
     args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name)
     process = start_emo(args, tmp_path / "first.log", env=SLURM)
     wait_for_reached(tmp_path / "gate", processes=1, watch=(process,))
@@ -130,16 +135,19 @@ def test_slurm_requeue_comes_back_to_the_same_run(tmp_path, tiny_model_dir, smal
     outputs = tmp_path / "outputs"
     while not list(outputs.glob("hpc_ckpt_*.ckpt")) and process.poll() is None:
         time.sleep(0.1)
-    process.send_signal(signal.SIGKILL)  # the job ends; `scontrol requeue` (absent here) would start it again
-    process.wait(timeout=60)
+    process.send_signal(then)  # `scontrol requeue` (absent here) would start the job again
+    process.wait(timeout=120)
     assert list(outputs.glob("hpc_ckpt_*.ckpt")), (tmp_path / "first.log").read_text()[-3000:]
     client = mlflow.MlflowClient()
     first = the_run(client, name)
 
     code, output = run_emo(args, tmp_path / "requeued.log", env=SLURM)  # the same command, no --ckpt_path
     assert code == 0, output[-3000:]
-    run = the_run(client, name)
-    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
-    logged = steps(client, run.info.run_id, "train/loss")
-    assert len(logged) == len(set(logged)) and max(logged) >= 2 * STEPS_PER_EPOCH - 2  # nothing twice, to the end
-    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert the_run(client, name).info.run_id == first.info.run_id
+    if then == signal.SIGTERM:
+        assert_one_complete_record(client, name)
+    else:  # resumed from the moment of the signal, inside a step: Lightning's own bookkeeping decides the steps
+        run = the_run(client, name)
+        logged = steps(client, run.info.run_id, "train/loss")
+        assert run.info.status == "FINISHED" and len(logged) == len(set(logged)) and max(logged) >= 2 * STEPS_PER_EPOCH - 2
+        assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]

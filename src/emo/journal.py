@@ -119,6 +119,10 @@ class Journal:
             write_atomically(self.folder / SENT, str(self.sent))
             self.changed.notify_all()
 
+    def last_step(self) -> float:
+        """The step of the newest metric point written so far."""
+        return max((entry["step"] for entry in self.entries if entry["op"] == "metrics"), default=-math.inf)
+
     def last_sent_step(self) -> int | None:
         steps = [entry["step"] for entry in self.entries[: self.sent] if entry["op"] == "metrics"]
         return max(steps, default=None)
@@ -265,14 +269,15 @@ class Sender(threading.Thread):
         for start in range(0, len(items), limit):
             self.client.log_batch(self.journal.run_id, **{op: items[start : start + limit]})
 
-    def flush(self, timeout_s: float) -> bool:
-        """Waits up to `timeout_s` for every line to arrive (checkpoint or not); True when they did."""
-        self.journal.cover(math.inf)
+    def flush(self, timeout_s: float, everything: bool = True) -> bool:
+        """Waits up to `timeout_s` for the lines to arrive (with `everything`, covered or not); True when they did."""
+        if everything:
+            self.journal.cover(math.inf)
         deadline = time.monotonic() + timeout_s
         with self.journal.changed:
-            while self.journal.unsent and self.is_alive() and (remaining := deadline - time.monotonic()) > 0:
+            while self.journal.sendable() and self.is_alive() and (remaining := deadline - time.monotonic()) > 0:
                 self.journal.changed.wait(timeout=remaining)
-        return self.journal.unsent == 0
+        return not self.journal.sendable()
 
     def stop(self, timeout_s: float) -> bool:
         """Flushes, then ends the thread (it is a daemon: an unfinished send dies with the process)."""

@@ -38,10 +38,11 @@ from emo.journal import (
 
 RECORD_KEY = "emo"
 # Settings that change how a run is watched or where it writes, not what it learns: a resume may change them.
+# (A continued run keeps its own name and tags.)
 OPERATIONAL = ("ckpt_path", "resume_new_run", "weights_only", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                "data.num_workers", "data.eval_batch_size", "last_checkpoint.every_n_train_steps",
                "trainer.logger.init_args.flush_timeout_s", "trainer.logger.init_args.heartbeat_interval_s",
-               "trainer.logger.init_args.run_name", "trainer.logger.init_args.tags")  # a continued run keeps its own  # fmt: skip
+               "trainer.logger.init_args.run_name", "trainer.logger.init_args.tags")  # fmt: skip
 # Settings a continued checkpoint honours (the loop's length, bookkeeping): `--resume_new_run true` may change them.
 CONTINUABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.logger.", "registry.", "checkpoint.", "trainer.log_every_n_steps")
 INTERRUPTIONS = (KeyboardInterrupt, SIGTERMException)
@@ -215,7 +216,12 @@ def plan_resume(config, settings: dict, tracking_uri: str) -> int | None:
     elif path:
         record = read_record(Path(path))
     elif hpc := hpc_checkpoint(root):
-        record = read_record(hpc)  # Lightning restores it by itself; the run continues here
+        path, record = hpc, read_record(hpc)  # a requeued SLURM job: Lightning restores it by itself
+        newer = root / record["experiment_id"] / record["run_id"] / "checkpoints" / "last.ckpt" if record else None
+        if newer and newer.is_file() and read_record(newer)["step"] >= record["step"]:
+            # The job trained on after the requeue signal (and stopped cleanly on SIGTERM): continue from there.
+            path, record = newer, read_record(newer)
+            config.ckpt_path = str(newer)
     else:
         return None
     if record is None:

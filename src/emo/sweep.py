@@ -40,7 +40,7 @@ from emo.cli import EmoCLI
 from emo.redact import redact
 from emo.registry import register
 from emo.report import best_step_metrics, write_report
-from emo.tracking import MLflowLogger, flatten, log_params, resolve_tracking_uri
+from emo.tracking import MLflowLogger, flatten, log_params, prepare_tracking, resolve_tracking_uri
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: stable in use, "experimental" in name
 
@@ -465,7 +465,9 @@ class Sweep:
 
 def main(args=None) -> None:
     cli = SweepCLI(args)
+    template = cli.trial_template()
+    prepare_tracking(resolve_tracking_uri(), template["trainer"]["logger"]["init_args"]["experiment_name"])
     try:
-        Sweep(cli.settings, cli.trial_template()).run()
+        Sweep(cli.settings, template).run()
     except KeyboardInterrupt:
         raise SystemExit("emo: sweep interrupted; run the same command again to continue it") from None

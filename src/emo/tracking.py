@@ -263,9 +263,14 @@ class MLflowLogger(MLFlowLogger):
     def finalize(self, status: str = "success") -> None:
         if self.journal is None:
             return
-        if status == "finished" or (status == "success" and self.keep_open):
-            # "finished": Lightning's SLURM handler before requeueing the job, which comes back to this run.
-            self.flush()
+        if status == "finished":
+            # Lightning's SLURM handler, about to save a checkpoint of this very step and requeue the job,
+            # which comes back to this run: send what that checkpoint holds, and only that.
+            self.journal.cover(self.journal.last_step())
+            self.flush(everything=False)
+            return
+        if status == "success" and self.keep_open:
+            self.flush()  # the fit is over; its test follows in the same run
             return
         if self._log_model and self.best_checkpoint and os.path.exists(self.best_checkpoint):
             self.record_file(Path(self.best_checkpoint), Path(self.best_checkpoint).stem)
@@ -280,9 +285,9 @@ class MLflowLogger(MLFlowLogger):
         if self.interrupted:
             print(f"emo: run {self.run_id} stopped; continue it with the same command and --ckpt_path last", file=sys.stderr)
 
-    def flush(self, stop: bool = False) -> bool:
+    def flush(self, stop: bool = False, everything: bool = True) -> bool:
         """Sends what is left, waiting `flush_timeout_s` at most; what the server did not take stays in the journal."""
-        done = (self.sender.stop if stop else self.sender.flush)(self.flush_timeout_s)
+        done = self.sender.stop(self.flush_timeout_s) if stop else self.sender.flush(self.flush_timeout_s, everything)
         if self.background_sync is not None and stop:
             self.background_sync.join(self.flush_timeout_s)
         for refusal in self.sender.refused:
