@@ -31,6 +31,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from emo import UserError
 from emo.data import LABELS, EmotionDataModule
 from emo.data import check_inputs as check_data
+from emo.hardware import fast_precision
 from emo.hub import check_model_folder, max_positions
 from emo.model import EmotionClassifier
 from emo.predict import PredictionWriter
@@ -147,6 +148,8 @@ class EmoCLI(LightningCLI):
         problem = config_problem(subcommand, config)
         if problem:
             self.parser.error(problem)
+        if config.trainer.precision is None:  # left to emo: bf16 autocast where the machine runs it fast
+            config.trainer.precision = fast_precision(config.trainer.accelerator)
         if config.get("weights_only") is None and "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain values: never run pickled code
         if subcommand == "predict":
