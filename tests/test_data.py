@@ -18,6 +18,7 @@ from emo.data import (
     content_digest,
     find_split_file,
     label_id,
+    length_buckets,
     load_local_splits,
     read_table_examples,
     read_txt_examples,
@@ -182,6 +183,17 @@ def test_length_grouped_batches_pad_less(small_data_dir, tiny_model_dir):
     assert padding_share(True) < padding_share(False) / 2
 
 
+def test_length_buckets_cover_every_example_once_in_batches_of_one_length():
+    lengths = [3, 9, 3, 5, 9, 3, 5, 7, 3, 9, 5, 3]
+    order = length_buckets(lengths, 3, torch.Generator().manual_seed(1))
+    assert sorted(order) == list(range(len(lengths)))
+    batches = [[lengths[i] for i in order[k : k + 3]] for k in range(0, len(order), 3)]
+    by_shortest = [length for batch in sorted(batches, key=lambda b: (min(b), max(b))) for length in sorted(batch)]
+    assert by_shortest == sorted(lengths)  # each batch a run of the length-sorted examples: padding only where a length runs out
+    again = length_buckets(lengths, 3, torch.Generator().manual_seed(2))
+    assert again != order  # another epoch, another order
+
+
 def test_train_size_is_a_stratified_subset(data_dir, tiny_model_dir):
     dm = EmotionDataModule(data_dir=str(data_dir), tokenizer_name_or_path=str(tiny_model_dir), train_size=1600)
     dm.setup("fit")
@@ -197,6 +209,16 @@ def test_predict_file(tmp_path, small_data_dir, tiny_model_dir):
     dm.setup("predict")
     assert dm.predict_texts == ["i am thrilled", "i feel lonely tonight"]
     assert len(next(iter(dm.predict_dataloader()))["input_ids"]) == 2
+
+
+def test_predict_batches_are_sorted_by_length_and_know_their_lines(tmp_path, tiny_model_dir):
+    texts = ["a much longer text than the others, with many more words in it", "short", "a medium text here"]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    dm = EmotionDataModule(tokenizer_name_or_path=str(tiny_model_dir), predict_file=str(tmp_path / "texts.txt"), eval_batch_size=1)
+    dm.setup("predict")
+    assert dm.predict_lines == [1, 2, 0]
+    lengths = [int(batch["attention_mask"].sum()) for batch in dm.predict_dataloader()]
+    assert lengths == sorted(lengths) and len(set(lengths)) == 3
 
 
 def parquet_bytes(**columns) -> bytes:

@@ -23,6 +23,7 @@ from transformers.trainer_pt_utils import get_parameter_names
 
 from emo import UserError, hub
 from emo.data import LABELS
+from emo.hardware import use_cpu_dropout
 
 EVAL_STAGES = ("val", "test")
 # Parameters that get no weight decay, as in transformers' Trainer: biases and normalisation weights.
@@ -104,6 +105,9 @@ class EmotionClassifier(L.LightningModule):
         weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
         warmup_ratio: Share of the training steps with a linear warm-up; then linear decay to 0.
         adam_epsilon: AdamW epsilon.
+        freeze_embeddings: Keep the word embeddings as pretrained. They are a third to a half of a
+            small encoder's weights and the optimizer updates every weight at every step, so
+            freezing them makes a step faster.
     """
 
     def __init__(
@@ -114,14 +118,21 @@ class EmotionClassifier(L.LightningModule):
         weight_decay: NonNegativeFloat = 0.01,
         warmup_ratio: ClosedUnitInterval = 0.0,
         adam_epsilon: PositiveFloat = 1e-8,
+        freeze_embeddings: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # every setting reaches MLflow from the resolved config instead
         self.model = load_classifier(model_name_or_path, label_names)
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps a module's mode: dropout on
+        if freeze_embeddings:
+            self.model.get_input_embeddings().weight.requires_grad_(False)
         self.metrics = nn.ModuleDict({stage: evaluation_metrics(label_names, stage) for stage in EVAL_STAGES})
         self.confusion = nn.ModuleDict({stage: MulticlassConfusionMatrix(len(label_names)) for stage in EVAL_STAGES})
         self.confusion_matrices: dict[str, torch.Tensor] = {}  # of the last evaluation, for the run's artifacts
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer.strategy.root_device.type == "cpu":
+            use_cpu_dropout(self.model)  # the same dropout with a mask drawn faster: a step ~5 % shorter
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         output = self.model(**batch)
@@ -146,12 +157,16 @@ class EmotionClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.shared_step(batch, "train")
-        if not torch.isfinite(loss):  # every later step would be NaN too: stop now, with the reason
+        if self.checks_loss_now() and not torch.isfinite(loss):  # every later step would be NaN too: stop, with the reason
             raise TrainingDiverged(
                 f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
                 f"lower --model.learning_rate (now {self.hparams.learning_rate:g}) or check the data"
             )
         return loss
+
+    def checks_loss_now(self) -> bool:
+        """Every step on a CPU; on an accelerator only where Lightning logs anyway, as reading a value waits for the device."""
+        return self.device.type == "cpu" or self.global_step % max(self.trainer.log_every_n_steps, 1) == 0
 
     def validation_step(self, batch, batch_idx):
         self.shared_step(batch, "val")

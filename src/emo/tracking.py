@@ -417,6 +417,8 @@ class RunArtifacts(Callback):
     def __init__(self):
         self.train_seconds = 0.0
         self.train_examples = 0
+        self.train_tokens = 0  # real tokens trained on (of this process)
+        self.train_positions = 0  # tokens and padding
         self.fit_seconds = None
         self._fit_started = None
         self._clock_started = None
@@ -441,6 +443,9 @@ class RunArtifacts(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.train_examples += batch_size_of(batch) * trainer.world_size
+        mask = batch["attention_mask"]
+        self.train_tokens = self.train_tokens + mask.sum()  # a tensor on the device: no wait for it each step
+        self.train_positions += mask.numel()
 
     def on_validation_start(self, trainer, pl_module):
         self._stop_clock()
@@ -473,6 +478,8 @@ class RunArtifacts(Callback):
             "train_examples_seen": self.train_examples,
             "train_seconds": round(self.train_seconds, 1),
             "train_samples_per_sec": round(self.train_examples / self.train_seconds, 2) if self.train_seconds else None,
+            "train_tokens": int(self.train_tokens) * trainer.world_size,
+            "train_padding_share": round(1 - int(self.train_tokens) / self.train_positions, 4) if self.train_positions else None,
             "fit_wall_seconds": round(self.fit_seconds, 1) if self.fit_seconds else None,
             "peak_memory_mib": round(peak_memory_mib()),
             "devices": f"{trainer.world_size} x {trainer.strategy.root_device.type}",
@@ -484,7 +491,10 @@ class RunArtifacts(Callback):
     @rank_zero_only
     def on_test_end(self, trainer, pl_module):
         logger = mlflow_logger(trainer)
-        if logger is None:
+        if logger is None:  # no tracking (--trainer.logger false): the summary still lands beside the checkpoints
+            path = Path(trainer.default_root_dir) / "summary.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.summary(trainer, pl_module), indent=2), encoding="utf-8")
             return
         confusion = pl_module.confusion_matrices["test"]
         figure, _ = pl_module.confusion["test"].plot(val=confusion, labels=list(pl_module.hparams.label_names))
