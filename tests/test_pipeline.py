@@ -123,18 +123,25 @@ def test_champion_moves_only_to_a_better_model(fitted, tracking_uri):
 
 def test_predict_writes_labels_and_probabilities(fitted, tmp_path, tiny_model_dir, small_data_dir):
     cli, _, _ = fitted
-    texts = tmp_path / "texts.txt"
-    texts.write_text("i feel so happy and loved\nthis makes me furious\n")
-    output = tmp_path / "predictions.csv"
-    EmoCLI(args=["predict", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir),
-                 "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path,
-                 "--data.predict_file", str(texts), "--prediction.output_file", str(output)])  # fmt: skip
-    rows = list(csv.DictReader(open(output)))
-    assert [row["text"] for row in rows] == ["i feel so happy and loved", "this makes me furious"]
+    lines = ["i feel so happy and loved", "this makes me furious", "i am scared", "what a surprise it was to see you"]
+
+    def predict(order: list[str]) -> list[dict]:
+        texts, output = tmp_path / "texts.txt", tmp_path / "predictions.csv"
+        texts.write_text("\n".join(order) + "\n")
+        EmoCLI(args=["predict", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir),
+                     "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path, "--data.eval_batch_size", "2",
+                     "--data.predict_file", str(texts), "--prediction.output_file", str(output)])  # fmt: skip
+        return list(csv.DictReader(open(output)))
+
+    rows = predict(lines)
+    assert [row["text"] for row in rows] == lines  # the file's order, although batches run sorted by length
     for row in rows:
         probabilities = {label: float(row[f"p_{label}"]) for label in LABELS}
         assert row["label"] == max(probabilities, key=probabilities.get)
         assert sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
+    reversed_rows = predict(lines[::-1])  # each text keeps its own probabilities, whatever its place in the file
+    assert [row["text"] for row in reversed_rows] == lines[::-1]
+    assert {row["text"]: row for row in reversed_rows} == {row["text"]: row for row in rows}
 
 
 def test_ddp_on_two_cpu_processes(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):

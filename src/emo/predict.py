@@ -19,7 +19,10 @@ class PredictionWriter(BasePredictionWriter):
         self.output_file = output_file
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
-        probabilities = torch.cat(predictions).tolist()
+        sorted_probabilities = torch.cat(predictions).float().tolist()  # batches come sorted by length
+        probabilities = [[]] * len(sorted_probabilities)
+        for line, p in zip(trainer.datamodule.predict_lines, sorted_probabilities, strict=True):
+            probabilities[line] = p
         labels = list(pl_module.hparams.label_names)
         path = Path(self.output_file)
         path.parent.mkdir(parents=True, exist_ok=True)
