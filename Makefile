@@ -11,7 +11,7 @@ OFFLINE    := --config configs/base.yaml --config configs/offline.yaml
 
 SWEEP      ?= configs/sweep.yaml
 
-.PHONY: help install fit demo sweep report test test-slow test-all ui server lint clean
+.PHONY: help install fit demo sweep report test test-slow test-all ui server benchmark lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ ui: ## MLflow UI over the runs' store (127.0.0.1:5000)
 server: ## MLflow tracking server over the same store (127.0.0.1:5000)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri $(STORE) \
 		--artifacts-destination ./mlruns --host $(HOST) --port $(PORT) --workers 1
+
+benchmark: ## emo beside the Trainer's best, side by side (~20 min): reports/benchmarks/
+	$(BIN)/python scripts/benchmark.py $(ARGS)
 
 lint: ## ruff
 	$(BIN)/ruff check src tests scripts

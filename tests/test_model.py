@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from emo.data import LABELS, EmotionDataModule
+from emo.hardware import CpuDropout
 from emo.model import EmotionClassifier, evaluation_metrics, parameter_groups
 
 
@@ -77,3 +78,46 @@ def test_predict_step_gives_probabilities(classifier, tiny_model_dir):
     probabilities = classifier.predict_step(batch, 0)
     assert probabilities.shape == (2, 6)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
+
+
+def test_frozen_embeddings_stay_as_pretrained_and_the_rest_trains(small_data_dir, tiny_model_dir):
+    model = EmotionClassifier(str(tiny_model_dir), learning_rate=1e-2, freeze_embeddings=True)
+    embeddings = model.model.get_input_embeddings().weight.detach().clone()
+    head = model.model.classifier.weight.detach().clone()
+    data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    assert torch.equal(model.model.get_input_embeddings().weight, embeddings)
+    assert not torch.equal(model.model.classifier.weight, head)
+    trained = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert id(model.model.get_input_embeddings().weight) not in trained
+
+
+def test_dropout_setting_reaches_every_dropout_layer(tiny_model_dir):
+    model = EmotionClassifier(str(tiny_model_dir), dropout=0.0)
+    layers = [m for m in model.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert layers and all(layer.p == 0.0 for layer in layers)
+    assert {m.p for m in EmotionClassifier(str(tiny_model_dir)).model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+
+
+def test_a_cpu_fit_draws_dropout_masks_the_fast_way_with_the_same_rate(small_data_dir, tiny_model_dir):
+    model = EmotionClassifier(str(tiny_model_dir))
+    data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
+    L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+              accelerator="cpu").fit(model, datamodule=data)  # fmt: skip
+    layers = [m for m in model.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert layers and all(isinstance(m, CpuDropout) and m.p == 0.1 for m in layers)
+    dropout = CpuDropout(0.1).train()
+    x = torch.ones(400, 1000)
+    out = dropout(x)
+    assert (out == 0).float().mean().item() == pytest.approx(0.1, abs=0.003)  # 400,000 draws: 0.1 +- 0.0005 (1 sd)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.01)  # kept values scaled by 1 / (1 - p)
+    torch.manual_seed(7)
+    first = dropout(x)
+    torch.manual_seed(7)
+    assert torch.equal(dropout(x), first)  # seeded like torch's own dropout
+    assert torch.equal(dropout.eval()(x), x)
+
+
+def test_attention_kernel_is_a_setting(tiny_model_dir):
+    assert EmotionClassifier(str(tiny_model_dir), attn_implementation="eager").model.config._attn_implementation == "eager"
