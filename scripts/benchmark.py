@@ -91,6 +91,7 @@ def emo_fit(data: Path, out: Path, tracking_uri: str | None, *options: str) -> d
         "test_f1_macro": summary["test"].get("test/f1_macro"),
         "peak_rss_mib": round(peak),
         "wall_seconds": round(wall, 1),
+        "seconds_to_first_step": summary.get("seconds_to_first_step"),
         "best_checkpoint": summary.get("best_checkpoint"),
         "model_folder": next((str(p.parent) for p in out.rglob("model/config.json")), None),
     }
@@ -169,7 +170,7 @@ def markdown(results: dict, found: dict, options) -> str:
              f"{options.rounds} rounds of {options.steps} steps (median).", "", "| ratio | value |", "|---|---|"]  # fmt: skip
     lines += [f"| {name} | {value} |" for name, value in found.items()]
     columns = ["samples_per_sec", "tokens_per_sec", "padding_share", "train_seconds", "test_acc", "test_f1_macro",
-               "wall_seconds", "texts_per_sec", "peak_rss_mib"]  # fmt: skip
+               "seconds_to_first_step", "wall_seconds", "texts_per_sec", "peak_rss_mib"]  # fmt: skip
     for section, variants in results.items():
         shown = [c for c in columns if any(v.get(c) is not None for v in variants.values())]
         lines += ["", f"## {section}", "", "| variant | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]

@@ -60,8 +60,9 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(tmp_path, tiny_mode
     assert len(children) == 3
     assert sorted(float(c.data.params["model.learning_rate"]) for c in children) == learning_rates
     assert all(c.info.status == "FINISHED" and "test/f1_weighted" in c.data.metrics for c in children)
-    best = max(children, key=lambda c: best_val(client, c.info.run_id))
-    assert parent.data.tags["emo.best_run_id"] == best.info.run_id
+    values = {c.info.run_id: best_val(client, c.info.run_id) for c in children}
+    best = next(c for c in children if c.info.run_id == parent.data.tags["emo.best_run_id"])
+    assert values[best.info.run_id] == max(values.values())  # the best (of equals, any one)
     assert parent.data.params["best.model.learning_rate"] == best.data.params["model.learning_rate"]
     assert parent.data.metrics["best/val/f1_weighted"] == pytest.approx(best_val(client, best.info.run_id))
     assert len({best_val(client, c.info.run_id) for c in children}) > 1, "the trials should differ"

@@ -1,6 +1,9 @@
 """emo: fine-tune Hugging Face encoders on the CARER emotion dataset, tracked in MLflow."""
 
+import time
+
 __version__ = "0.1.0"
+STARTED = time.monotonic()  # before torch, Lightning and the rest load: start-up is measured from here
 
 
 class UserError(Exception):

@@ -193,7 +193,7 @@ class EmotionClassifier(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         batch.pop("labels", None)
-        return self.model(**batch).logits.softmax(dim=-1)
+        return self.model(**batch).logits.float().softmax(dim=-1)  # probabilities in fp32, also under bf16 autocast
 
     def configure_optimizers(self):
         hp = self.hparams

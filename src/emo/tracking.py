@@ -30,7 +30,7 @@ from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.utils.git_utils import get_git_commit
 
-from emo import UserError
+from emo import STARTED, UserError
 from emo.data import LABELS, SPLITS, batch_size_of
 from emo.journal import HEARTBEAT_INTERVAL_TAG, Journal, Sender, mark_stale_runs, pending_journals, sync
 from emo.redact import redact
@@ -420,6 +420,7 @@ class RunArtifacts(Callback):
         self.train_tokens = 0  # real tokens trained on (of this process)
         self.train_positions = 0  # tokens and padding
         self.fit_seconds = None
+        self.seconds_to_first_step = None  # from the start of the process: imports, data, model
         self._fit_started = None
         self._clock_started = None
         self._in_train_epoch = False
@@ -436,6 +437,10 @@ class RunArtifacts(Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self._fit_started = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.seconds_to_first_step is None:
+            self.seconds_to_first_step = time.monotonic() - STARTED
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._in_train_epoch = True
@@ -481,6 +486,7 @@ class RunArtifacts(Callback):
             "train_tokens": int(self.train_tokens) * trainer.world_size,
             "train_padding_share": round(1 - int(self.train_tokens) / self.train_positions, 4) if self.train_positions else None,
             "fit_wall_seconds": round(self.fit_seconds, 1) if self.fit_seconds else None,
+            "seconds_to_first_step": round(self.seconds_to_first_step, 1) if self.seconds_to_first_step else None,
             "peak_memory_mib": round(peak_memory_mib()),
             "devices": f"{trainer.world_size} x {trainer.strategy.root_device.type}",
             "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
