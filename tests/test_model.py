@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from emo.data import LABELS, EmotionDataModule
-from emo.hardware import CpuDropout
+from emo.hardware import CpuDropout, use_cpu_kernels
 from emo.model import EmotionClassifier, evaluation_metrics, parameter_groups
 
 
@@ -107,6 +107,7 @@ def test_a_cpu_fit_draws_dropout_masks_the_fast_way_with_the_same_rate(small_dat
               accelerator="cpu").fit(model, datamodule=data)  # fmt: skip
     layers = [m for m in model.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert layers and all(isinstance(m, CpuDropout) and m.p == 0.1 for m in layers)
+    assert model.model.config._attn_implementation == "emo_cpu"
     dropout = CpuDropout(0.1).train()
     x = torch.ones(400, 1000)
     out = dropout(x)
@@ -121,3 +122,25 @@ def test_a_cpu_fit_draws_dropout_masks_the_fast_way_with_the_same_rate(small_dat
 
 def test_attention_kernel_is_a_setting(tiny_model_dir):
     assert EmotionClassifier(str(tiny_model_dir), attn_implementation="eager").model.config._attn_implementation == "eager"
+
+
+def test_cpu_attention_computes_what_sdpa_computes(tiny_model_dir):
+    reference = EmotionClassifier(str(tiny_model_dir)).model.eval()
+    swapped = EmotionClassifier(str(tiny_model_dir)).model.eval()
+    swapped.load_state_dict(reference.state_dict())
+    use_cpu_kernels(swapped, attention=True)
+    assert swapped.config._attn_implementation == "emo_cpu"
+    ids = torch.randint(1000, 20000, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0  # padding must be masked out the same way
+    with torch.no_grad():
+        assert torch.allclose(swapped(input_ids=ids, attention_mask=mask).logits,
+                              reference(input_ids=ids, attention_mask=mask).logits, atol=1e-5)  # fmt: skip
+
+
+def test_a_chosen_attention_kernel_is_kept_on_the_cpu(small_data_dir, tiny_model_dir):
+    model = EmotionClassifier(str(tiny_model_dir), attn_implementation="sdpa")
+    data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
+    L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+              accelerator="cpu").fit(model, datamodule=data)  # fmt: skip
+    assert model.model.config._attn_implementation == "sdpa"
