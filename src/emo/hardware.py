@@ -92,7 +92,7 @@ def use_cpu_kernels(model: nn.Module, attention: bool) -> None:
     for module in model.modules():
         for name, child in module.named_children():
             if type(child) is nn.Dropout:
-                setattr(module, name, CpuDropout(child.p))
+                setattr(module, name, CpuDropout(child.p).train(child.training))
     if attention and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager"):
         with contextlib.suppress(ValueError, AttributeError):  # a model that takes no attention function keeps its own
             model.set_attn_implementation("emo_cpu")
