@@ -111,8 +111,8 @@ class EmotionClassifier(L.LightningModule):
             freezing them makes a step faster.
         dropout: Sets every dropout probability of the model (hidden, attention, head) to this value;
             `null` keeps the pretrained model's own.
-        attn_implementation: transformers' attention kernel (`sdpa`, `eager`, ...); `null` is
-            transformers' choice (sdpa). On a CPU without dropout, `eager` is faster at short lengths.
+        attn_implementation: transformers' attention kernel (`sdpa`, `eager`, ...). `null`: emo's
+            `cpu_attention` when fitting on a CPU (emo.hardware), else transformers' choice (sdpa).
     """
 
     def __init__(
