@@ -433,7 +433,7 @@ class EmotionDataModule(L.LightningDataModule):
         self.splits: dict[str, datasets.Dataset] = {}
         self.digests: dict[str, str] = {}
         self.predict_texts: list[str] = []  # in the order of the predict file
-        self.predict_lines: list[int] = []  # the predict file's line (0-based, blank lines skipped) of each example
+        self.predict_lines: list[int] = []  # for each example, in the sorted order it runs in, its index in predict_texts
 
     @property
     def source(self) -> str:
