@@ -4,7 +4,7 @@ import torch
 
 from emo.data import LABELS, EmotionDataModule
 from emo.hardware import CpuDropout, use_cpu_kernels
-from emo.model import EmotionClassifier, evaluation_metrics, parameter_groups
+from emo.model import EmotionClassifier, class_weights, evaluation_metrics, parameter_groups
 
 
 def logits_for(predictions: list[int]) -> torch.Tensor:
@@ -41,16 +41,47 @@ def test_head_has_the_label_mapping(classifier):
     assert config.label2id["surprise"] == 5
 
 
+def group_names(model, groups) -> list[tuple[float, float, list[str]]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(group["lr"], group["weight_decay"], [names[id(p)] for p in group["params"]]) for group in groups]
+
+
 def test_no_weight_decay_on_biases_and_layernorm(classifier):
-    decayed, undecayed = parameter_groups(classifier.model, 0.1)
-    names = {id(p): n for n, p in classifier.model.named_parameters()}
-    decayed_names = [names[id(p)] for p in decayed["params"]]
-    undecayed_names = [names[id(p)] for p in undecayed["params"]]
-    assert decayed["weight_decay"] == 0.1 and undecayed["weight_decay"] == 0.0
-    assert all(n.endswith("weight") and "LayerNorm" not in n for n in decayed_names)
-    assert all(n.endswith("bias") or "LayerNorm" in n for n in undecayed_names)
-    assert "classifier.weight" in decayed_names and "bert.embeddings.LayerNorm.weight" in undecayed_names
-    assert len(decayed_names) + len(undecayed_names) == len(list(classifier.model.parameters()))
+    groups = group_names(classifier.model, parameter_groups(classifier.model, 1e-3, 0.1))
+    decayed = [n for lr, wd, names in groups if wd == 0.1 for n in names]
+    undecayed = [n for lr, wd, names in groups if wd == 0.0 for n in names]
+    assert {lr for lr, _, _ in groups} == {1e-3}  # no layer decay: one learning rate
+    assert all(n.endswith("weight") and "LayerNorm" not in n for n in decayed)
+    assert all(n.endswith("bias") or "LayerNorm" in n for n in undecayed)
+    assert "classifier.weight" in decayed and "bert.embeddings.LayerNorm.weight" in undecayed
+    assert len(decayed) + len(undecayed) == len(list(classifier.model.parameters()))
+
+
+def test_layer_lr_decay_slows_the_lower_layers(classifier):
+    model = classifier.model  # 2 layers: embeddings at depth 0, layers at 1 and 2, pooler and head at 3
+    rate = {n: lr for lr, _, names in group_names(model, parameter_groups(model, 1e-3, 0.1, 0.5)) for n in names}
+    assert rate["classifier.weight"] == rate["bert.pooler.dense.bias"] == pytest.approx(1e-3)
+    assert rate["bert.encoder.layer.1.output.dense.weight"] == pytest.approx(5e-4)
+    assert rate["bert.encoder.layer.0.attention.self.query.bias"] == pytest.approx(2.5e-4)
+    assert rate["bert.embeddings.LayerNorm.weight"] == pytest.approx(1.25e-4)
+    assert len(rate) == len(list(model.parameters()))
+
+
+def test_class_balance_weighs_rare_classes_up():
+    labels = [0] * 6 + [1] * 3 + [2] * 1
+    assert class_weights(labels, 3, 0.0).tolist() == [1.0, 1.0, 1.0]
+    balanced = class_weights(labels, 3, 1.0)
+    assert balanced.tolist() == pytest.approx([10 / 18, 10 / 9, 10 / 3])
+    assert (balanced * torch.tensor([6.0, 3.0, 1.0])).tolist() == pytest.approx([10 / 3] * 3)  # equal total weight
+    assert class_weights(labels, 3, 0.5).tolist() == pytest.approx((balanced**0.5).tolist())
+
+
+def test_training_loss_smooths_and_weighs(tiny_model_dir):
+    logits, labels = torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.0, 0.0]]), torch.tensor([0])
+    plain = EmotionClassifier(str(tiny_model_dir)).training_loss(logits, labels)
+    assert plain == pytest.approx(torch.nn.functional.cross_entropy(logits, labels))
+    smoothed = EmotionClassifier(str(tiny_model_dir), label_smoothing=0.1).training_loss(logits, labels)
+    assert smoothed > plain  # a confident right answer costs more when the target is not one-hot
 
 
 def test_linear_warmup_then_decay(classifier, small_data_dir, tiny_model_dir):
@@ -66,7 +97,7 @@ def test_linear_warmup_then_decay(classifier, small_data_dir, tiny_model_dir):
                         limit_val_batches=0, callbacks=[recorder])  # fmt: skip
     trainer.fit(classifier, datamodule=data)
     rates = recorder.rates
-    assert len(rates) == 8 and trainer.optimizers[0].param_groups[1]["weight_decay"] == 0.0
+    assert len(rates) == 8 and {group["weight_decay"] for group in trainer.optimizers[0].param_groups} == {0.1, 0.0}
     assert rates[0] == 0.0 and rates[2] == pytest.approx(1e-3)  # 2 warm-up steps (25 % of 8)
     assert rates[2] > rates[5] > rates[7] > 0
 
