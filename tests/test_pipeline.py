@@ -93,6 +93,27 @@ def test_artifacts(fitted):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+def test_test_predictions_and_error_analysis(fitted, small_data_dir):
+    cli, client, run = fitted
+    rows = list(csv.DictReader(open(client.download_artifacts(run.info.run_id, "test/predictions.csv"))))
+    lines = [line.rsplit(";", 1) for line in (small_data_dir / "test.txt").read_text().splitlines()]
+    assert [(row["text"], row["label"]) for row in rows] == [(text, label) for text, label in lines]  # the file's order
+    assert [int(row["example"]) for row in rows] == list(range(len(lines)))
+    for row in rows:
+        probabilities = {label: float(row[f"p_{label}"]) for label in LABELS}
+        assert row["predicted"] == max(probabilities, key=probabilities.get)
+        assert float(row["confidence"]) == pytest.approx(max(probabilities.values()), abs=1e-5)
+    accuracy = sum(row["predicted"] == row["label"] for row in rows) / len(rows)
+    assert accuracy == pytest.approx(run.data.metrics["test/acc"], abs=1e-6)  # the same test as the metrics
+    mistakes = open(client.download_artifacts(run.info.run_id, "test/confident_mistakes.md")).read().splitlines()[2:]
+    wrong = sorted((float(r["confidence"]) for r in rows if r["predicted"] != r["label"]), reverse=True)
+    assert [float(line.rsplit("|", 2)[1]) for line in mistakes] == pytest.approx(wrong[:30], abs=1e-3)
+    for figure in ("test/confusion_matrix_normalised.png", "test/f1_per_class.png"):
+        assert open(client.download_artifacts(run.info.run_id, figure), "rb").read().startswith(b"\x89PNG")
+    description = run.data.tags["mlflow.note.content"]
+    assert f"accuracy **{run.data.metrics['test/acc']:.4f}**" in description and "Best checkpoint: epoch" in description
+
+
 def test_registered_champion_predicts_a_label(fitted):
     cli, client, run = fitted
     version = client.get_model_version_by_alias("emotion-pipeline-test", "champion")
@@ -162,4 +183,6 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_model_dir, small_data_dir, trac
     summary = json.loads(open(client.download_artifacts(run.info.run_id, "summary.json")).read())
     assert summary["devices"] == "2 x cpu"
     assert summary["train_examples_seen"] == 2 * SMALL_SIZES["train"]  # 2 epochs, each example once per epoch
+    predictions = list(csv.DictReader(open(client.download_artifacts(run.info.run_id, "test/predictions.csv"))))
+    assert [int(row["example"]) for row in predictions] == list(range(SMALL_SIZES["test"]))  # each once, none padded in
     assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]

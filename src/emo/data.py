@@ -484,9 +484,10 @@ class EmotionDataModule(L.LightningDataModule):
 
     def tokenized_splits(self) -> dict[str, datasets.Dataset]:
         splits = self.raw_splits().map(self.tokenize_function(), batched=True, desc="Tokenizing")
-        # Evaluation order does not change the metrics; sorting by length minimises padding.
+        # Evaluation order does not change the metrics; sorting by length minimises padding. `example`
+        # keeps each example's line in its split, so predictions map back to texts (and runs pair up).
         for split in ("validation", "test"):
-            splits[split] = splits[split].sort("length")
+            splits[split] = splits[split].add_column("example", list(range(len(splits[split])))).sort("length")
         return dict(splits)
 
     def tokenized_predict_texts(self) -> datasets.Dataset:

@@ -5,7 +5,8 @@
 - `MLflowLogger`: Lightning's logger writing through the run's journal (`emo.journal`):
   training never waits for the server, an outage loses nothing, a killed run can be resumed.
 - `LogRunConfig`: the resolved config as `config.yaml` and as params, plus tags and data inputs.
-- `RunArtifacts`: training throughput, confusion matrix, per-class report, run summary.
+- `RunArtifacts`: training throughput, the test's predictions and error analysis (`emo.analysis`),
+  run summary and description.
 """
 
 import contextlib
@@ -31,6 +32,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.git_utils import get_git_commit
 
 from emo import STARTED, UserError
+from emo.analysis import (
+    PREDICTIONS_ARTIFACT,
+    confident_mistakes,
+    mistakes_markdown,
+    normalised_confusion_figure,
+    per_class_f1_figure,
+    predictions_frame,
+)
 from emo.data import LABELS, SPLITS, batch_size_of
 from emo.journal import HEARTBEAT_INTERVAL_TAG, Journal, Sender, mark_stale_runs, pending_journals, sync
 from emo.redact import redact
@@ -502,14 +511,49 @@ class RunArtifacts(Callback):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(self.summary(trainer, pl_module), indent=2), encoding="utf-8")
             return
+        label_names = list(pl_module.hparams.label_names)
         confusion = pl_module.confusion_matrices["test"]
-        figure, _ = pl_module.confusion["test"].plot(val=confusion, labels=list(pl_module.hparams.label_names))
+        figure, _ = pl_module.confusion["test"].plot(val=confusion, labels=label_names)
         figure.set_size_inches(7, 6)
         logger.record_figure(figure, "test/confusion_matrix.png")
-        report = per_class_report(trainer.callback_metrics, confusion, pl_module.hparams.label_names)
+        logger.record_figure(normalised_confusion_figure(confusion, label_names), "test/confusion_matrix_normalised.png")
+        report = per_class_report(trainer.callback_metrics, confusion, label_names)
         logger.record_text(json.dumps(report, indent=2), "test/per_class_report.json")
         logger.record_text(report_markdown(report), "test/per_class_report.md")
-        logger.record_text(json.dumps(self.summary(trainer, pl_module), indent=2), "summary.json")
+        logger.record_figure(per_class_f1_figure(report), "test/f1_per_class.png")
+        if pl_module.test_predictions:
+            predictions = test_predictions(trainer.datamodule, pl_module.test_predictions, label_names)
+            logger.record_text(predictions.to_csv(index=False), PREDICTIONS_ARTIFACT)
+            logger.record_text(mistakes_markdown(confident_mistakes(predictions)), "test/confident_mistakes.md")
+        summary = self.summary(trainer, pl_module)
+        logger.record_text(json.dumps(summary, indent=2), "summary.json")
+        logger.record_tags({"mlflow.note.content": run_description(summary)})  # the run page's description
+
+
+def test_predictions(datamodule, predictions: dict, label_names: list[str]):
+    """The test split's texts beside the gathered predictions, in the split file's order."""
+    texts = datamodule.splits["test"].sort("example")["text"]
+    examples = predictions["example"].tolist()
+    return predictions_frame([texts[i] for i in examples], predictions["label"], predictions["probabilities"], label_names, examples)
+
+
+def run_description(summary: dict) -> str:
+    """Markdown for the run page: what was trained on what, the test result, the kept epoch, the time it took."""
+    test = summary["test"]
+    best = summary["best_checkpoint"] or ""
+    epoch = re.search(r"epoch(\d+)", Path(best).name)
+    lines = [
+        f"**{summary['model']}** fine-tuned on `{summary['dataset']}` "
+        f"({summary['examples'].get('train', '?')} training examples, {summary['devices']}).",
+        "",
+        f"Test: accuracy **{test.get('test/acc', float('nan')):.4f}**, weighted F1 {test.get('test/f1_weighted', float('nan')):.4f}, "
+        f"macro F1 {test.get('test/f1_macro', float('nan')):.4f}.",
+        f"Best checkpoint: epoch {epoch.group(1) if epoch else '?'} of {summary['epochs_trained']} "
+        f"(by {', '.join(f'{k} = {v:.4f}' for k, v in (summary['best_score'] or {}).items()) or 'the last epoch'}).",
+        f"Training: {summary['train_seconds']:.0f} s at {summary['train_samples_per_sec'] or 0:.0f} samples/s; "
+        f"see test/ for the confusion matrices, per-class F1 and the most confident mistakes.",
+    ]
+    return "\n".join(lines)
 
 
 def per_class_report(metrics: dict, confusion, label_names=LABELS) -> dict:

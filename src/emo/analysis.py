@@ -1,0 +1,127 @@
+"""Error analysis of a test: the predictions table, the most confident mistakes, the figures, and
+the paired bootstrap that says whether one run (or group of seeds) beats another."""
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+PREDICTIONS_ARTIFACT = "test/predictions.csv"
+
+
+def predictions_frame(texts: Sequence[str], labels, probabilities, label_names: Sequence[str], examples) -> pd.DataFrame:
+    """One row per test example, in the split's own order: text, true and predicted label, confidence, probabilities."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    names = np.asarray(label_names)
+    predicted = probabilities.argmax(axis=1)
+    frame = pd.DataFrame(
+        {
+            "example": np.asarray(examples),
+            "text": list(texts),
+            "label": names[np.asarray(labels)],
+            "predicted": names[predicted],
+            "confidence": probabilities.max(axis=1).round(5),
+        }
+    )
+    for i, name in enumerate(label_names):
+        frame[f"p_{name}"] = probabilities[:, i].round(5)
+    return frame
+
+
+def confident_mistakes(predictions: pd.DataFrame, n: int = 30) -> pd.DataFrame:
+    """The wrong predictions the model was surest of: label noise, or what the model has not learnt."""
+    wrong = predictions[predictions["label"] != predictions["predicted"]]
+    return wrong.sort_values("confidence", ascending=False).head(n)[["example", "text", "label", "predicted", "confidence"]]
+
+
+def mistakes_markdown(mistakes: pd.DataFrame) -> str:
+    lines = ["| line | text | true | predicted | probability |", "|---|---|---|---|---|"]
+    for row in mistakes.itertuples(index=False):
+        text = str(row.text).replace("|", "\\|")
+        lines.append(f"| {row.example + 1} | {text} | {row.label} | {row.predicted} | {row.confidence:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def normalised_confusion_figure(confusion, label_names: Sequence[str]):
+    """Rows are the true classes, each summing to 1: the recall of a class on the diagonal, where its misses go beside it."""
+    counts = np.asarray(confusion, dtype=np.float64)
+    shares = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
+    figure, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), share in np.ndenumerate(shares):
+        ax.text(j, i, f"{share:.2f}", ha="center", va="center", color="white" if share > 0.6 else "black", fontsize=9)
+    ticks = range(len(label_names))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=label_names, yticklabels=label_names,
+           xlabel="predicted", ylabel="true", title="confusion matrix, normalised by true class")  # fmt: skip
+    figure.colorbar(image, ax=ax, fraction=0.046)
+    figure.tight_layout()
+    return figure
+
+
+def per_class_f1_figure(report: dict):
+    """F1 per class as bars, with each class's test support: the rare classes are where the errors weigh most."""
+    labels = list(report)
+    f1 = [report[label]["f1"] for label in labels]
+    figure, ax = plt.subplots(figsize=(7, 4))
+    bars = ax.bar(labels, f1, color="tab:blue")
+    for bar, label in zip(bars, labels, strict=True):
+        ax.annotate(f"{report[label]['f1']:.3f}\nn={report[label]['support']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)  # fmt: skip
+    ax.set(ylim=(0, 1.12), ylabel="F1", title="test F1 per class")
+    ax.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def confusion_counts(truth: np.ndarray, predicted: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """Confusion matrices, one per row of `weights` (how often each example is drawn): shape (draws, k, k)."""
+    cells = np.eye(k * k)[truth * k + predicted]  # (examples, k*k) one-hot
+    return (weights @ cells).reshape(len(weights), k, k)
+
+
+def accuracy_and_macro_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per confusion matrix; like torchmetrics, the macro mean leaves out classes absent from truth and predictions."""
+    diagonal = np.diagonal(confusion, axis1=-2, axis2=-1)
+    true, predicted = confusion.sum(axis=-1), confusion.sum(axis=-2)
+    accuracy = diagonal.sum(axis=-1) / confusion.sum(axis=(-2, -1))
+    f1 = np.divide(2 * diagonal, true + predicted, out=np.zeros_like(diagonal), where=(true + predicted) > 0)
+    present = (true + predicted) > 0
+    return accuracy, (f1 * present).sum(axis=-1) / present.sum(axis=-1)
+
+
+def paired_bootstrap(
+    group_a: list[pd.DataFrame], group_b: list[pd.DataFrame], label_names: Sequence[str], draws: int = 10_000, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """A minus B in accuracy and macro F1, with a 95 % interval from resampling the test examples.
+
+    Each group is one run or several (seeds): a group's score is the mean of its runs' scores on
+    the same resampled examples, so the interval covers the test set's sampling, paired.
+    """
+    frames = [*group_a, *group_b]
+    reference = frames[0][["example", "text", "label"]].sort_values("example").reset_index(drop=True)
+    index = {name: i for i, name in enumerate(label_names)}
+    aligned = []
+    for frame in frames:
+        frame = frame.sort_values("example").reset_index(drop=True)
+        if not frame[["example", "text", "label"]].equals(reference):
+            raise ValueError("the runs were tested on different examples: a paired comparison needs the same test split")
+        aligned.append(frame["predicted"].map(index).to_numpy())
+    truth = reference["label"].map(index).to_numpy()
+    n, k = len(truth), len(label_names)
+    generator = np.random.default_rng(seed)
+    weights = np.vstack([np.ones(n), generator.multinomial(n, np.full(n, 1 / n), size=draws)])  # row 0: the test set itself
+    scores = [accuracy_and_macro_f1(confusion_counts(truth, predicted, weights, k)) for predicted in aligned]
+    result = {}
+    for i, metric in enumerate(("acc", "f1_macro")):
+        a = np.mean([score[i] for score in scores[: len(group_a)]], axis=0)
+        b = np.mean([score[i] for score in scores[len(group_a) :]], axis=0)
+        difference = a - b
+        low, high = np.percentile(difference[1:], [2.5, 97.5])
+        result[metric] = {"a": float(a[0]), "b": float(b[0]), "difference": float(difference[0]), "low": float(low),
+                          "high": float(high), "p_b_better": float((difference[1:] < 0).mean())}  # fmt: skip
+    return result
