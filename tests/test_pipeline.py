@@ -27,7 +27,8 @@ def fitted(tmp_path_factory, tiny_model_dir, small_data_dir, mlflow_server):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         tmp_path = tmp_path_factory.mktemp("fit")
-        cli = fit(tmp_path, tiny_model_dir, small_data_dir, "pipeline-test", "emotion-pipeline-test")
+        cli = fit(tmp_path, tiny_model_dir, small_data_dir, "pipeline-test", "emotion-pipeline-test",
+                  "--trainer.logger.init_args.system_metrics_interval_s", "0.5")  # fmt: skip
     client = mlflow.MlflowClient(mlflow_server)
     run = client.get_run(cli.trainer.logger.run_id)
     return cli, client, run
@@ -55,6 +56,14 @@ def test_run_tags_say_what_was_trained_on_what(fitted, small_data_dir):
     contexts = {i.tags[0].value: i.dataset.profile for i in run.inputs.dataset_inputs}
     assert set(contexts) == {"train", "validation", "test"}
     assert json.loads(contexts["train"])["num_rows"] == SMALL_SIZES["train"]
+
+
+def test_a_model_training_experiment_with_system_metrics(fitted):
+    _, client, run = fitted
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    memory = client.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")
+    assert cpu and memory and all(0 <= m.value <= 100 * 64 for m in cpu) and all(m.value > 0 for m in memory)
 
 
 def test_metrics_per_step_per_epoch_and_of_the_best_checkpoint(fitted):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import mlflow
-from jsonargparse.typing import NonNegativeFloat, PositiveInt
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
@@ -29,6 +29,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.utils.git_utils import get_git_commit
 
 from emo import STARTED, UserError
@@ -47,6 +48,7 @@ from emo.resume import INTERRUPTIONS, RECORD_KEY
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3 refuses ./mlruns; the Model Registry needs a database
 DEFAULT_EXPERIMENT = "Emotion-Classification-FineTuning"
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 CHECK_TIMEOUT_S = 10
 
@@ -107,12 +109,20 @@ def check_tracking_uri(uri: str) -> None:
             raise TrackingServerError(tracking_problem(uri, error)) from None
 
 
+def mark_as_model_training(client, experiment_id: str) -> None:
+    """Tags the experiment as model training, so the MLflow UI opens on its runs (not on a GenAI overview)."""
+    experiment = client.get_experiment(experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
 def prepare_tracking(uri: str, experiment_name: str) -> None:
     """Before anything loads: the store answers, and RUNNING runs whose process died are ended as KILLED."""
     check_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:
+        mark_as_model_training(client, experiment.experiment_id)
         for run_id in mark_stale_runs(client, experiment.experiment_id):
             print(f"emo: run {run_id} stopped beating (its process died); marked KILLED", file=sys.stderr)
 
@@ -131,6 +141,8 @@ class MLflowLogger(MLFlowLogger):
             intervals is ended as KILLED by the next emo command.
         flush_timeout_s: At the end, how long to wait for an absent tracking server before leaving
             the rest in the journal for `emo sync`.
+        system_metrics_interval_s: MLflow's system metrics (CPU, memory, disk, network; GPU with
+            `nvidia-ml-py` installed) are sampled this often, as `system/*`; `null` turns them off.
     """
 
     def __init__(
@@ -143,6 +155,7 @@ class MLflowLogger(MLFlowLogger):
         run_id: str | None = None,
         heartbeat_interval_s: PositiveInt = 60,
         flush_timeout_s: NonNegativeFloat = 60,
+        system_metrics_interval_s: PositiveFloat | None = 10,
     ):
         super().__init__(
             experiment_name=experiment_name,
@@ -154,6 +167,8 @@ class MLflowLogger(MLFlowLogger):
         )
         self.heartbeat_interval_s = heartbeat_interval_s
         self.flush_timeout_s = flush_timeout_s
+        self.system_metrics_interval_s = system_metrics_interval_s
+        self.system_metrics: SystemMetricsMonitor | None = None
         self.runs_dir = "outputs"  # the run folder's parent; the CLI sets it to the trainer's default_root_dir
         self.resume_step: int | None = None  # set by emo.resume: the step of the checkpoint this run continues from
         self.keep_open = False  # the CLI sets it while a test follows the fit in the same run
@@ -175,7 +190,9 @@ class MLflowLogger(MLFlowLogger):
         if not self._initialized:
             resumed = self._run_id is not None
             _ = super().experiment  # finds or creates the experiment and the run
+            mark_as_model_training(self._mlflow_client, self._experiment_id)
             self.open_journal(resumed)
+            self.start_system_metrics(resumed)
         return self._mlflow_client
 
     @property
@@ -197,6 +214,21 @@ class MLflowLogger(MLFlowLogger):
         if others:  # records an earlier process could not send: send them now, beside training
             self.background_sync = threading.Thread(target=sync, args=(Path(self.runs_dir),), daemon=True)
             self.background_sync.start()
+
+    def start_system_metrics(self, resumed: bool) -> None:
+        """MLflow's own sampler, straight to the server: during an outage it stops (these are the only records not journaled)."""
+        if self.system_metrics_interval_s:
+            self.system_metrics = SystemMetricsMonitor(self._run_id, sampling_interval=self.system_metrics_interval_s,
+                                                       resume_logging=resumed, tracking_uri=self._tracking_uri)  # fmt: skip
+            self.system_metrics.start()
+
+    def stop_system_metrics(self) -> None:
+        """Its last sample is sent unless the server is away: then the sampler is left to its retries, off the exit path."""
+        if self.system_metrics is not None:
+            stopping = threading.Thread(target=self.system_metrics.finish, daemon=True)
+            stopping.start()
+            stopping.join(timeout=5)
+            self.system_metrics = None
 
     # What the run records: every call appends to the journal and returns at once.
 
@@ -286,6 +318,7 @@ class MLflowLogger(MLFlowLogger):
             self.best_checkpoint = None
         if self.failure:
             self.record_tags({"emo.failure": self.failure})
+        self.stop_system_metrics()
         final = "FINISHED" if status == "success" else ("KILLED" if self.interrupted else "FAILED")
         self.journal.append("status", status=final)
         if self.flush(stop=True):
