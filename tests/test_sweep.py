@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, shrunk_args, start_emo
-from emo import sweep
+from emo import report, sweep
 from emo.registry import MODEL_URI_TAG
 from gates import gate_callback, open_gate, wait_for_reached
 
@@ -75,6 +75,40 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(tmp_path, tiny_mode
     # each trial's config is a plain fit config
     trial_config = tmp_path / "outputs/sweeps" / name / "trial-0.yaml"
     assert "learning_rate" in trial_config.read_text()
+
+
+def test_a_seed_sweep_holds_mean_and_std_and_compares(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    name = "seeds-test"
+    seeds = ["--config", str(ROOT / "configs/seeds.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
+    sweep.main(shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
+                           "--trainer.logger.init_args.experiment_name", name, "--sweep.study_name", name,
+                           "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db", "--sweep.params", '{"seed_everything": [1, 2]}',
+                           "--model.learning_rate", "5e-3", configs=seeds))  # fmt: skip
+    client = mlflow.MlflowClient()
+    parent = the_parent(client, name)
+    children = children_of(client, parent.info.run_id)
+    assert sorted(c.data.params["seed_everything"] for c in children) == ["1", "2"]
+    for metric in ("test/acc", "test/f1_macro", "test/f1_weighted"):
+        values = [c.data.metrics[metric] for c in children]
+        assert parent.data.metrics[f"mean/{metric}"] == pytest.approx(sum(values) / 2)
+        assert parent.data.metrics[f"std/{metric}"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    val = [max(m.value for m in client.get_metric_history(c.info.run_id, "val/f1_weighted")) for c in children]
+    assert parent.data.metrics["mean/val/f1_weighted"] == pytest.approx(sum(val) / 2)
+    assert not client.search_model_versions(f"name='{name}'")  # seeds measure; they register nothing
+    # `emo report`: one config, two runs, mean ± std
+    report.main(["--experiment", name, "--output_dir", str(tmp_path / "reports")])
+    printed = capsys.readouterr().out
+    accuracy = [c.data.metrics["test/acc"] for c in children]
+    mean, std = sum(accuracy) / 2, abs(accuracy[0] - accuracy[1]) / 2**0.5
+    assert f"{mean:.4f} ± {std:.4f}" in printed
+    # `emo report --compare`: the group (its two runs' mean) against its first run
+    report.main(["--compare", parent.info.run_id, children[0].info.run_id])
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.startswith("test/acc"))
+    a, b, difference = (float(v) for v in row.split()[1:4])
+    assert (a, b) == pytest.approx((mean, accuracy[0]), abs=1e-4) and difference == pytest.approx(a - b, abs=2e-4)
+    assert "(2 runs)" in printed and "95 % interval" in printed
 
 
 def test_destructive_learning_rate_is_pruned(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch):
@@ -172,11 +206,11 @@ def test_bad_sweeps_stop_at_parse_time(tmp_path, tiny_model_dir, small_data_dir,
     assert message in capsys.readouterr().err
 
 
-SWEEP_FILES = sorted((ROOT / "configs").glob("sweep*.yaml"))
+SWEEP_FILES = sorted([*(ROOT / "configs").glob("sweep*.yaml"), ROOT / "configs/seeds.yaml"])
 
 
 def test_sweep_configs_are_shipped():
-    assert {"sweep.yaml", "sweep_tpe.yaml"} <= {p.name for p in SWEEP_FILES}
+    assert {"sweep.yaml", "sweep_tpe.yaml", "seeds.yaml"} <= {p.name for p in SWEEP_FILES}
 
 
 @pytest.mark.parametrize("config", SWEEP_FILES, ids=lambda p: p.name)

@@ -1,14 +1,19 @@
 """`python -m emo report`: compare the runs of an experiment (or of one sweep) and pick the best.
 
     python -m emo report [--experiment NAME] [--sweep STUDY | --parent_run_id ID] [--metric val/f1_weighted]
+    python -m emo report --compare RUN_A RUN_B       (runs, or sweep parents: their trials as a group)
 
-Prints a table of the runs, selects the best by a validation metric (never a train or test
-one) and writes `reports/<name>/report.md` with plots: the metric against each swept
-hyperparameter, the learning curves side by side, and the best run's confusion matrix.
-Logged to the sweep's parent run when there is one.
+Prints a table of the runs, the mean ± std of the runs that differ only in their seed, selects
+the best by a validation metric (never a train or test one) and writes `reports/<name>/report.md`
+with plots: the metric against each swept hyperparameter, the learning curves side by side, and
+the best run's confusion matrix. Logged to the sweep's parent run when there is one.
+`--compare` tells whether A beats B: the differences in test accuracy and macro F1 with a paired
+bootstrap 95 % interval, from the test predictions both logged (`emo.analysis`).
 """
 
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -22,9 +27,14 @@ import pandas as pd  # noqa: E402
 from jsonargparse import auto_cli  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
+from emo.analysis import PREDICTIONS_ARTIFACT, paired_bootstrap  # noqa: E402
+from emo.data import LABELS  # noqa: E402
 from emo.tracking import DEFAULT_EXPERIMENT, resolve_tracking_uri  # noqa: E402
 
 HEADLINE_METRICS = ["val/acc", "val/f1_weighted", "val/f1_macro", "test/acc", "test/f1_weighted", "test/f1_macro"]
+SEED_PARAM = "seed_everything"
+# Params that differ between runs of the same settings: where a run is written, its name, its tags.
+BOOKKEEPING = ("trainer.logger", "trainer.default_root_dir", "ckpt_path", "checkpoint.dirpath", "prediction.")
 KEY_PARAMS = ["model.model_name_or_path", "model.learning_rate", "data.batch_size", "model.weight_decay",
               "model.warmup_ratio", "trainer.max_epochs", "data.train_size"]  # fmt: skip
 
@@ -123,6 +133,36 @@ def plot_learning_curves(client, runs: pd.DataFrame, metric: str, path: Path) ->
     plt.close(figure)
 
 
+def config_columns(runs: pd.DataFrame) -> list[str]:
+    """The params that tell one set of settings from another: those that vary, less the seed and bookkeeping."""
+    columns = [c for c in runs if c.startswith("params.") and runs[c].nunique(dropna=False) > 1]
+    return [c for c in columns if c != f"params.{SEED_PARAM}" and not c.removeprefix("params.").startswith(BOOKKEEPING)]
+
+
+def seed_groups(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std per set of settings over its seeds, for runs with test scores; one row per config."""
+    tested = runs.dropna(subset=["test/acc"]) if "test/acc" in runs else runs.iloc[0:0]
+    if tested.empty:
+        return pd.DataFrame()
+    keys = config_columns(tested)
+    groups = tested.groupby(keys, dropna=False, sort=False) if keys else [((), tested)]
+    rows = []
+    for values, group in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        config = ", ".join(f"{k.removeprefix('params.')}={v}" for k, v in zip(keys, values, strict=True)) or "all runs"
+        row = {"config": config, "runs": len(group)}
+        for metric in ("best.val/acc", "best.val/f1_macro", "test/acc", "test/f1_weighted", "test/f1_macro"):
+            if metric in group:
+                row[metric.removeprefix("best.")] = mean_std(group[metric])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_std(values: pd.Series) -> str:
+    values = values.dropna().astype(float)
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values.mean():.4f}"
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     def cell(value):
         if isinstance(value, float):
@@ -186,13 +226,50 @@ def write_report(
     ]
     if confusion:
         text.append("\n## Confusion matrix of the best run (test split)\n\n![](best_confusion_matrix.png)\n")
+    groups = seed_groups(runs)
+    if not groups.empty and (groups["runs"] > 1).any():
+        text.insert(4, "\n## Mean ± std over seeds, per config\n\n" + markdown_table(groups))
     (folder / "report.md").write_text("\n".join(text))
     print(table.to_string(index=False))
+    if not groups.empty and (groups["runs"] > 1).any():
+        print("\nmean ± std (sample std) over the runs of each config:")
+        print(groups.to_string(index=False))
     print(f"\nbest run by {metric}: {best['run_id']} ({best['run_name']})")
     print(f"report: {folder / 'report.md'}")
     if parent_run_id:
         client.log_artifacts(parent_run_id, str(folder), "report")
     return folder / "report.md"
+
+
+def group_predictions(client, run_id: str) -> tuple[str, list[pd.DataFrame]]:
+    """A run's test predictions, or those of every finished trial of a sweep parent; with a name to print."""
+    run = client.get_run(run_id)
+    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
+                                  max_results=5000)  # fmt: skip
+    members = [child for child in children if child.info.status == "FINISHED"] if children else [run]
+    frames = []
+    with tempfile.TemporaryDirectory() as folder:
+        for member in members:
+            try:
+                frames.append(pd.read_csv(client.download_artifacts(member.info.run_id, PREDICTIONS_ARTIFACT, folder)))
+            except Exception as error:  # a run from before predictions were logged, or one that never tested
+                raise ValueError(f"run {member.info.run_id} ({member.info.run_name}) has no {PREDICTIONS_ARTIFACT}: {error}") from None
+    name = f"{run.info.run_name} ({len(frames)} runs)" if children else run.info.run_name
+    return name, frames
+
+
+def compare_runs(client, run_a: str, run_b: str, draws: int = 10_000) -> dict:
+    """Prints A - B in test accuracy and macro F1 with a paired bootstrap 95 % interval."""
+    name_a, group_a = group_predictions(client, run_a)
+    name_b, group_b = group_predictions(client, run_b)
+    result = paired_bootstrap(group_a, group_b, LABELS, draws=draws)
+    print(f"A: {name_a} [{run_a}]\nB: {name_b} [{run_b}]")
+    print(f"paired bootstrap over the {len(group_a[0])} test examples, {draws} draws\n")
+    print(f"{'metric':<14}{'A':>8}{'B':>8}{'A - B':>9}   95 % interval        P(B better)")
+    for metric, r in result.items():
+        print(f"{'test/' + metric:<14}{r['a']:>8.4f}{r['b']:>8.4f}{r['difference']:>+9.4f}   "
+              f"[{r['low']:+.4f}, {r['high']:+.4f}]   {r['p_b_better']:.3f}")  # fmt: skip
+    return result
 
 
 def report(
@@ -202,6 +279,7 @@ def report(
     metric: str = "val/f1_weighted",
     direction: Literal["maximize", "minimize"] = "maximize",
     output_dir: str = "reports",
+    compare: tuple[str, str] | None = None,
 ) -> None:
     """Compare runs and pick the best by a validation metric.
 
@@ -212,8 +290,15 @@ def report(
         metric: Validation metric that selects the best run.
         direction: Whether larger or smaller is better.
         output_dir: Where the report folder goes.
+        compare: Two run ids (or sweep parent run ids, for groups of seeds): is A better than B on test?
     """
     client = mlflow.MlflowClient(resolve_tracking_uri())
+    if compare:
+        try:
+            compare_runs(client, *compare)
+        except (ValueError, mlflow.exceptions.MlflowException) as error:
+            raise SystemExit(f"emo: error: --compare: {str(error).splitlines()[0]}") from None
+        return
     if sweep and not parent_run_id:
         found = client.get_experiment_by_name(experiment)
         parents = found and client.search_runs([found.experiment_id], filter_string=f"tags.`emo.sweep` = '{sweep}'")
@@ -226,5 +311,15 @@ def report(
         raise SystemExit(f"emo: error: {error}") from None
 
 
+def pair_compare_values(args: list[str]) -> list[str]:
+    """`--compare A B`, as people type it, into the `--compare [A,B]` the parser reads."""
+    if "--compare" in args:
+        at = args.index("--compare")
+        values = args[at + 1 : at + 3]
+        if len(values) == 2 and not any(value.startswith("-") or value.startswith("[") for value in values):
+            return [*args[: at + 1], f"[{values[0]},{values[1]}]", *args[at + 3 :]]
+    return args
+
+
 def main(args=None) -> None:
-    auto_cli(report, args=args)
+    auto_cli(report, args=pair_compare_values(list(sys.argv[1:] if args is None else args)))

