@@ -3,6 +3,7 @@
     python -m emo fit --config configs/base.yaml [--config more.yaml] [--model.learning_rate 5e-5]
     python -m emo fit ... --ckpt_path last             (continue a killed or interrupted fit, same MLflow run)
     python -m emo {validate,test,predict} --config ... --ckpt_path path/to/best.ckpt
+    python -m emo predict --config ... --ckpt_path models:/NAME@ALIAS   (or models:/NAME/VERSION: a registered model)
     python -m emo sweep --config configs/sweep.yaml      (emo/sweep.py)
     python -m emo report [--sweep NAME]                  (emo/report.py)
     python -m emo sync [--root outputs]                  (send records a tracking outage kept back)
@@ -18,6 +19,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import traceback
 import warnings
 from pathlib import Path
@@ -35,7 +37,7 @@ from emo.hardware import fast_precision
 from emo.hub import check_model_folder, max_positions
 from emo.model import EmotionClassifier
 from emo.predict import PredictionWriter
-from emo.registry import ModelRegistry
+from emo.registry import ModelRegistry, download_registered_model, is_registered_model_uri
 from emo.resume import LastCheckpoint, plan_resume, read_record
 from emo.tracking import (
     LogRunConfig,
@@ -118,9 +120,23 @@ class EmoCLI(LightningCLI):
         # LightningCLI reads the model's settings from --ckpt_path here, before any hook: check the file first.
         subcommand = self.config.get("subcommand")
         ckpt_path = subcommand and self.config[subcommand].get("ckpt_path")
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
+        if is_registered_model_uri(ckpt_path):
+            self.use_registered_model(self.config[subcommand], subcommand)
+        elif ckpt_path and ckpt_path not in ("last", "best", "hpc"):
             read_record(Path(ckpt_path))
         super()._parse_ckpt_path()
+
+    def use_registered_model(self, config, subcommand: str) -> None:
+        """`--ckpt_path models:/NAME@ALIAS` (or `/VERSION`): the registered model and tokenizer, no checkpoint file."""
+        if subcommand == "fit":
+            raise UserError(f"--ckpt_path {config.ckpt_path}: fit resumes from a checkpoint file; a registered model "
+                            "is for validate, test and predict")  # fmt: skip
+        logger = config.trainer.logger
+        uri = getattr(getattr(logger, "init_args", None), "tracking_uri", None) or resolve_tracking_uri()
+        self.registered_model_dir = tempfile.TemporaryDirectory(prefix="emo-registered-")  # removed with the CLI
+        model, tokenizer = download_registered_model(config.ckpt_path, uri, self.registered_model_dir.name)
+        config.model.model_name_or_path, config.data.tokenizer_name_or_path = str(model), str(tokenizer)
+        config.ckpt_path = None  # the registered weights are the model's
 
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

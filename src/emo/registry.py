@@ -1,17 +1,22 @@
 """Model Registry: log the best model with MLflow's transformers flavor, register it, crown a champion."""
 
 import importlib.metadata
+import re
+from pathlib import Path
 
 import mlflow
+import yaml
 from lightning.pytorch import Callback
 from mlflow.exceptions import MlflowException
 
-from emo import hub
+from emo import UserError, hub
+from emo.redact import redact
 from emo.tracking import mlflow_logger
 
 MODEL_ARTIFACT = "model"
 MODEL_URI_TAG = "emo.model_uri"  # on the run, so a sweep can register its best trial later
 INPUT_EXAMPLE = ["i feel like i finally belong somewhere"]
+REGISTERED_MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))/?")
 
 
 def pip_requirements() -> list[str]:
@@ -74,6 +79,58 @@ def register(run_id: str, name: str, alias: str = "champion", metric: str = "tes
         client.set_registered_model_alias(name, alias, version.version)
     client.set_model_version_tag(name, version.version, metric, str(score))
     return version, promoted
+
+
+def is_registered_model_uri(value) -> bool:
+    return isinstance(value, str) and value.startswith("models:/")
+
+
+def registered_version(uri: str, tracking_uri: str):
+    """The model version `models:/NAME@ALIAS` or `models:/NAME/VERSION` names; a one-line error says what is missing."""
+    match = REGISTERED_MODEL_URI.fullmatch(uri)
+    if not match:
+        raise UserError(f"{uri}: name a registered model as models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, number = match.group("name", "alias", "version")
+    store = redact(tracking_uri)
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"{uri}: no MLflow store at {store}; set MLFLOW_TRACKING_URI to the store that holds the model")
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise UserError(f"{uri}: cannot read the Model Registry at {store}: {hub.first_line(error)}") from None
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        raise UserError(f"{uri}: no registered model {name!r} in {store}") from None
+    if alias:
+        held = ", ".join(f"{a} (version {v})" for a, v in sorted(model.aliases.items())) or "none"
+        raise UserError(f"{uri}: registered model {name!r} has no alias {alias!r} (its aliases: {held})")
+    latest = max((int(v.version) for v in model.latest_versions), default=0)
+    raise UserError(f"{uri}: registered model {name!r} has no version {number} (latest: {latest})")
+
+
+def download_registered_model(uri: str, tracking_uri: str, folder) -> tuple[Path, Path]:
+    """Downloads a registered model logged by `log_transformers_model` into `folder`.
+
+    Returns its Hugging Face model folder and its tokenizer folder, for `from_pretrained`.
+    """
+    version = registered_version(uri, tracking_uri)
+    try:
+        path = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(folder),
+            tracking_uri=tracking_uri, registry_uri=tracking_uri,
+        ))  # fmt: skip
+    except MlflowException as error:
+        raise UserError(f"{uri}: cannot download version {version.version}: {hub.first_line(error)}") from None
+    flavor = yaml.safe_load((path / "MLmodel").read_text())["flavors"].get("transformers", {})
+    model, tokenizer = path / flavor.get("model_binary", MODEL_ARTIFACT), path / "components" / "tokenizer"
+    if flavor.get("task") != "text-classification" or not tokenizer.is_dir():
+        raise UserError(f"{uri}: version {version.version} is not a text-classification model with its tokenizer "
+                        "(MLflow's transformers flavor)")  # fmt: skip
+    print(f"Using registered model {version.name!r} version {version.version} (run {version.run_id})")
+    return model, tokenizer
 
 
 class ModelRegistry(Callback):

@@ -1,0 +1,136 @@
+"""A registered model, used by name: `emo predict --ckpt_path models:/NAME@ALIAS`, and `mlflow models serve` over HTTP."""
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import free_port, shrunk_args
+from emo.cli import EmoCLI, main
+from emo.data import LABELS
+
+NAME = "emotion-serve-test"
+TEXTS = ["i feel so happy and loved", "this makes me furious", "i am scared of the dark", "what a surprise to see you"]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, tiny_model_dir, small_data_dir, mlflow_server):
+    """One short fit that registers version 1 of NAME as its champion; returns its best checkpoint file."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        tmp_path = tmp_path_factory.mktemp("fit")
+        cli = EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
+                                               "--trainer.logger.init_args.experiment_name", "serve-test",
+                                               "--registry.registered_model_name", NAME,
+                                               "--model.learning_rate", "5e-3", "--trainer.max_epochs", "1")])  # fmt: skip
+    assert mlflow.MlflowClient(mlflow_server).get_model_version_by_alias(NAME, "champion").version == "1"
+    return cli
+
+
+def emo_args(tmp_path: Path, tiny_model_dir, small_data_dir, ckpt_path: str) -> list[str]:
+    # 32-true: the served model computes in fp32 too, so probabilities agree to rounding
+    return shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--ckpt_path", ckpt_path, "--trainer.precision", "32-true")
+
+
+def predict(tmp_path: Path, tiny_model_dir, small_data_dir, ckpt_path: str) -> list[dict]:
+    """`emo predict` on TEXTS: one row a text, `text,label,p_<label>...`."""
+    texts, output = tmp_path / "texts.txt", tmp_path / f"predictions-{len(list(tmp_path.glob('*.csv')))}.csv"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    EmoCLI(args=["predict", *emo_args(tmp_path, tiny_model_dir, small_data_dir, ckpt_path),
+                 "--data.predict_file", str(texts), "--prediction.output_file", str(output)])  # fmt: skip
+    return list(csv.DictReader(open(output)))
+
+
+def probabilities(rows: list[dict]) -> list[float]:
+    return [float(row[f"p_{label}"]) for row in rows for label in LABELS]
+
+
+def test_predict_from_a_registered_model_uri(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    from_checkpoint = predict(tmp_path, tiny_model_dir, small_data_dir, fitted.trainer.checkpoint_callback.best_model_path)
+    for uri in (f"models:/{NAME}@champion", f"models:/{NAME}/1"):
+        rows = predict(tmp_path, tiny_model_dir, small_data_dir, uri)
+        assert [row["text"] for row in rows] == TEXTS
+        assert [row["label"] for row in rows] == [row["label"] for row in from_checkpoint], uri
+        # the registered head and encoder, not new random ones: the same probabilities as the checkpoint's
+        assert probabilities(rows) == pytest.approx(probabilities(from_checkpoint), abs=1e-4), uri
+
+
+def test_test_from_a_registered_model_uri_repeats_the_fit_s_test(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    """The registered model scores on the test split what the fit's test of its best checkpoint scored (same precision)."""
+    cli = EmoCLI(args=["test", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.logger", "false",
+                                            "--ckpt_path", f"models:/{NAME}@champion")])  # fmt: skip
+    run = mlflow.MlflowClient().get_run(fitted.trainer.logger.run_id)
+    for metric in ("test/acc", "test/f1_weighted", "test/loss"):
+        assert cli.trainer.callback_metrics[metric].item() == pytest.approx(run.data.metrics[metric], abs=1e-5), metric
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    (f"models:/{NAME}@nope", f"registered model '{NAME}' has no alias 'nope' (its aliases: champion (version 1))"),
+    ("models:/no-such-model@champion", "no registered model 'no-such-model' in http://127.0.0.1:"),
+    (f"models:/{NAME}/7", f"registered model '{NAME}' has no version 7 (latest: 1)"),
+    (f"models:/{NAME}", "name a registered model as models:/NAME@ALIAS or models:/NAME/VERSION"),
+], ids=["alias", "model", "version", "malformed"])  # fmt: skip
+def test_a_missing_registered_model_is_one_line(uri, expected, fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    with pytest.raises(SystemExit) as stopped:
+        main(["predict", *emo_args(tmp_path, tiny_model_dir, small_data_dir, uri), "--data.predict_file", str(texts)])
+    assert stopped.value.code == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1, errors  # the only output: stopped before anything loads
+    assert errors[0].startswith(f"emo: error: {uri}: ") and expected in errors[0], errors[0]
+
+
+def post_json(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def wait_for_ping(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"mlflow models serve exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"mlflow models serve did not answer /ping within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def test_the_champion_serves_over_http(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    port, log = free_port(), tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    bin_dir = str(Path(sys.executable).parent)  # the venv's: `mlflow` and the `uvicorn` it starts
+    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]), "MLFLOW_TRACKING_URI": tracking_uri}
+    command = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_ping(server, url, log)
+        served = post_json(f"{url}/invocations", {"inputs": TEXTS})["predictions"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # mlflow and the uvicorn it started
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+    assert len(served) == len(TEXTS) and all(set(row) == {"label", "score"} for row in served), served
+    assert {row["label"] for row in served} <= set(LABELS)
+    rows = predict(tmp_path, tiny_model_dir, small_data_dir, f"models:/{NAME}@champion")
+    assert [row["label"] for row in served] == [row["label"] for row in rows]
+    assert [row["score"] for row in served] == pytest.approx([float(row[f"p_{row['label']}"]) for row in rows], abs=1e-4)
