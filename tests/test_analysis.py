@@ -5,7 +5,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from emo.analysis import accuracy_and_macro_f1, confident_mistakes, confusion_counts, paired_bootstrap, predictions_frame
+from emo.analysis import (
+    accuracy_and_macro_f1,
+    confident_mistakes,
+    confusion_counts,
+    paired_bootstrap,
+    predictions_frame,
+)
 from emo.data import LABELS
 
 

@@ -41,11 +41,11 @@ def emo_args(tmp_path: Path, tiny_model_dir, small_data_dir, ckpt_path: str) -> 
     return shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--ckpt_path", ckpt_path, "--trainer.precision", "32-true")
 
 
-def predict(tmp_path: Path, tiny_model_dir, small_data_dir, ckpt_path: str) -> list[dict]:
+def predict(tmp_path: Path, tiny_model_dir, data_dir, ckpt_path: str) -> list[dict]:
     """`emo predict` on TEXTS: one row a text, `text,label,p_<label>...`."""
     texts, output = tmp_path / "texts.txt", tmp_path / f"predictions-{len(list(tmp_path.glob('*.csv')))}.csv"
     texts.write_text("\n".join(TEXTS) + "\n")
-    EmoCLI(args=["predict", *emo_args(tmp_path, tiny_model_dir, small_data_dir, ckpt_path),
+    EmoCLI(args=["predict", *emo_args(tmp_path, tiny_model_dir, data_dir, ckpt_path),
                  "--data.predict_file", str(texts), "--prediction.output_file", str(output)])  # fmt: skip
     return list(csv.DictReader(open(output)))
 
@@ -57,7 +57,7 @@ def probabilities(rows: list[dict]) -> list[float]:
 def test_predict_from_a_registered_model_uri(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
     from_checkpoint = predict(tmp_path, tiny_model_dir, small_data_dir, fitted.trainer.checkpoint_callback.best_model_path)
     for uri in (f"models:/{NAME}@champion", f"models:/{NAME}/1"):
-        rows = predict(tmp_path, tiny_model_dir, small_data_dir, uri)
+        rows = predict(tmp_path, tiny_model_dir, tmp_path / "no-training-data-here", uri)  # predict needs none
         assert [row["text"] for row in rows] == TEXTS
         assert [row["label"] for row in rows] == [row["label"] for row in from_checkpoint], uri
         # the registered head and encoder, not new random ones: the same probabilities as the checkpoint's

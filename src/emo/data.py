@@ -449,6 +449,8 @@ class EmotionDataModule(L.LightningDataModule):
         return DataCollatorWithPadding(self.tokenizer)
 
     def prepare_data(self):
+        if self.trainer is not None and self.trainer.state.fn == "predict":
+            return  # predict reads its own file only: no training data needed
         self.tokenized_splits()  # downloads, parses and tokenizes into the datasets cache, on one process
 
     def setup(self, stage: str):
