@@ -127,6 +127,9 @@ def test_registered_champion_predicts_a_label(fitted):
     cli, client, run = fitted
     version = client.get_model_version_by_alias("emotion-pipeline-test", "champion")
     assert version.run_id == run.info.run_id
+    description = version.description  # what it was trained on, readable in the registry
+    assert f"fine-tuned for text classification on {cli.datamodule.source}" in description
+    assert run.info.run_id in description and f"accuracy {run.data.metrics['test/acc']:.4f}" in description
     model = mlflow.pyfunc.load_model("models:/emotion-pipeline-test@champion")
     prediction = model.predict(["i can't stop smiling today"])
     assert prediction["label"][0] in LABELS and 0 < prediction["score"][0] <= 1

@@ -78,7 +78,22 @@ def register(run_id: str, name: str, alias: str = "champion", metric: str = "tes
     if promoted:
         client.set_registered_model_alias(name, alias, version.version)
     client.set_model_version_tag(name, version.version, metric, str(score))
+    client.update_model_version(name, version.version, description=version_description(run))
     return version, promoted
+
+
+def version_description(run) -> str:
+    """What a registered version was trained on, how, and how it scored: readable in the registry without the run."""
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    digest = tags.get("emo.data_digest", "")
+    scores = ", ".join(f"{label} {metrics[key]:.4f}" for key, label in
+                       (("test/acc", "accuracy"), ("test/f1_weighted", "weighted F1"), ("test/f1_macro", "macro F1"))
+                       if key in metrics)  # fmt: skip
+    settings = ", ".join(f"{key.split('.')[-1]} {params[key]}" for key in
+                         ("model.learning_rate", "data.batch_size", "trainer.max_epochs", "seed_everything") if key in params)  # fmt: skip
+    return (f"{tags.get('emo.model', '?')} fine-tuned for text classification on {tags.get('emo.dataset', '?')}"
+            f"{f' (data sha256 {digest[:12]})' if digest else ''} by run {run.info.run_id} ({run.info.run_name}); "
+            f"{settings}. Test: {scores or 'not tested'}.")  # fmt: skip
 
 
 def is_registered_model_uri(value) -> bool:
