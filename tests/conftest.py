@@ -75,6 +75,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_http(process: subprocess.Popen, url: str, timeout_s: float, log: Path) -> None:
+    """Until `url` answers 200: polled, never a fixed sleep; the log's tail if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
 class MlflowServer:
     """A real `mlflow server` on 127.0.0.1, started lean (2 processes, ~0.5 GiB); tests may kill and restart it.
 
@@ -102,17 +117,7 @@ class MlflowServer:
         return self
 
     def wait_healthy(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.process.returncode}: see {self.folder}/server.log")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError(f"mlflow server at {self.url} not healthy after {timeout_s} s")
+        wait_for_http(self.process, f"{self.url}/health", timeout_s, self.folder / "server.log")
 
     def kill(self) -> None:
         """Gone at once, with all its processes, as in a crash or a network cut."""

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import free_port, shrunk_args
+from conftest import free_port, shrunk_args, wait_for_http
 from emo.cli import EmoCLI, main
 from emo.data import LABELS
 
@@ -96,19 +95,6 @@ def post_json(url: str, payload: dict) -> dict:
         return json.loads(response.read())
 
 
-def wait_for_ping(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"mlflow models serve exited with {process.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"mlflow models serve did not answer /ping within {timeout_s} s:\n{log.read_text()[-3000:]}")
-
-
 def test_the_champion_serves_over_http(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
     port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
@@ -119,7 +105,7 @@ def test_the_champion_serves_over_http(fitted, tmp_path, tiny_model_dir, small_d
     with open(log, "w") as out:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_ping(server, url, log)
+        wait_for_http(server, f"{url}/ping", 240, log)
         served = post_json(f"{url}/invocations", {"inputs": TEXTS})["predictions"]
     finally:
         with contextlib.suppress(ProcessLookupError):
