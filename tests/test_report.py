@@ -59,3 +59,11 @@ def test_report_refuses_to_select_on_non_validation_metrics(prepared_experiment,
 def test_report_on_a_missing_experiment_says_so(tracking_uri, tmp_path):
     with pytest.raises(SystemExit, match="no MLflow experiment named 'nope'"):
         report.main(["--experiment", "nope", "--output_dir", str(tmp_path)])
+
+
+def test_compare_needs_logged_test_predictions(prepared_experiment):
+    _, ids = prepared_experiment  # runs logged without predictions, as runs from before emo logged them
+    with pytest.raises(SystemExit, match=r"emo: error: --compare: run \w+ \(peaks-early\) has no test/predictions.csv"):
+        report.main(["--compare", ids["peaks-early"], ids["weak"]])
+    with pytest.raises(SystemExit, match="emo: error: --compare: no run 'not-a-run' at http://127.0.0.1:"):
+        report.main(["--compare", "not-a-run", ids["weak"]])

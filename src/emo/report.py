@@ -243,7 +243,10 @@ def write_report(
 
 def group_predictions(client, run_id: str) -> tuple[str, list[pd.DataFrame]]:
     """A run's test predictions, or those of every finished trial of a sweep parent; with a name to print."""
-    run = client.get_run(run_id)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(f"no run {run_id!r} at {client.tracking_uri}") from None
     children = client.search_runs([run.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
                                   max_results=5000)  # fmt: skip
     members = [child for child in children if child.info.status == "FINISHED"] if children else [run]
