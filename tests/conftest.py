@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("EMO_DATA_DIR", ROOT.parent / "shared" / "data" / "emotion"))
@@ -150,6 +151,13 @@ def hub_offline(monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
+
+def is_sweep_config(path: Path) -> bool:
+    return "sweep" in (yaml.safe_load(path.read_text()) or {})
+
+
+SHIPPED_SWEEP_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if is_sweep_config(p))
+SHIPPED_TRAINING_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not is_sweep_config(p))
 
 TRAINING_CONFIGS = ["--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
 

@@ -8,10 +8,10 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, SHIPPED_TRAINING_CONFIGS
 from emo.cli import EmoCLI
 
-TRAINING_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("sweep"))
+TRAINING_CONFIGS = SHIPPED_TRAINING_CONFIGS
 
 
 def instantiate(*args: str) -> EmoCLI:

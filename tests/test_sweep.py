@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, shrunk_args, start_emo
+from conftest import ROOT, SHIPPED_SWEEP_CONFIGS, shrunk_args, start_emo
 from emo import report, sweep
 from emo.registry import MODEL_URI_TAG
 from gates import gate_callback, open_gate, wait_for_reached
@@ -206,7 +206,7 @@ def test_bad_sweeps_stop_at_parse_time(tmp_path, tiny_model_dir, small_data_dir,
     assert message in capsys.readouterr().err
 
 
-SWEEP_FILES = sorted([*(ROOT / "configs").glob("sweep*.yaml"), ROOT / "configs/seeds.yaml"])
+SWEEP_FILES = SHIPPED_SWEEP_CONFIGS
 
 
 def test_sweep_configs_are_shipped():
