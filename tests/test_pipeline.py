@@ -7,6 +7,7 @@ import sys
 
 import mlflow
 import pytest
+import torch
 
 from conftest import ROOT, SMALL_SIZES, shrunk_args
 from emo.cli import EmoCLI
@@ -198,3 +199,17 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_model_dir, small_data_dir, trac
     predictions = list(csv.DictReader(open(client.download_artifacts(run.info.run_id, "test/predictions.csv"))))
     assert [int(row["example"]) for row in predictions] == list(range(SMALL_SIZES["test"]))  # each once, none padded in
     assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+
+
+def test_weight_averaging_is_what_gets_tested_and_registered(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    """Lightning's EMAWeightAveraging: the test, and the model logged after it, use the averaged weights of the best checkpoint."""
+    cli = fit(tmp_path, tiny_model_dir, small_data_dir, "ema-test", "",
+              "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.9")  # fmt: skip
+    checkpoint = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    name = "model.classifier.weight"
+    assert not torch.equal(averaged[name], raw[name])  # the average is not the last weights
+    assert torch.equal(cli.model.state_dict()[name], averaged[name])
+    logged = mlflow.MlflowClient().get_run(cli.trainer.logger.run_id).data.tags[MODEL_URI_TAG]
+    registered = mlflow.transformers.load_model(logged, return_type="components")["model"]
+    assert torch.equal(registered.state_dict()["classifier.weight"], averaged[name])

@@ -206,7 +206,12 @@ class EmoCLI(LightningCLI):
         if self.trainer.fast_dev_run:
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
+        if best:
+            # The checkpoint's weights as saved: with weight averaging (EMAWeightAveraging) these are the average,
+            # which Lightning would swap back to the raw weights when the checkpoint is loaded through `ckpt_path`.
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            self.model.load_state_dict(state)
+        self.trainer.test(self.model, datamodule=self.datamodule, weights_only=True)
 
     def before_validate(self):
         check_checkpoint_fits(self.config.validate.ckpt_path, self.model)
