@@ -5,7 +5,7 @@
     python -m emo {validate,test,predict} --config ... --ckpt_path path/to/best.ckpt
     python -m emo predict --config ... --ckpt_path models:/NAME@ALIAS   (or models:/NAME/VERSION: a registered model)
     python -m emo sweep --config configs/sweep.yaml      (emo/sweep.py)
-    python -m emo report [--sweep NAME]                  (emo/report.py)
+    python -m emo report [--sweep NAME] [--compare A B]  (emo/report.py)
     python -m emo sync [--root outputs]                  (send records a tracking outage kept back)
 
 `fit` ends with `test` on the best checkpoint; then the model is logged and registered.
