@@ -11,6 +11,7 @@ the best run's confusion matrix. Logged to the sweep's parent run when there is 
 bootstrap 95 % interval, from the test predictions both logged (`emo.analysis`).
 """
 
+import os
 import shutil
 import sys
 import tempfile
@@ -325,4 +326,5 @@ def pair_compare_values(args: list[str]) -> list[str]:
 
 
 def main(args=None) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file buries the table
     auto_cli(report, args=pair_compare_values(list(sys.argv[1:] if args is None else args)))
