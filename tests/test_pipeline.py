@@ -204,7 +204,8 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_model_dir, small_data_dir, trac
 def test_weight_averaging_is_what_gets_tested_and_registered(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
     """Lightning's EMAWeightAveraging: the test, and the model logged after it, use the averaged weights of the best checkpoint."""
     cli = fit(tmp_path, tiny_model_dir, small_data_dir, "ema-test", "",
-              "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.9")  # fmt: skip
+              "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.9",
+              "--trainer.max_epochs", "1")  # fmt: skip
     checkpoint = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)
     averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
     name = "model.classifier.weight"

@@ -84,7 +84,7 @@ def test_a_seed_sweep_holds_mean_and_std_and_compares(tmp_path, tiny_model_dir, 
     sweep.main(shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
                            "--trainer.logger.init_args.experiment_name", name, "--sweep.study_name", name,
                            "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db", "--sweep.params", '{"seed_everything": [1, 2]}',
-                           "--model.learning_rate", "5e-3", configs=seeds))  # fmt: skip
+                           "--model.learning_rate", "5e-3", "--trainer.max_epochs", "1", configs=seeds))  # fmt: skip
     client = mlflow.MlflowClient()
     parent = the_parent(client, name)
     children = children_of(client, parent.info.run_id)
