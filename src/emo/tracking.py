@@ -581,7 +581,7 @@ def run_description(summary: dict) -> str:
         "",
         f"Test: accuracy **{test.get('test/acc', float('nan')):.4f}**, weighted F1 {test.get('test/f1_weighted', float('nan')):.4f}, "
         f"macro F1 {test.get('test/f1_macro', float('nan')):.4f}.",
-        f"Best checkpoint: epoch {epoch.group(1) if epoch else '?'} of {summary['epochs_trained']} "
+        f"Best checkpoint: epoch {int(epoch.group(1)) + 1 if epoch else '?'} of {summary['epochs_trained']} "  # 1-based
         f"(by {', '.join(f'{k} = {v:.4f}' for k, v in (summary['best_score'] or {}).items()) or 'the last epoch'}).",
         f"Training: {summary['train_seconds']:.0f} s at {summary['train_samples_per_sec'] or 0:.0f} samples/s; "
         f"see test/ for the confusion matrices, per-class F1 and the most confident mistakes.",
