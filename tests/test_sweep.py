@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from conftest import ROOT, SHIPPED_SWEEP_CONFIGS, shrunk_args, start_emo
 from emo import report, sweep
 from emo.registry import MODEL_URI_TAG
+from emo.tracking import mark_as_model_training
 from gates import gate_callback, open_gate, wait_for_reached
 
 SWEEP_CONFIGS = ["--config", str(ROOT / "configs/sweep.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
@@ -305,3 +306,12 @@ def test_collisions_cannot_duplicate_parent_trials_or_versions(tmp_path, trackin
     race(workers, lambda i: sweeps[i].finish())
     assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_workers_tagging_a_new_experiment_at_once(tracking_uri):
+    """Sweep workers start together: each tags the experiment as model training, and none may fail for it."""
+    client = mlflow.MlflowClient()
+    for round_ in range(5):
+        experiment_id = client.create_experiment(f"tagged-at-once-{round_}")
+        race(4, lambda i, experiment_id=experiment_id: mark_as_model_training(mlflow.MlflowClient(), experiment_id))
+        assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"

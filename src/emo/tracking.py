@@ -112,8 +112,15 @@ def check_tracking_uri(uri: str) -> None:
 def mark_as_model_training(client, experiment_id: str) -> None:
     """Tags the experiment as model training, so the MLflow UI opens on its runs (not on a GenAI overview)."""
     experiment = client.get_experiment(experiment_id)
-    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING_KIND:
+        return
+    try:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    except MlflowException:
+        # Processes starting together (sweep workers) insert the same tag at once and the store keeps one:
+        # only a tag still missing afterwards is an error.
+        if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+            raise
 
 
 def prepare_tracking(uri: str, experiment_name: str) -> None:
