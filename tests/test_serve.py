@@ -68,8 +68,10 @@ def test_test_from_a_registered_model_uri_repeats_the_fit_s_test(fitted, tmp_pat
     cli = EmoCLI(args=["test", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.logger", "false",
                                             "--ckpt_path", f"models:/{NAME}@champion")])  # fmt: skip
     run = mlflow.MlflowClient().get_run(fitted.trainer.logger.run_id)
-    for metric in ("test/acc", "test/f1_weighted", "test/loss"):
+    for metric in ("test/acc", "test/f1_weighted"):
         assert cli.trainer.callback_metrics[metric].item() == pytest.approx(run.data.metrics[metric], abs=1e-5), metric
+    # The mean loss under bf16 autocast moves in its 6th digit on a loaded CPU (1.58082 vs 1.58083 seen once).
+    assert cli.trainer.callback_metrics["test/loss"].item() == pytest.approx(run.data.metrics["test/loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize(("uri", "expected"), [
