@@ -2,12 +2,14 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
 import mlflow
 import pytest
 import torch
+from sklearn.metrics import accuracy_score, f1_score
 
 from conftest import ROOT, SMALL_SIZES, shrunk_args
 from emo.cli import EmoCLI
@@ -122,6 +124,23 @@ def test_test_predictions_and_error_analysis(fitted, small_data_dir):
         assert open(client.download_artifacts(run.info.run_id, figure), "rb").read().startswith(b"\x89PNG")
     description = run.data.tags["mlflow.note.content"]
     assert f"accuracy **{run.data.metrics['test/acc']:.4f}**" in description and "Best checkpoint: epoch" in description
+
+
+def test_validation_predictions_are_those_of_the_kept_checkpoint(fitted, small_data_dir):
+    _, client, run = fitted
+    rows = list(csv.DictReader(open(client.download_artifacts(run.info.run_id, "val/predictions.csv"))))
+    lines = [line.rsplit(";", 1) for line in (small_data_dir / "val.txt").read_text().splitlines()]
+    assert [(row["text"], row["label"]) for row in rows] == [(text, label) for text, label in lines]
+    history = {name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"val/{name}")}
+               for name in ("f1_weighted", "acc", "loss")}  # fmt: skip
+    f1, loss = history["f1_weighted"], history["loss"]
+    assert len(loss) == 2 and len(set(loss.values())) == 2  # two epochs, told apart by their validation loss
+    kept = max(sorted(f1), key=f1.get)  # the first best step, as ModelCheckpoint keeps it (a tie keeps the first)
+    truth, predicted = [row["label"] for row in rows], [row["predicted"] for row in rows]
+    assert f1_score(truth, predicted, average="weighted") == pytest.approx(f1[kept], abs=1e-6)
+    assert accuracy_score(truth, predicted) == pytest.approx(history["acc"][kept], abs=1e-6)
+    log_loss = -sum(math.log(float(row[f"p_{row['label']}"])) for row in rows) / len(rows)
+    assert log_loss == pytest.approx(loss[kept], rel=1e-3)
 
 
 def test_registered_champion_predicts_a_label(fitted):

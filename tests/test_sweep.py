@@ -110,6 +110,14 @@ def test_a_seed_sweep_holds_mean_and_std_and_compares(tmp_path, tiny_model_dir, 
     a, b, difference = (float(v) for v in row.split()[1:4])
     assert (a, b) == pytest.approx((mean, accuracy[0]), abs=1e-4) and difference == pytest.approx(a - b, abs=2e-4)
     assert "(2 runs)" in printed and "95 % interval" in printed
+    # on validation: each run's predictions at its kept checkpoint (one epoch here)
+    report.main(["--compare", parent.info.run_id, children[0].info.run_id, "--compare_split", "val"])
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.startswith("val/acc"))
+    a, b = (float(v) for v in row.split()[1:3])
+    val_accuracy = [c.data.metrics["val/acc"] for c in children]
+    assert (a, b) == pytest.approx((sum(val_accuracy) / 2, val_accuracy[0]), abs=1e-4)
+    assert "validation" not in printed and "val examples" in printed
 
 
 def test_destructive_learning_rate_is_pruned(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch):

@@ -1,5 +1,6 @@
 """Error analysis of a test: the predictions table, the most confident mistakes, the figures, and
-the paired bootstrap that says whether one run (or group of seeds) beats another."""
+the paired bootstrap that says whether one run (or group of seeds) beats another, on validation
+(to choose) or on test (to report)."""
 
 from collections.abc import Sequence
 
@@ -11,11 +12,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-PREDICTIONS_ARTIFACT = "test/predictions.csv"
+
+
+def predictions_artifact(stage: str) -> str:
+    """Where a run keeps its predictions: `test/predictions.csv`, and `val/` for the validation of its kept checkpoint."""
+    return f"{stage}/predictions.csv"
 
 
 def predictions_frame(texts: Sequence[str], labels, probabilities, label_names: Sequence[str], examples) -> pd.DataFrame:
-    """One row per test example, in the split's own order: text, true and predicted label, confidence, probabilities."""
+    """One row per example, in the split's own order: text, true and predicted label, confidence, probabilities."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     names = np.asarray(label_names)
     predicted = probabilities.argmax(axis=1)
@@ -97,10 +102,10 @@ def accuracy_and_macro_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def paired_bootstrap(
     group_a: list[pd.DataFrame], group_b: list[pd.DataFrame], label_names: Sequence[str], draws: int = 10_000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """A minus B in accuracy and macro F1, with a 95 % interval from resampling the test examples.
+    """A minus B in accuracy and macro F1, with a 95 % interval from resampling the examples (of one split).
 
     Each group is one run or several (seeds): a group's score is the mean of its runs' scores on
-    the same resampled examples, so the interval covers the test set's sampling, paired.
+    the same resampled examples, so the interval covers the split's sampling, paired.
     """
     frames = [*group_a, *group_b]
     reference = frames[0][["example", "text", "label"]].sort_values("example").reset_index(drop=True)
@@ -109,12 +114,12 @@ def paired_bootstrap(
     for frame in frames:
         frame = frame.sort_values("example").reset_index(drop=True)
         if not frame[["example", "text", "label"]].equals(reference):
-            raise ValueError("the runs were tested on different examples: a paired comparison needs the same test split")
+            raise ValueError("the runs were evaluated on different examples: a paired comparison needs the same split")
         aligned.append(frame["predicted"].map(index).to_numpy())
     truth = reference["label"].map(index).to_numpy()
     n, k = len(truth), len(label_names)
     generator = np.random.default_rng(seed)
-    weights = np.vstack([np.ones(n), generator.multinomial(n, np.full(n, 1 / n), size=draws)])  # row 0: the test set itself
+    weights = np.vstack([np.ones(n), generator.multinomial(n, np.full(n, 1 / n), size=draws)])  # row 0: the split itself
     scores = [accuracy_and_macro_f1(confusion_counts(truth, predicted, weights, k)) for predicted in aligned]
     result = {}
     for i, metric in enumerate(("acc", "f1_macro")):

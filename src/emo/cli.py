@@ -209,8 +209,11 @@ class EmoCLI(LightningCLI):
         if best:
             # The checkpoint's weights as saved: with weight averaging (EMAWeightAveraging) these are the average,
             # which Lightning would swap back to the raw weights when the checkpoint is loaded through `ckpt_path`.
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            self.model.load_state_dict(state)
+            saved = torch.load(best, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(saved["state_dict"])
+            self.model.predictions.pop("val", None)  # the last epoch's: only the kept checkpoint's are logged
+            if "val_predictions" in saved:
+                self.model.predictions["val"] = saved["val_predictions"]
         self.trainer.test(self.model, datamodule=self.datamodule, weights_only=True)
 
     def before_validate(self):

@@ -176,8 +176,9 @@ class EmotionClassifier(L.LightningModule):
         self.metrics = nn.ModuleDict({stage: evaluation_metrics(label_names, stage) for stage in EVAL_STAGES})
         self.confusion = nn.ModuleDict({stage: MulticlassConfusionMatrix(len(label_names)) for stage in EVAL_STAGES})
         self.confusion_matrices: dict[str, torch.Tensor] = {}  # of the last evaluation, for the run's artifacts
-        self.test_outputs: list[tuple[torch.Tensor, ...]] = []  # (example, label, probabilities) per test batch
-        self.test_predictions: dict[str, torch.Tensor] = {}  # of the last test, for the run's artifacts
+        self.eval_outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {stage: [] for stage in EVAL_STAGES}  # per batch
+        # {stage: example, label, probabilities} of the last evaluation; a checkpoint keeps the validation's that chose it
+        self.predictions: dict[str, dict[str, torch.Tensor]] = {}
         self.loss_weights: torch.Tensor | None = None  # per class, from the train split at fit time
 
     def setup(self, stage: str) -> None:
@@ -207,16 +208,19 @@ class EmotionClassifier(L.LightningModule):
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
         self.metrics[stage].update(logits, labels)
         self.confusion[stage].update(logits, labels)
-        if stage == "test" and examples is not None:
-            self.test_outputs.append((examples, labels, logits.float().softmax(dim=-1)))
+        if examples is not None:
+            self.eval_outputs[stage].append((examples, labels, logits.float().softmax(dim=-1)))
         return loss
 
-    def on_test_epoch_start(self):
-        self.test_outputs = []
+    def on_validation_epoch_start(self):
+        self.eval_outputs["val"] = []
 
-    def gather_test_predictions(self) -> dict[str, torch.Tensor]:
-        """Example line, true label and class probabilities of every test example, from all processes."""
-        columns = [torch.cat(column) for column in zip(*self.test_outputs, strict=True)]
+    def on_test_epoch_start(self):
+        self.eval_outputs["test"] = []
+
+    def gather_predictions(self, stage: str) -> dict[str, torch.Tensor]:
+        """Example line, true label and class probabilities of every example of the split, from all processes."""
+        columns = [torch.cat(column) for column in zip(*self.eval_outputs[stage], strict=True)]
         if self.trainer.world_size > 1:  # the sampler pads with repeats: keep each example once
             columns = [self.all_gather(column).flatten(0, 1) for column in columns]
         examples, labels, probabilities = (column.cpu() for column in columns)
@@ -257,12 +261,22 @@ class EmotionClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self):
         self.log_evaluation("val")
+        self.keep_predictions("val")
 
     def on_test_epoch_end(self):
         self.log_evaluation("test")
-        if self.test_outputs:
-            self.test_predictions = self.gather_test_predictions()
-            self.test_outputs = []
+        self.keep_predictions("test")
+
+    def keep_predictions(self, stage: str) -> None:
+        if self.eval_outputs[stage] and not self.trainer.sanity_checking:
+            self.predictions[stage] = self.gather_predictions(stage)
+        self.eval_outputs[stage] = []
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A checkpoint is saved right after the validation that scored it: its predictions travel with it, so
+        # the run can log the validation predictions of the checkpoint it keeps (for `emo report --compare_split val`).
+        if "val" in self.predictions:
+            checkpoint["val_predictions"] = self.predictions["val"]
 
     def predict_step(self, batch, batch_idx):
         batch.pop("labels", None)

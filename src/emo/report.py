@@ -2,13 +2,15 @@
 
     python -m emo report [--experiment NAME] [--sweep STUDY | --parent_run_id ID] [--metric val/f1_weighted]
     python -m emo report --compare RUN_A RUN_B       (runs, or sweep parents: their trials as a group)
+    python -m emo report --compare RUN_A RUN_B --compare_split val   (on validation: the one to choose by)
 
 Prints a table of the runs, the mean ± std of the runs that differ only in their seed, selects
 the best by a validation metric (never a train or test one) and writes `reports/<name>/report.md`
 with plots: the metric against each swept hyperparameter, the learning curves side by side, and
 the best run's confusion matrix. Logged to the sweep's parent run when there is one.
-`--compare` tells whether A beats B: the differences in test accuracy and macro F1 with a paired
-bootstrap 95 % interval, from the test predictions both logged (`emo.analysis`).
+`--compare` tells whether A beats B: the differences in accuracy and macro F1 with a paired
+bootstrap 95 % interval, from the predictions both logged (`emo.analysis`): on test by default,
+on validation with `--compare_split val`.
 """
 
 import os
@@ -28,7 +30,7 @@ import pandas as pd  # noqa: E402
 from jsonargparse import auto_cli  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
-from emo.analysis import PREDICTIONS_ARTIFACT, paired_bootstrap  # noqa: E402
+from emo.analysis import paired_bootstrap, predictions_artifact  # noqa: E402
 from emo.data import LABELS  # noqa: E402
 from emo.tracking import DEFAULT_EXPERIMENT, resolve_tracking_uri  # noqa: E402
 
@@ -242,8 +244,8 @@ def write_report(
     return folder / "report.md"
 
 
-def group_predictions(client, run_id: str) -> tuple[str, list[pd.DataFrame]]:
-    """A run's test predictions, or those of every finished trial of a sweep parent; with a name to print."""
+def group_predictions(client, run_id: str, split: str = "test") -> tuple[str, list[pd.DataFrame]]:
+    """A run's predictions on a split, or those of every finished trial of a sweep parent; with a name to print."""
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
@@ -251,27 +253,27 @@ def group_predictions(client, run_id: str) -> tuple[str, list[pd.DataFrame]]:
     children = client.search_runs([run.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
                                   max_results=5000)  # fmt: skip
     members = [child for child in children if child.info.status == "FINISHED"] if children else [run]
-    frames = []
+    frames, artifact = [], predictions_artifact(split)
     with tempfile.TemporaryDirectory() as folder:
         for member in members:
             try:
-                frames.append(pd.read_csv(client.download_artifacts(member.info.run_id, PREDICTIONS_ARTIFACT, folder)))
+                frames.append(pd.read_csv(client.download_artifacts(member.info.run_id, artifact, folder)))
             except Exception as error:  # a run from before predictions were logged, or one that never tested
-                raise ValueError(f"run {member.info.run_id} ({member.info.run_name}) has no {PREDICTIONS_ARTIFACT}: {error}") from None
+                raise ValueError(f"run {member.info.run_id} ({member.info.run_name}) has no {artifact}: {error}") from None
     name = f"{run.info.run_name} ({len(frames)} runs)" if children else run.info.run_name
     return name, frames
 
 
-def compare_runs(client, run_a: str, run_b: str, draws: int = 10_000) -> dict:
-    """Prints A - B in test accuracy and macro F1 with a paired bootstrap 95 % interval."""
-    name_a, group_a = group_predictions(client, run_a)
-    name_b, group_b = group_predictions(client, run_b)
+def compare_runs(client, run_a: str, run_b: str, split: str = "test", draws: int = 10_000) -> dict:
+    """Prints A - B in accuracy and macro F1 on a split with a paired bootstrap 95 % interval."""
+    name_a, group_a = group_predictions(client, run_a, split)
+    name_b, group_b = group_predictions(client, run_b, split)
     result = paired_bootstrap(group_a, group_b, LABELS, draws=draws)
     print(f"A: {name_a} [{run_a}]\nB: {name_b} [{run_b}]")
-    print(f"paired bootstrap over the {len(group_a[0])} test examples, {draws} draws\n")
+    print(f"paired bootstrap over the {len(group_a[0])} {split} examples, {draws} draws\n")
     print(f"{'metric':<14}{'A':>8}{'B':>8}{'A - B':>9}   95 % interval        P(B better)")
     for metric, r in result.items():
-        print(f"{'test/' + metric:<14}{r['a']:>8.4f}{r['b']:>8.4f}{r['difference']:>+9.4f}   "
+        print(f"{split + '/' + metric:<14}{r['a']:>8.4f}{r['b']:>8.4f}{r['difference']:>+9.4f}   "
               f"[{r['low']:+.4f}, {r['high']:+.4f}]   {r['p_b_better']:.3f}")  # fmt: skip
     return result
 
@@ -284,6 +286,7 @@ def report(
     direction: Literal["maximize", "minimize"] = "maximize",
     output_dir: str = "reports",
     compare: tuple[str, str] | None = None,
+    compare_split: Literal["val", "test"] = "test",
 ) -> None:
     """Compare runs and pick the best by a validation metric.
 
@@ -294,12 +297,13 @@ def report(
         metric: Validation metric that selects the best run.
         direction: Whether larger or smaller is better.
         output_dir: Where the report folder goes.
-        compare: Two run ids (or sweep parent run ids, for groups of seeds): is A better than B on test?
+        compare: Two run ids (or sweep parent run ids, for groups of seeds): is A better than B?
+        compare_split: The split to compare on: `val` (the kept checkpoints' validation) to choose, `test` to report.
     """
     client = mlflow.MlflowClient(resolve_tracking_uri())
     if compare:
         try:
-            compare_runs(client, *compare)
+            compare_runs(client, *compare, split=compare_split)
         except (ValueError, mlflow.exceptions.MlflowException) as error:
             raise SystemExit(f"emo: error: --compare: {str(error).splitlines()[0]}") from None
         return

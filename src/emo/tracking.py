@@ -34,11 +34,11 @@ from mlflow.utils.git_utils import get_git_commit
 
 from emo import STARTED, UserError
 from emo.analysis import (
-    PREDICTIONS_ARTIFACT,
     confident_mistakes,
     mistakes_markdown,
     normalised_confusion_figure,
     per_class_f1_figure,
+    predictions_artifact,
     predictions_frame,
 )
 from emo.data import LABELS, SPLITS, batch_size_of
@@ -561,18 +561,19 @@ class RunArtifacts(Callback):
         logger.record_text(json.dumps(report, indent=2), "test/per_class_report.json")
         logger.record_text(report_markdown(report), "test/per_class_report.md")
         logger.record_figure(per_class_f1_figure(report), "test/f1_per_class.png")
-        if pl_module.test_predictions:
-            predictions = test_predictions(trainer.datamodule, pl_module.test_predictions, label_names)
-            logger.record_text(predictions.to_csv(index=False), PREDICTIONS_ARTIFACT)
-            logger.record_text(mistakes_markdown(confident_mistakes(predictions)), "test/confident_mistakes.md")
+        for stage, predicted in pl_module.predictions.items():  # test, and after a fit the kept checkpoint's validation
+            predictions = split_predictions(trainer.datamodule, stage, predicted, label_names)
+            logger.record_text(predictions.to_csv(index=False), predictions_artifact(stage))
+            if stage == "test":
+                logger.record_text(mistakes_markdown(confident_mistakes(predictions)), "test/confident_mistakes.md")
         summary = self.summary(trainer, pl_module)
         logger.record_text(json.dumps(summary, indent=2), "summary.json")
         logger.record_tags({"mlflow.note.content": run_description(summary)})  # the run page's description
 
 
-def test_predictions(datamodule, predictions: dict, label_names: list[str]):
-    """The test split's texts beside the gathered predictions, in the split file's order."""
-    texts = datamodule.splits["test"].sort("example")["text"]
+def split_predictions(datamodule, stage: str, predictions: dict, label_names: list[str]):
+    """The split's texts beside the gathered predictions, in the split file's order."""
+    texts = datamodule.splits["validation" if stage == "val" else stage].sort("example")["text"]
     examples = predictions["example"].tolist()
     return predictions_frame([texts[i] for i in examples], predictions["label"], predictions["probabilities"], label_names, examples)
 
