@@ -13,7 +13,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-
 def predictions_artifact(stage: str) -> str:
     """Where a run keeps its predictions: `test/predictions.csv`, and `val/` for the validation of its kept checkpoint."""
     return f"{stage}/predictions.csv"
