@@ -63,15 +63,19 @@ def test_predict_from_a_registered_model_uri(fitted, tmp_path, tiny_model_dir, s
         assert probabilities(rows) == pytest.approx(probabilities(from_checkpoint), abs=1e-4), uri
 
 
-def test_test_from_a_registered_model_uri_repeats_the_fit_s_test(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
-    """The registered model scores on the test split what the fit's test of its best checkpoint scored (same precision)."""
-    cli = EmoCLI(args=["test", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.logger", "false",
-                                            "--ckpt_path", f"models:/{NAME}@champion")])  # fmt: skip
-    run = mlflow.MlflowClient().get_run(fitted.trainer.logger.run_id)
-    for metric in ("test/acc", "test/f1_weighted"):
+@pytest.mark.parametrize("subcommand", ["test", "validate"])
+def test_a_registered_model_uri_repeats_the_fit_s_scores(subcommand, fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    """The registered model scores what the fit's best checkpoint scored (same precision), in a run that names it."""
+    uri, stage = f"models:/{NAME}@champion", "test" if subcommand == "test" else "val"
+    cli = EmoCLI(args=[subcommand, *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
+                                                "--trainer.logger.init_args.experiment_name", "serve-test", "--ckpt_path", uri)])  # fmt: skip
+    client = mlflow.MlflowClient()
+    run = client.get_run(fitted.trainer.logger.run_id)  # one epoch: its last validation is the kept checkpoint's
+    for metric in (f"{stage}/acc", f"{stage}/f1_weighted"):
         assert cli.trainer.callback_metrics[metric].item() == pytest.approx(run.data.metrics[metric], abs=1e-5), metric
     # The mean loss under bf16 autocast moves in its 6th digit on a loaded CPU (1.58082 vs 1.58083 seen once).
-    assert cli.trainer.callback_metrics["test/loss"].item() == pytest.approx(run.data.metrics["test/loss"], rel=1e-4)
+    assert cli.trainer.callback_metrics[f"{stage}/loss"].item() == pytest.approx(run.data.metrics[f"{stage}/loss"], rel=1e-4)
+    assert client.get_run(cli.trainer.logger.run_id).data.tags["emo.model"] == uri  # not the download's temporary folder
 
 
 @pytest.mark.parametrize(("uri", "expected"), [

@@ -136,6 +136,8 @@ class EmoCLI(LightningCLI):
         self.registered_model_dir = tempfile.TemporaryDirectory(prefix="emo-registered-")  # removed with the CLI
         model, tokenizer = download_registered_model(config.ckpt_path, uri, self.registered_model_dir.name)
         config.model.model_name_or_path, config.data.tokenizer_name_or_path = str(model), str(tokenizer)
+        if getattr(logger, "class_path", None) == LOGGER_CLASS:  # the run names the model, not its temporary folder
+            logger.init_args.tags = {**(logger.init_args.tags or {}), "emo.model": config.ckpt_path}
         config.ckpt_path = None  # the registered weights are the model's
 
     def add_arguments_to_parser(self, parser):

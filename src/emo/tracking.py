@@ -439,7 +439,7 @@ class LogRunConfig(SaveConfigCallback):
         tags = {
             "emo.task": "text-classification",
             "emo.stage": getattr(stage, "value", stage),
-            "emo.model": pl_module.hparams.model_name_or_path,
+            "emo.model": (logger.tags or {}).get("emo.model") or pl_module.hparams.model_name_or_path,
             "emo.dataset": datamodule.source,
             "emo.config_files": ", ".join(str(path) for path in config_files),
         }
