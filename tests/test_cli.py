@@ -11,8 +11,6 @@ import yaml
 from conftest import ROOT, SHIPPED_TRAINING_CONFIGS
 from emo.cli import EmoCLI
 
-TRAINING_CONFIGS = SHIPPED_TRAINING_CONFIGS
-
 
 def instantiate(*args: str) -> EmoCLI:
     """The parts of a fit, built but not run."""
@@ -20,10 +18,10 @@ def instantiate(*args: str) -> EmoCLI:
 
 
 def test_training_configs_are_shipped():
-    assert {"base.yaml", "offline.yaml"} <= {p.name for p in TRAINING_CONFIGS}
+    assert {"base.yaml", "offline.yaml"} <= {p.name for p in SHIPPED_TRAINING_CONFIGS}
 
 
-@pytest.mark.parametrize("config", TRAINING_CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", SHIPPED_TRAINING_CONFIGS, ids=lambda p: p.name)
 def test_every_training_config_prints_on_top_of_base(config, capsys):
     with pytest.raises(SystemExit) as done:
         EmoCLI(args=["fit", "--config", str(ROOT / "configs/base.yaml"), "--config", str(config), "--print_config"])
