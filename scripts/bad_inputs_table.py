@@ -17,8 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bad_inputs import CASES, Context  # noqa: E402
-from conftest import MlflowServer, write_small_data, write_tiny_model  # noqa: E402
+from helpers.bad_inputs import CASES, Context  # noqa: E402
+from helpers.data import write_small_data, write_tiny_model  # noqa: E402
+from helpers.server import MlflowServer  # noqa: E402
 
 
 def run_case(case, scratch: Path, model: Path, data: Path, server: MlflowServer) -> tuple[int, float, str]:

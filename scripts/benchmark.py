@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import DATA_DIR, MlflowServer  # noqa: E402
+from helpers.data import DATA_DIR  # noqa: E402
+from helpers.server import MlflowServer  # noqa: E402
 
 MODEL_DIR = ROOT / "models/all-MiniLM-L6-v2"
 OFFLINE = ["--config", "configs/base.yaml", "--config", "configs/offline.yaml"]

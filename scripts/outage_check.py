@@ -23,7 +23,8 @@ import mlflow
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import DATA_DIR, MlflowServer  # noqa: E402
+from helpers.data import DATA_DIR  # noqa: E402
+from helpers.server import MlflowServer  # noqa: E402
 
 
 def train_points(journal: Path) -> list[tuple[int, int]]:

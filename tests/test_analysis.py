@@ -12,7 +12,7 @@ from emo.analysis import (
     paired_bootstrap,
     predictions_frame,
 )
-from emo.data import LABELS
+from emo.spec import LABELS
 
 
 def frame(truth: list[int], predicted: list[int], confidence: float = 0.9) -> pd.DataFrame:

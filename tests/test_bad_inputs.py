@@ -3,8 +3,8 @@
 import mlflow
 import pytest
 
-from bad_inputs import CASES, Context
-from emo.cli import main
+from emo.commands import main
+from helpers.bad_inputs import CASES, Context
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

@@ -8,8 +8,8 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, SHIPPED_TRAINING_CONFIGS
 from emo.cli import EmoCLI
+from helpers.data import ROOT, SHIPPED_TRAINING_CONFIGS
 
 
 def instantiate(*args: str) -> EmoCLI:

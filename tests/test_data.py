@@ -11,7 +11,6 @@ import torch
 
 import emo.data
 from emo.data import (
-    LABELS,
     DataFormatError,
     EmotionDataModule,
     check_inputs,
@@ -23,6 +22,7 @@ from emo.data import (
     read_table_examples,
     read_txt_examples,
 )
+from emo.spec import LABELS
 
 
 def write_splits(folder, train="i feel fine;joy\n", val="i am sad;sadness\n", test="so angry;anger\n", suffix=".txt"):
@@ -131,7 +131,7 @@ def test_digest_follows_content_not_files(tmp_path):
 def test_a_changed_reader_reads_the_files_again(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     first = load_local_splits(str(write_splits(tmp_path)))["train"]
-    monkeypatch.setattr(emo.data, "READER_DIGEST", "other code")
+    monkeypatch.setattr(emo.data.splits, "READER_DIGEST", "other code")
     assert load_local_splits(str(tmp_path))["train"].cache_files != first.cache_files
 
 

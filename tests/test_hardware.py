@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from emo import hardware
 from emo.cli import EmoCLI
+from helpers.data import ROOT
 
 
 def cpu_flags() -> set[str]:

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT
+from helpers.data import ROOT
 
 
 def planned(target: str, venv) -> str:

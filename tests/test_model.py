@@ -2,9 +2,10 @@ import lightning as L
 import pytest
 import torch
 
-from emo.data import LABELS, EmotionDataModule
+from emo.data import EmotionDataModule
 from emo.hardware import CpuDropout, use_cpu_kernels
 from emo.model import EmotionClassifier, class_weights, evaluation_metrics, parameter_groups
+from emo.spec import LABELS
 
 
 def logits_for(predictions: list[int]) -> torch.Tensor:

@@ -5,8 +5,10 @@ import time
 import mlflow
 import pytest
 
-from conftest import SMALL_SIZES, MlflowServer, run_emo, shrunk_args, start_emo
-from gates import open_gate, wait_for_reached
+from helpers.data import SMALL_SIZES, shrunk_args
+from helpers.gates import open_gate, wait_for_reached
+from helpers.processes import run_emo, start_emo
+from helpers.server import MlflowServer
 
 STEPS = 2 * -(-SMALL_SIZES["train"] // 16)  # two epochs of 19 batches
 

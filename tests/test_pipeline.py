@@ -11,10 +11,10 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from conftest import ROOT, SMALL_SIZES, shrunk_args
 from emo.cli import EmoCLI
-from emo.data import LABELS
-from emo.registry import MODEL_URI_TAG, register
+from emo.spec import LABELS, MODEL_URI_TAG
+from emo.store import register
+from helpers.data import ROOT, SMALL_SIZES, shrunk_args
 
 
 def fit(tmp_path, tiny_model_dir, small_data_dir, experiment: str, model_name: str, *extra: str) -> EmoCLI:

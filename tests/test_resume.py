@@ -6,8 +6,9 @@ import time
 import mlflow
 import pytest
 
-from conftest import SMALL_SIZES, run_emo, shrunk_args, start_emo
-from gates import gate_callback, wait_for_reached
+from helpers.data import SMALL_SIZES, shrunk_args
+from helpers.gates import gate_callback, wait_for_reached
+from helpers.processes import run_emo, start_emo
 
 STEPS_PER_EPOCH = -(-SMALL_SIZES["train"] // 16)  # 19 batches of 16
 STOP_AT = STEPS_PER_EPOCH + 8  # in the second epoch, between two step checkpoints (every 5 steps)

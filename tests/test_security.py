@@ -13,8 +13,10 @@ import pytest
 import torch
 from mlflow.server import get_app_client
 
-from conftest import ROOT, MlflowServer, run_emo, shrunk_args
-from emo.resume import ResumeError, read_record
+from emo.tracking import ResumeError, read_record
+from helpers.data import ROOT, shrunk_args
+from helpers.processes import run_emo
+from helpers.server import MlflowServer
 
 SECRETS = {  # what a researcher's shell may hold while training
     "MLFLOW_TRACKING_PASSWORD": "pw-9f2c1e7a-tracking",

@@ -13,9 +13,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import free_port, shrunk_args, wait_for_http
-from emo.cli import EmoCLI, main
-from emo.data import LABELS
+from emo.cli import EmoCLI
+from emo.commands import main
+from emo.spec import LABELS
+from helpers.data import shrunk_args
+from helpers.server import free_port, wait_for_http
 
 NAME = "emotion-serve-test"
 TEXTS = ["i feel so happy and loved", "this makes me furious", "i am scared of the dark", "what a surprise to see you"]

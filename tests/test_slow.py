@@ -6,9 +6,9 @@ import mlflow
 import pytest
 import torch
 
-from conftest import ROOT, shrunk_args
 from emo.cli import EmoCLI
-from emo.data import LABELS
+from emo.spec import LABELS
+from helpers.data import ROOT, shrunk_args
 
 
 @pytest.mark.slow

@@ -10,11 +10,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, SHIPPED_SWEEP_CONFIGS, shrunk_args, start_emo
 from emo import report, sweep
-from emo.registry import MODEL_URI_TAG
-from emo.tracking import mark_as_model_training
-from gates import gate_callback, open_gate, wait_for_reached
+from emo.spec import MODEL_URI_TAG
+from emo.store import mark_as_model_training
+from helpers.data import ROOT, SHIPPED_SWEEP_CONFIGS, shrunk_args
+from helpers.gates import gate_callback, open_gate, wait_for_reached
+from helpers.processes import start_emo
 
 SWEEP_CONFIGS = ["--config", str(ROOT / "configs/sweep.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
 
@@ -302,16 +303,16 @@ def test_collisions_cannot_duplicate_parent_trials_or_versions(tmp_path, trackin
         info = mlflow.pyfunc.log_model(name="model", python_model=Constant())
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
         mlflow.log_metric("test/f1_weighted", 0.5)
-    taken = [trial for trials in (race(workers, lambda i: sweeps[i].next_trial()) for _ in range(2)) for trial in trials if trial]
+    taken = [trial for trials in (race(workers, lambda i: sweeps[i].queue.next_trial()) for _ in range(2)) for trial in trials if trial]
     learning_rates = [sweep.suggest(t, "model.learning_rate", settings.params["model.learning_rate"]) for t in taken]
     assert sorted(learning_rates) == [1e-3, 2e-3, 3e-3]
     for trial, learning_rate in zip(taken, learning_rates, strict=True):
         trial.set_user_attr(sweep.RUN_ATTR, model_run.info.run_id)
         sweeps[0].study.tell(trial, learning_rate)
-    assert len(sweeps[0].study.trials) == 3 and all(s.complete() for s in sweeps)
+    assert len(sweeps[0].study.trials) == 3 and all(s.queue.complete() for s in sweeps)
 
     # All finish at the same instant: one registered version.
-    race(workers, lambda i: sweeps[i].finish())
+    race(workers, lambda i: sweeps[i].parent.finish())
     assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 

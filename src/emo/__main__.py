@@ -1,3 +1,3 @@
-from emo.cli import main
+from emo.commands import main
 
 main()

@@ -13,11 +13,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def predictions_artifact(stage: str) -> str:
-    """Where a run keeps its predictions: `test/predictions.csv`, and `val/` for the validation of its kept checkpoint."""
-    return f"{stage}/predictions.csv"
-
-
 def predictions_frame(texts: Sequence[str], labels, probabilities, label_names: Sequence[str], examples) -> pd.DataFrame:
     """One row per example, in the split's own order: text, true and predicted label, confidence, probabilities."""
     probabilities = np.asarray(probabilities, dtype=np.float64)

@@ -11,44 +11,32 @@ import transformers
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, restricted_number_type
 from torch import nn
 from torch.nn import functional as F
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
+from torchmetrics import MetricCollection, classification
+from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.wrappers import ClasswiseWrapper
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_parameter_names
 
 from emo import UserError, hub
-from emo.data import LABELS
 from emo.hardware import use_cpu_kernels
+from emo.spec import LABELS, LOSS, METRICS, STAGE_SPLITS, TRAIN_LOSS, TRAIN_LR
 
-EVAL_STAGES = ("val", "test")
+EVAL_STAGES = tuple(STAGE_SPLITS)
+VAL_PREDICTIONS_KEY = "val_predictions"  # in a checkpoint: the predictions of the validation that scored it
 LayerDecay = restricted_number_type("LayerDecay", float, [(">", 0), ("<=", 1)])  # 1: one learning rate for all layers
 # Parameters that get no weight decay, as in transformers' Trainer: biases and normalisation weights.
 NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"layer_norm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
 
 
 def evaluation_metrics(label_names: Sequence[str], stage: str) -> MetricCollection:
-    """`{stage}/acc`, `/f1_weighted`, `/f1_macro` and per class `/f1_<label>`, `/precision_<label>`, `/recall_<label>`."""
-    n = len(label_names)
-    labels = list(label_names)
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(n, average="micro"),
-            "f1_weighted": MulticlassF1Score(n, average="weighted"),
-            "f1_macro": MulticlassF1Score(n, average="macro"),
-            "f1_per_class": ClasswiseWrapper(MulticlassF1Score(n, average=None), labels=labels, prefix="f1_"),
-            "precision_per_class": ClasswiseWrapper(MulticlassPrecision(n, average=None), labels=labels, prefix="precision_"),
-            "recall_per_class": ClasswiseWrapper(MulticlassRecall(n, average=None), labels=labels, prefix="recall_"),
-        },
-        prefix=f"{stage}/",
-        compute_groups=False,  # shared states confuse the class-wise wrappers' bookkeeping
-    )
+    """The torchmetrics of `emo.spec.METRICS`, logged as `{stage}/<key>` (per class `{stage}/<key>_<label>`)."""
+    n, labels = len(label_names), list(label_names)
+    metrics = {}
+    for metric in METRICS:
+        built = getattr(classification, metric.torchmetric)(n, **dict(metric.options))
+        metrics[metric.key] = ClasswiseWrapper(built, labels=labels, prefix=f"{metric.key}_") if metric.per_class else built
+    # Shared states confuse the class-wise wrappers' bookkeeping.
+    return MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
 
 
 class TrainingDiverged(UserError):
@@ -201,11 +189,11 @@ class EmotionClassifier(L.LightningModule):
         logits = self.model(**batch).logits
         if stage == "train":
             loss = self.training_loss(logits, labels)
-            self.log("train/loss", loss, prog_bar=True)
-            self.log("train/lr", self.lr_schedulers().get_last_lr()[-1])  # the head's: the peak under layer decay
+            self.log(TRAIN_LOSS, loss, prog_bar=True)
+            self.log(TRAIN_LR, self.lr_schedulers().get_last_lr()[-1])  # the head's: the peak under layer decay
             return loss
         loss = F.cross_entropy(logits.float(), labels)  # plain, whatever the training loss: comparable across runs
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
+        self.log(f"{stage}/{LOSS}", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
         self.metrics[stage].update(logits, labels)
         self.confusion[stage].update(logits, labels)
         if examples is not None:
@@ -233,8 +221,8 @@ class EmotionClassifier(L.LightningModule):
     def log_evaluation(self, stage: str) -> None:
         # compute() gathers the states of all processes: the metrics cover the whole split.
         values = self.metrics[stage].compute()
-        headline = {name: values.pop(name) for name in (f"{stage}/acc", f"{stage}/f1_weighted")}
-        self.log_dict(headline, prog_bar=True, sync_dist=True)
+        shown = {name: values.pop(name) for name in [f"{stage}/{m.key}" for m in METRICS if m.progress_bar]}
+        self.log_dict(shown, prog_bar=True, sync_dist=True)
         self.log_dict(values, sync_dist=True)
         self.confusion_matrices[stage] = self.confusion[stage].compute().cpu()
         self.metrics[stage].reset()
@@ -276,7 +264,7 @@ class EmotionClassifier(L.LightningModule):
         # A checkpoint is saved right after the validation that scored it: its predictions travel with it, so
         # the run can log the validation predictions of the checkpoint it keeps (for `emo report --compare_split val`).
         if "val" in self.predictions:
-            checkpoint["val_predictions"] = self.predictions["val"]
+            checkpoint[VAL_PREDICTIONS_KEY] = self.predictions["val"]
 
     def predict_step(self, batch, batch_idx):
         batch.pop("labels", None)

@@ -1,6 +1,6 @@
 """Bad inputs, one per case, each built in a scratch folder: what a user gets wrong and the line emo must answer.
 
-Used by `tests/test_bad_inputs.py` (through `emo.cli.main`, in-process) and by `scripts/bad_inputs_table.py`
+Used by `tests/test_bad_inputs.py` (through `emo.commands.main`, in-process) and by `scripts/bad_inputs_table.py`
 (each case as a real `python -m emo` process, timed, as a Markdown table).
 """
 
@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ["--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
 
 

@@ -3,7 +3,7 @@
 Tests that interrupt or overlap processes use it so that the test, not the clock, decides
 when a process is at the point of interest: the run writes `reached-<pid>-<step>` into the
 gate's folder and waits there until the test creates `open` (or kills the process).
-Subprocesses import it with `tests/` on PYTHONPATH (see `gate_callback`).
+Subprocesses import it as `helpers.gates` with `tests/` on PYTHONPATH (see `gate_callback`).
 """
 
 import json
@@ -50,7 +50,7 @@ def stop_requested(trainer) -> bool:
 
 def gate_callback(folder: Path, **settings) -> list[str]:
     """Command-line options that add a Gate to the trainer's callbacks."""
-    callback = {"class_path": "gates.Gate", "init_args": {"folder": str(folder), **settings}}
+    callback = {"class_path": "helpers.gates.Gate", "init_args": {"folder": str(folder), **settings}}
     return ["--trainer.callbacks", json.dumps([callback])]
 
 

@@ -1,22 +1,22 @@
-"""Model Registry: log the best model with MLflow's transformers flavor, register it, crown a champion."""
+"""The Model Registry: a fitted model logged with MLflow's transformers flavor, registered, crowned champion;
+and a registered model found and downloaded again by its `models:/` URI."""
 
+import contextlib
 import importlib.metadata
 import re
 from pathlib import Path
 
 import mlflow
 import yaml
-from lightning.pytorch import Callback
 from mlflow.exceptions import MlflowException
 
 from emo import UserError, hub
 from emo.redact import redact
-from emo.tracking import mlflow_logger
+from emo.spec import DATA_DIGEST_TAG, DATASET_TAG, MODEL_ARTIFACT, MODEL_TAG, MODEL_URI_TAG, headline_metrics
 
-MODEL_ARTIFACT = "model"
-MODEL_URI_TAG = "emo.model_uri"  # on the run, so a sweep can register its best trial later
 INPUT_EXAMPLE = ["i feel like i finally belong somewhere"]
 REGISTERED_MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))/?")
+DESCRIBED_SETTINGS = ("model.learning_rate", "data.batch_size", "trainer.max_epochs", "seed_everything")
 
 
 def pip_requirements() -> list[str]:
@@ -25,20 +25,34 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version.split('+')[0]}" for name, version in versions.items()]
 
 
-def send_model(run_id: str, folder) -> None:
-    """The journal's `model` line: logs the model saved in the run folder, unless an earlier try did."""
-    if MODEL_URI_TAG in mlflow.MlflowClient().get_run(run_id).data.tags:
+@contextlib.contextmanager
+def tracking_store(uri: str):
+    """MLflow's fluent API (log_model, register_model) pointed at `uri` for the calls inside."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def send_model(client, run_id: str, folder: Path) -> None:
+    """A journal's `model` line: logs the model saved in the run folder, unless an earlier try did."""
+    if MODEL_URI_TAG in client.get_run(run_id).data.tags:
         return
+    # transformers loads only when a model is sent: `emo sync` and `emo report` start without it.
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(folder)
-    log_transformers_model(run_id, model, AutoTokenizer.from_pretrained(folder))
+    with tracking_store(client.tracking_uri):
+        log_transformers_model(run_id, model, AutoTokenizer.from_pretrained(folder))
 
 
-def send_registration(run_id: str, name: str, alias: str, metric: str) -> None:
-    """The journal's `register` line: registers the run's model, unless an earlier try did."""
-    if not mlflow.MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'"):
-        register(run_id, name, alias, metric)
+def send_registration(client, run_id: str, name: str, alias: str, metric: str) -> None:
+    """A journal's `register` line: registers the run's model, unless an earlier try did."""
+    if not client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        with tracking_store(client.tracking_uri):
+            register(run_id, name, alias, metric)
 
 
 def log_transformers_model(run_id: str, model, tokenizer) -> str:
@@ -85,13 +99,10 @@ def register(run_id: str, name: str, alias: str = "champion", metric: str = "tes
 def version_description(run) -> str:
     """What a registered version was trained on, how, and how it scored: readable in the registry without the run."""
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    digest = tags.get("emo.data_digest", "")
-    scores = ", ".join(f"{label} {metrics[key]:.4f}" for key, label in
-                       (("test/acc", "accuracy"), ("test/f1_weighted", "weighted F1"), ("test/f1_macro", "macro F1"))
-                       if key in metrics)  # fmt: skip
-    settings = ", ".join(f"{key.split('.')[-1]} {params[key]}" for key in
-                         ("model.learning_rate", "data.batch_size", "trainer.max_epochs", "seed_everything") if key in params)  # fmt: skip
-    return (f"{tags.get('emo.model', '?')} fine-tuned for text classification on {tags.get('emo.dataset', '?')}"
+    digest = tags.get(DATA_DIGEST_TAG, "")
+    scores = ", ".join(f"{label} {metrics[key]:.4f}" for key, label in headline_metrics("test").items() if key in metrics)
+    settings = ", ".join(f"{key.split('.')[-1]} {params[key]}" for key in DESCRIBED_SETTINGS if key in params)
+    return (f"{tags.get(MODEL_TAG, '?')} fine-tuned for text classification on {tags.get(DATASET_TAG, '?')}"
             f"{f' (data sha256 {digest[:12]})' if digest else ''} by run {run.info.run_id} ({run.info.run_name}); "
             f"{settings}. Test: {scores or 'not tested'}.")  # fmt: skip
 
@@ -146,40 +157,3 @@ def download_registered_model(uri: str, tracking_uri: str, folder) -> tuple[Path
                         "(MLflow's transformers flavor)")  # fmt: skip
     print(f"Using registered model {version.name!r} version {version.version} (run {version.run_id})")
     return model, tokenizer
-
-
-class ModelRegistry(Callback):
-    """After `fit` and its test on the best checkpoint: logs the model and registers it.
-
-    Args:
-        log_model: Log the tested model with MLflow's transformers flavor (model + tokenizer).
-        registered_model_name: Register it under this name; `null` logs without registering.
-        champion_alias: Alias that moves to a new version when it beats the current holder.
-        champion_metric: Metric of the runs compared for the alias.
-    """
-
-    def __init__(
-        self,
-        log_model: bool = True,
-        registered_model_name: str | None = "distilbert-emotion-classifier",
-        champion_alias: str = "champion",
-        champion_metric: str = "test/f1_weighted",
-    ):
-        self.log_model = log_model
-        self.registered_model_name = registered_model_name
-        self.champion_alias = champion_alias
-        self.champion_metric = champion_metric
-        self.fitted = False
-        self.registered = None
-
-    def on_fit_end(self, trainer, pl_module):
-        self.fitted = not trainer.fast_dev_run
-
-    def on_test_end(self, trainer, pl_module):
-        logger = mlflow_logger(trainer)
-        if not (self.fitted and self.log_model and trainer.is_global_zero and logger):
-            return
-        self.fitted = False  # a later test in the same process is not a new model
-        logger.record_model(pl_module.model, trainer.datamodule.tokenizer)
-        if self.registered_model_name:
-            logger.record_registration(self.registered_model_name, self.champion_alias, self.champion_metric)

@@ -1,0 +1,168 @@
+"""`EmoCLI`: LightningCLI over the data module, the model, the trainer and MLflow tracking.
+
+`fit` ends with `test` on the best checkpoint; then the model is logged and registered. Every
+input is checked before the model loads and before an MLflow run exists (`emo.cli.checks`).
+"""
+
+import tempfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from emo import UserError
+from emo.cli.checks import check_checkpoint_fits, check_inputs, config_problem
+from emo.cli.parser import EmoArgumentParser
+from emo.data import EmotionDataModule
+from emo.hardware import fast_precision
+from emo.model import VAL_PREDICTIONS_KEY, EmotionClassifier
+from emo.params import run_settings
+from emo.predict import PredictionWriter
+from emo.spec import MODEL_TAG
+from emo.store import download_registered_model, is_registered_model_uri, prepare_tracking, resolve_tracking_uri
+from emo.tracking import (
+    LastCheckpoint,
+    LogRunConfig,
+    MLflowLogger,
+    ModelRegistry,
+    TestReport,
+    TrainingClock,
+    mlflow_logger,
+    plan_resume,
+    read_record,
+)
+
+LOGGER_CLASS = f"{MLflowLogger.__module__.removesuffix('.logger')}.{MLflowLogger.__name__}"  # as configs name it
+
+
+class EmoCLI(LightningCLI):
+    """LightningCLI for emo; `callbacks` join the trainer's (a sweep adds its pruning callback)."""
+
+    def __init__(self, args=None, run: bool = True, callbacks=()):
+        self.resume_step = None
+        torch.set_float32_matmul_precision("high")  # TF32 on recent GPUs; no effect on CPU
+        clock = TrainingClock()
+        super().__init__(
+            EmotionClassifier,
+            EmotionDataModule,
+            save_config_callback=LogRunConfig,
+            save_config_kwargs={"save_to_log_dir": False},
+            trainer_defaults={"callbacks": [clock, TestReport(clock), *callbacks]},
+            parser_class=EmoArgumentParser,
+            auto_configure_optimizers=False,  # the model builds AdamW with its own parameter groups
+            args=args,
+            run=run,
+        )
+
+    def _parse_ckpt_path(self):
+        # LightningCLI reads the model's settings from --ckpt_path here, before any hook: check the file first.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = subcommand and self.config[subcommand].get("ckpt_path")
+        if is_registered_model_uri(ckpt_path):
+            self.use_registered_model(self.config[subcommand], subcommand)
+        elif ckpt_path and ckpt_path not in ("last", "best", "hpc"):
+            read_record(Path(ckpt_path))
+        super()._parse_ckpt_path()
+
+    def use_registered_model(self, config, subcommand: str) -> None:
+        """`--ckpt_path models:/NAME@ALIAS` (or `/VERSION`): the registered model and tokenizer, no checkpoint file."""
+        if subcommand == "fit":
+            raise UserError(f"--ckpt_path {config.ckpt_path}: fit resumes from a checkpoint file; a registered model "
+                            "is for validate, test and predict")  # fmt: skip
+        logger = config.trainer.logger
+        uri = getattr(getattr(logger, "init_args", None), "tracking_uri", None) or resolve_tracking_uri()
+        self.registered_model_dir = tempfile.TemporaryDirectory(prefix="emo-registered-")  # removed with the CLI
+        model, tokenizer = download_registered_model(config.ckpt_path, uri, self.registered_model_dir.name)
+        config.model.model_name_or_path, config.data.tokenizer_name_or_path = str(model), str(tokenizer)
+        if getattr(logger, "class_path", None) == LOGGER_CLASS:  # the run names the model, not its temporary folder
+            logger.init_args.tags = {**(logger.init_args.tags or {}), MODEL_TAG: config.ckpt_path}
+        config.ckpt_path = None  # the registered weights are the model's
+
+    def add_arguments_to_parser(self, parser):
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/f1_weighted",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-epoch{epoch}-step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(ModelRegistry, "registry")
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
+        parser.add_argument("--resume_new_run", type=bool, default=False,
+                            help="With --ckpt_path: continue the checkpoint's training in a new MLflow run "
+                                 "(instead of refusing a resume whose settings or records differ).")  # fmt: skip
+        parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
+        parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
+
+    def before_instantiate_classes(self):
+        """Checks every input before the model loads and before an MLflow run exists."""
+        subcommand = self.subcommand or "fit"  # run=False (Python use) builds the parts of a fit
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        problem = config_problem(subcommand, config)
+        if problem:
+            self.parser.error(problem)
+        if config.trainer.precision is None:  # left to emo: bf16 autocast where the machine runs it fast
+            config.trainer.precision = fast_precision(config.trainer.accelerator)
+        if config.get("weights_only") is None and "weights_only" in config:
+            config.weights_only = True  # checkpoints hold tensors and plain values: never run pickled code
+        if subcommand == "predict":
+            config.trainer.logger = False  # predictions go to a file, not to a new MLflow run
+        try:
+            check_inputs(subcommand, config)
+            logger = config.trainer.logger
+            if self.subcommand and logger and getattr(logger, "class_path", None) == LOGGER_CLASS:
+                uri = logger.init_args.tracking_uri or resolve_tracking_uri()
+                prepare_tracking(uri, logger.init_args.experiment_name)
+                if subcommand == "fit":
+                    self.resume_step = plan_resume(config, run_settings(config), uri)
+        except UserError as error:
+            self.parser.error(str(error))
+
+    def after_instantiate_classes(self):
+        logger = mlflow_logger(self.trainer) if hasattr(self, "trainer") else None  # a sweep builds no trainer
+        if logger is not None:
+            logger.attach(runs_dir=self.trainer.default_root_dir, resume_step=self.resume_step)
+
+    def instantiate_trainer(self, **kwargs):
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError, TypeError) as error:  # Lightning's checks of trainer settings
+            raise UserError(f"trainer settings: {str(error).strip().splitlines()[0]}") from None
+
+    def before_fit(self):
+        check_checkpoint_fits(self.config.fit.ckpt_path, self.model)
+        logger = mlflow_logger(self.trainer)
+        if logger is not None and not self.trainer.fast_dev_run:
+            logger.keep_open_for_test(True)
+
+    def after_fit(self):
+        logger = mlflow_logger(self.trainer)
+        if logger is not None:
+            logger.keep_open_for_test(False)
+        if self.trainer.fast_dev_run:
+            return
+        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        if best:
+            # The checkpoint's weights as saved: with weight averaging (EMAWeightAveraging) these are the average,
+            # which Lightning would swap back to the raw weights when the checkpoint is loaded through `ckpt_path`.
+            saved = torch.load(best, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(saved["state_dict"])
+            self.model.predictions.pop("val", None)  # the last epoch's: only the kept checkpoint's are logged
+            if VAL_PREDICTIONS_KEY in saved:
+                self.model.predictions["val"] = saved[VAL_PREDICTIONS_KEY]
+        self.trainer.test(self.model, datamodule=self.datamodule, weights_only=True)
+
+    def before_validate(self):
+        check_checkpoint_fits(self.config.validate.ckpt_path, self.model)
+
+    def before_test(self):
+        check_checkpoint_fits(self.config.test.ckpt_path, self.model)
+
+    def before_predict(self):
+        check_checkpoint_fits(self.config.predict.ckpt_path, self.model)
+

@@ -1,0 +1,24 @@
+"""Emotion data: file formats (`formats`), the splits of a folder or the Hub (`splits`), the resumable training
+order (`sampler`) and the LightningDataModule (`module`)."""
+
+from emo.data.formats import READERS, DataFormatError, label_id, read_table_examples, read_txt_examples
+from emo.data.module import EmotionDataModule, batch_size_of
+from emo.data.sampler import EpochSampler, length_buckets
+from emo.data.splits import check_inputs, content_digest, find_split_file, load_local_splits, read_predict_texts
+
+__all__ = [
+    "READERS",
+    "DataFormatError",
+    "EmotionDataModule",
+    "EpochSampler",
+    "batch_size_of",
+    "check_inputs",
+    "content_digest",
+    "find_split_file",
+    "label_id",
+    "length_buckets",
+    "load_local_splits",
+    "read_predict_texts",
+    "read_table_examples",
+    "read_txt_examples",
+]

@@ -1,0 +1,172 @@
+"""The LightningDataModule: the emotion splits, tokenized once (cached by `datasets`), padded per batch."""
+
+import hashlib
+from functools import cached_property, partial
+
+import datasets
+import lightning as L
+import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, DataCollatorWithPadding
+
+from emo import hub
+from emo.data.formats import DataFormatError
+from emo.data.sampler import EpochSampler, ResumableLoader
+from emo.data.splits import content_digest, load_hub_splits, load_local_splits, read_predict_texts
+from emo.spec import LABELS, SPLITS
+
+
+def batch_size_of(batch: dict) -> int:
+    return len(batch["input_ids"])
+
+
+def tokenize_texts(batch: dict, tokenizer, max_length: int) -> dict:
+    return tokenizer(batch["text"], truncation=True, max_length=max_length, return_length=True)
+
+
+class EmotionDataModule(L.LightningDataModule):
+    """The emotion splits, tokenized once (cached by `datasets`), padded per batch.
+
+    Args:
+        dataset: Hub dataset id, used when `data_dir` is not set.
+        dataset_config: Hub dataset configuration.
+        data_dir: A local folder with train/val/test files; replaces the Hub.
+        tokenizer_name_or_path: Linked to `model.model_name_or_path` by the CLI.
+        max_length: Longer texts are truncated to this many tokens.
+        batch_size: Training examples per batch (per device).
+        eval_batch_size: Examples per validation/test/predict batch.
+        group_by_length: Batch training examples of the same length (no padding, faster), batches in random order.
+        train_size: Train on a stratified random subset of this many examples.
+        subset_seed: Seed of that subset.
+        num_workers: DataLoader worker processes.
+        predict_file: A text file with one text a line, for `predict`.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "dair-ai/emotion",
+        dataset_config: str | None = "split",
+        data_dir: str | None = None,
+        tokenizer_name_or_path: str = "distilbert-base-uncased",
+        max_length: PositiveInt = 128,
+        batch_size: PositiveInt = 16,
+        eval_batch_size: PositiveInt = 64,
+        group_by_length: bool = False,
+        train_size: PositiveInt | None = None,
+        subset_seed: int = 0,
+        num_workers: NonNegativeInt = 0,
+        predict_file: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.label_names = list(LABELS)
+        self.splits: dict[str, datasets.Dataset] = {}
+        self.digests: dict[str, str] = {}
+        self.predict_texts: list[str] = []  # in the order of the predict file
+        self.predict_lines: list[int] = []  # for each example, in the sorted order it runs in, its index in predict_texts
+
+    @property
+    def source(self) -> str:
+        """Where the examples come from: the local folder or the Hub id."""
+        return self.hparams.data_dir or self.hparams.dataset
+
+    @cached_property
+    def tokenizer(self):
+        return hub.from_pretrained(AutoTokenizer, self.hparams.tokenizer_name_or_path, what="tokenizer")
+
+    @cached_property
+    def collator(self):
+        return DataCollatorWithPadding(self.tokenizer)
+
+    def prepare_data(self):
+        if self.trainer is not None and self.trainer.state.fn == "predict":
+            return  # predict reads its own file only: no training data needed
+        self.tokenized_splits()  # downloads, parses and tokenizes into the datasets cache, on one process
+
+    def setup(self, stage: str):
+        if stage == "predict":
+            self.splits["predict"] = self.tokenized_predict_texts()
+            return
+        if self.digests:
+            return  # the test after a fit reuses the splits the fit loaded
+        self.splits = self.tokenized_splits()
+        self.digests = {split: content_digest(examples) for split, examples in self.splits.items()}
+
+    @property
+    def data_digest(self) -> str:
+        return hashlib.sha256("".join(self.digests[split] for split in SPLITS).encode()).hexdigest()
+
+    def raw_splits(self) -> datasets.DatasetDict:
+        if self.hparams.data_dir:
+            splits = load_local_splits(self.hparams.data_dir)
+        else:
+            splits = load_hub_splits(self.hparams.dataset, self.hparams.dataset_config)
+        if self.hparams.train_size and self.hparams.train_size < len(splits["train"]):
+            try:
+                splits["train"] = splits["train"].train_test_split(
+                    train_size=self.hparams.train_size, stratify_by_column="label", seed=self.hparams.subset_seed
+                )["train"]
+            except ValueError as error:  # e.g. fewer examples than classes: no stratified subset exists
+                raise DataFormatError(f"--data.train_size {self.hparams.train_size}: {error}") from None
+        return splits
+
+    def tokenize_function(self):
+        # A plain function of (tokenizer, max_length): datasets hashes it to key the cache.
+        return partial(tokenize_texts, tokenizer=self.tokenizer, max_length=self.hparams.max_length)
+
+    def tokenized_splits(self) -> dict[str, datasets.Dataset]:
+        splits = self.raw_splits().map(self.tokenize_function(), batched=True, desc="Tokenizing")
+        # Evaluation order does not change the metrics; sorting by length minimises padding. `example`
+        # keeps each example's line in its split, so predictions map back to texts (and runs pair up).
+        for split in ("validation", "test"):
+            splits[split] = splits[split].add_column("example", list(range(len(splits[split])))).sort("length")
+        return dict(splits)
+
+    def tokenized_predict_texts(self) -> datasets.Dataset:
+        self.predict_texts = read_predict_texts(self.hparams.predict_file)
+        lines = datasets.Dataset.from_dict({"text": self.predict_texts, "line": range(len(self.predict_texts))})
+        # Sorted by length, as validation and test: batches of similar length carry little padding.
+        tokenized = lines.map(self.tokenize_function(), batched=True).sort("length")
+        self.predict_lines = tokenized["line"]
+        return tokenized
+
+    def model_inputs(self, split: str) -> datasets.Dataset:
+        examples = self.splits[split]
+        return examples.remove_columns([c for c in ("text", "length", "line") if c in examples.column_names])
+
+    def eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(
+            self.model_inputs(split),
+            batch_size=self.hparams.eval_batch_size,
+            collate_fn=self.collator,
+            num_workers=self.hparams.num_workers,
+        )
+
+    def batches_done(self) -> int:
+        """Batches of the current epoch already trained: non-zero only when resuming mid-epoch."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size > 1:
+            return 0  # with several processes Lightning splits the order itself: a resumed epoch starts over
+        return trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochSampler(self.splits["train"]["length"], self.hparams.batch_size, self.hparams.group_by_length,
+                               seed=torch.initial_seed(), batches_done=self.batches_done)  # fmt: skip
+        resumable = self.trainer is None or self.trainer.world_size == 1
+        return (ResumableLoader if resumable else DataLoader)(
+            self.model_inputs("train"),
+            batch_size=self.hparams.batch_size,
+            sampler=sampler,
+            collate_fn=self.collator,
+            num_workers=self.hparams.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_loader("predict")

@@ -1,0 +1,71 @@
+"""`reports/<name>/report.md`: the runs' table, the best run, mean ± std over seeds, and the figures; printed too,
+and logged to the sweep's parent run when there is one."""
+
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+import pandas as pd
+
+from emo.report.plots import plot_learning_curves, plot_metric_vs_params
+from emo.report.runs import load_runs, markdown_table, seed_groups, select_best, summary_table, varying_params
+from emo.spec import CONFUSION_ARTIFACT, DEFAULT_EXPERIMENT, REPORT_ARTIFACTS
+from emo.store import resolve_tracking_uri
+
+
+def write_report(
+    experiment_name: str = DEFAULT_EXPERIMENT,
+    parent_run_id: str | None = None,
+    metric: str = "val/f1_weighted",
+    direction: Literal["maximize", "minimize"] = "maximize",
+    output_dir: str = "reports",
+    client=None,
+) -> Path:
+    client = client or mlflow.MlflowClient(resolve_tracking_uri())
+    maximize = direction == "maximize"
+    runs = load_runs(client, experiment_name, parent_run_id, metric, maximize)
+    best = select_best(runs, metric, maximize)
+    swept = []
+    name = experiment_name
+    if parent_run_id:
+        parent = client.get_run(parent_run_id)
+        swept = [k.removeprefix("sweep.params.") for k in parent.data.params if k.startswith("sweep.params.")]
+        name = parent.info.run_name
+    params = varying_params(runs, swept)
+    folder = Path(output_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_metric_vs_params(runs, params, metric, folder / "metric_vs_params.png")
+    plot_learning_curves(client, runs, metric, folder / "learning_curves.png")
+    confusion = None
+    try:
+        confusion = client.download_artifacts(best["run_id"], CONFUSION_ARTIFACT, str(folder))
+        shutil.move(confusion, folder / "best_confusion_matrix.png")
+        shutil.rmtree(folder / "test", ignore_errors=True)
+    except Exception:  # a run without a test (pruned, interrupted) has none
+        confusion = None
+    table = summary_table(runs, params, metric, maximize)
+    text = [
+        f"# {name}: {len(runs)} runs in experiment `{experiment_name}`\n",
+        f"Best by `{metric}` (validation, at the kept checkpoint): **{best['run_name']}** (run `{best['run_id']}`), "
+        f"{metric} = {best[f'best.{metric}']:.4f}" + (f", test/f1_weighted = {best['test/f1_weighted']:.4f}" if "test/f1_weighted" in best and pd.notna(best["test/f1_weighted"]) else "") + ".\n",
+        "Validation columns are at each run's best epoch; test columns are that checkpoint on the test split.\n",
+        markdown_table(table),
+        f"\n## {metric} against the hyperparameters\n\n![](metric_vs_params.png)\n",
+        "\n## Learning curves\n\n![](learning_curves.png)\n",
+    ]
+    if confusion:
+        text.append("\n## Confusion matrix of the best run (test split)\n\n![](best_confusion_matrix.png)\n")
+    groups = seed_groups(runs)
+    if not groups.empty and (groups["runs"] > 1).any():
+        text.insert(4, "\n## Mean ± std over seeds, per config\n\n" + markdown_table(groups))
+    (folder / "report.md").write_text("\n".join(text))
+    print(table.to_string(index=False))
+    if not groups.empty and (groups["runs"] > 1).any():
+        print("\nmean ± std (sample std) over the runs of each config:")
+        print(groups.to_string(index=False))
+    print(f"\nbest run by {metric}: {best['run_id']} ({best['run_name']})")
+    print(f"report: {folder / 'report.md'}")
+    if parent_run_id:
+        client.log_artifacts(parent_run_id, str(folder), REPORT_ARTIFACTS)
+    return folder / "report.md"

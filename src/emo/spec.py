@@ -1,0 +1,109 @@
+"""The names every part of emo agrees on: labels, splits, metrics, tags, artifacts, and which settings define an experiment.
+
+Defined once, here, and derived everywhere else: the model builds its torchmetrics from `METRICS`,
+the CLI offers their validation names as checkpoint monitors, reports and the run and model-version
+descriptions show the headline ones. Adding a metric is one line in `METRICS`.
+Nothing here imports more than the standard library: every command may read it.
+"""
+
+import dataclasses
+
+DEFAULT_EXPERIMENT = "Emotion-Classification-FineTuning"
+DEFAULT_REGISTERED_MODEL = "distilbert-emotion-classifier"
+LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")  # ids as on the Hub
+SPLITS = ("train", "validation", "test")
+STAGE_SPLITS = {"val": "validation", "test": "test"}  # the evaluation stages (metric prefixes) and their splits
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """An evaluation metric, logged as `<stage>/<key>` (per class: `<stage>/<key>_<label>`)."""
+
+    key: str
+    label: str  # how reports and descriptions name it
+    torchmetric: str  # its class in `torchmetrics.classification`, built with the number of classes
+    options: tuple[tuple[str, object], ...] = ()  # further arguments of that class
+    per_class: bool = False  # one value per label
+    headline: bool = False  # in reports, the run's and the registered version's description
+    progress_bar: bool = False  # shown while training
+
+
+METRICS = (
+    Metric("acc", "accuracy", "MulticlassAccuracy", (("average", "micro"),), headline=True, progress_bar=True),
+    Metric("f1_weighted", "weighted F1", "MulticlassF1Score", (("average", "weighted"),), headline=True, progress_bar=True),
+    Metric("f1_macro", "macro F1", "MulticlassF1Score", (("average", "macro"),), headline=True),
+    Metric("precision", "precision", "MulticlassPrecision", (("average", None),), per_class=True),
+    Metric("recall", "recall", "MulticlassRecall", (("average", None),), per_class=True),
+    Metric("f1", "F1", "MulticlassF1Score", (("average", None),), per_class=True),
+)
+LOSS = "loss"  # `<stage>/loss`: plain cross-entropy at every stage, whatever the training loss
+TRAIN_LOSS, TRAIN_LR = "train/loss", "train/lr"
+TRAIN_SPEED, TRAIN_SECONDS = "train/samples_per_sec", "train/seconds"
+
+
+def metric_names(stage: str, labels=LABELS) -> list[str]:
+    """Every metric an evaluation at `stage` logs: `val/loss`, `val/acc`, ..., `val/recall_surprise`."""
+    names = [f"{stage}/{LOSS}"]
+    for metric in METRICS:
+        keys = [f"{metric.key}_{label}" for label in labels] if metric.per_class else [metric.key]
+        names += [f"{stage}/{key}" for key in keys]
+    return names
+
+
+def headline_metrics(stage: str) -> dict[str, str]:
+    """`{"test/acc": "accuracy", ...}`: the metrics a reader looks at first, with their names."""
+    return {f"{stage}/{metric.key}": metric.label for metric in METRICS if metric.headline}
+
+
+def is_maximized(name: str) -> bool:
+    """Larger is better for every metric but a loss."""
+    return not name.endswith(LOSS)
+
+
+# Tags emo sets on runs ("emo.*"), and those of MLflow and Optuna it sets or reads.
+TASK_TAG, STAGE_TAG = "emo.task", "emo.stage"
+MODEL_TAG, DATASET_TAG, DATA_DIGEST_TAG = "emo.model", "emo.dataset", "emo.data_digest"
+CONFIG_FILES_TAG, FAILURE_TAG = "emo.config_files", "emo.failure"
+MODEL_URI_TAG = "emo.model_uri"  # where the run's logged model is, so a sweep can register its best trial later
+HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG, ENDED_BY_TAG = "emo.heartbeat", "emo.heartbeat_interval_s", "emo.ended_by"
+SWEEP_TAG, WORKER_TAG = "emo.sweep", "emo.worker"  # a sweep's parent run; which sweep process ran a trial
+BEST_RUN_TAG, BEST_TRIAL_TAG = "emo.best_run_id", "emo.best_trial"
+REGISTERED_VERSION_TAG, AGGREGATED_RUNS_TAG = "emo.registered_version", "emo.aggregated_runs"
+STUDY_TAG, TRIAL_TAG, TRIAL_STATE_TAG = "optuna.study", "optuna.trial", "optuna.trial.state"
+DESCRIPTION_TAG = "mlflow.note.content"  # the run page's description
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+DATA_CONTEXT_TAG = "mlflow.data.context"  # on a logged dataset: the split it was used as
+
+# Artifacts of a run.
+CONFIG_ARTIFACT = "config.yaml"
+SUMMARY_ARTIFACT = "summary.json"
+MODEL_ARTIFACT = "model"  # MLflow's transformers flavor: model and tokenizer
+CONFUSION_ARTIFACT = "test/confusion_matrix.png"
+CONFUSION_NORMALISED_ARTIFACT = "test/confusion_matrix_normalised.png"
+PER_CLASS_ARTIFACTS = ("test/per_class_report.json", "test/per_class_report.md")
+F1_PER_CLASS_ARTIFACT = "test/f1_per_class.png"
+MISTAKES_ARTIFACT = "test/confident_mistakes.md"
+TRIAL_TEMPLATE_ARTIFACT, REPORT_ARTIFACTS = "trial_template.yaml", "report"  # of a sweep's parent run
+
+
+def predictions_artifact(stage: str) -> str:
+    """Where a run keeps its predictions: `test/predictions.csv`, and `val/` for the validation of its kept checkpoint."""
+    return f"{stage}/predictions.csv"
+
+
+# Settings (as dotted params) that do not define an experiment. Two runs that differ only in these
+# learnt the same thing: `emo report` groups them, and a resumed run may change the first kind.
+WATCHING = ("ckpt_path", "resume_new_run", "weights_only", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+            "data.num_workers", "data.eval_batch_size", "last_checkpoint.every_n_train_steps",
+            "trainer.logger.init_args.flush_timeout_s", "trainer.logger.init_args.heartbeat_interval_s",
+            "trainer.logger.init_args.system_metrics_interval_s",
+            "trainer.logger.init_args.run_name", "trainer.logger.init_args.tags")  # fmt: skip
+PLACEMENT = ("trainer.logger", "trainer.default_root_dir", "checkpoint.dirpath", "prediction.")  # where it is recorded
+SEED_SETTING = "seed_everything"
+
+
+def defines_experiment(setting: str) -> bool:
+    """Whether a setting changes what a run learns (the seed does; see SEED_SETTING for grouping seeds)."""
+    return not setting.startswith(WATCHING + PLACEMENT)

@@ -1,0 +1,56 @@
+"""MLflow without Lightning: where runs are recorded, each run's journal and its sender, whether a run's process
+lives, `emo sync`, the Model Registry and direct run queries. Commands that do not train use this alone."""
+
+from emo.store.experiment import find_or_create_experiment, mark_as_model_training, prepare_tracking
+from emo.store.journal import Journal, JournalBusyError, in_use, last_sent_step, pending_journals, read_entries
+from emo.store.liveness import is_stale, mark_stale_runs, silence_s
+from emo.store.registry import (
+    download_registered_model,
+    is_registered_model_uri,
+    log_transformers_model,
+    register,
+    registered_version,
+    version_description,
+)
+from emo.store.runs import best_step_metrics, children_filter, log_params, test_metrics
+from emo.store.sender import Sender
+from emo.store.sync import sync
+from emo.store.uri import (
+    DEFAULT_TRACKING_URI,
+    TrackingServerError,
+    check_tracking_uri,
+    resolve_tracking_uri,
+    use_http_defaults,
+)
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "Journal",
+    "JournalBusyError",
+    "Sender",
+    "TrackingServerError",
+    "best_step_metrics",
+    "check_tracking_uri",
+    "children_filter",
+    "download_registered_model",
+    "find_or_create_experiment",
+    "in_use",
+    "is_registered_model_uri",
+    "is_stale",
+    "last_sent_step",
+    "log_params",
+    "log_transformers_model",
+    "mark_as_model_training",
+    "mark_stale_runs",
+    "pending_journals",
+    "prepare_tracking",
+    "read_entries",
+    "register",
+    "registered_version",
+    "resolve_tracking_uri",
+    "silence_s",
+    "sync",
+    "test_metrics",
+    "use_http_defaults",
+    "version_description",
+]

@@ -1,0 +1,80 @@
+"""Where runs are recorded: the tracking URI, and one quick check of it before anything loads.
+
+A wrong URI or a server that is down is one line within seconds, not minutes of MLflow's retries.
+"""
+
+import contextlib
+import os
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from emo import UserError
+from emo.redact import redact
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3 refuses ./mlruns; the Model Registry needs a database
+CHECK_TIMEOUT_S = 10
+# MLflow retries a failed request 7 times over about two minutes; emo's journal retries for as long as it takes,
+# so a request may give up sooner and leave the thread free (set these variables to choose otherwise).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+class TrackingServerError(UserError):
+    """The tracking URI is wrong, or its server does not answer or refuses emo."""
+
+
+def use_http_defaults() -> None:
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def resolve_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set (a server, say), else the embedded sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+@contextlib.contextmanager
+def mlflow_http(retries: int, timeout_s: float):
+    """MLflow's HTTP retry count and timeout for the calls inside (MLflow reads both from the environment)."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def tracking_problem(uri: str, error: Exception) -> str:
+    shown = redact(uri)
+    text = str(error)
+    status = error.get_http_status_code() if isinstance(error, MlflowException) else None
+    if "filesystem tracking backend" in text:
+        return f"tracking URI {shown}: MLflow 3 no longer records into a folder; use {DEFAULT_TRACKING_URI} or a server"
+    if "unsupported URI" in text or "Could not find a registered tracking store" in text:
+        return f"tracking URI {shown}: unknown scheme; use http(s)://host:port (a server), sqlite:///file.db or a database URL"
+    reason = next((why for pattern, why in (("NameResolution", "unknown host"), ("Connection refused", "connection refused"),
+                                             ("NewConnectionError", "connection refused"), ("timed out", f"no answer in {CHECK_TIMEOUT_S} s"),
+                                             ("Timeout", f"no answer in {CHECK_TIMEOUT_S} s")) if pattern in text), None)  # fmt: skip
+    if reason:
+        return (f"cannot reach the MLflow tracking server at {shown} ({reason}): start it (make server), check "
+                f"MLFLOW_TRACKING_URI, or unset it to record into {DEFAULT_TRACKING_URI}")  # fmt: skip
+    if status in (401, 403):
+        return (f"the tracking server at {shown} refused emo (HTTP {status}): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server")  # fmt: skip
+    if status and status != 500:
+        return f"{shown} does not answer as an MLflow tracking server (HTTP {status}); check MLFLOW_TRACKING_URI"
+    return f"tracking URI {shown}: {redact(text.splitlines()[0][:300])}"
+
+
+def check_tracking_uri(uri: str) -> None:
+    """One request, no retries, a short timeout: a wrong URI or an absent server is one line within seconds."""
+    with mlflow_http(retries=0, timeout_s=CHECK_TIMEOUT_S):
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as error:  # MLflow, SQLAlchemy and driver errors alike
+            raise TrackingServerError(tracking_problem(uri, error)) from None

@@ -1,0 +1,117 @@
+"""`python -m emo sweep`: an Optuna study whose trials are ordinary `emo fit` runs, nested in MLflow.
+
+    python -m emo sweep --config configs/sweep.yaml [--config configs/offline.yaml] [--trainer.* ...]
+
+The sweep file holds a `sweep:` section and names the training configs it builds on; training
+options given here apply to every trial. Each trial is `EmoCLI` on a complete config written to
+`outputs/sweeps/<study>/trial-<n>.yaml` (`emo fit --config` that file reruns it), logged as a
+child of the sweep's parent run. Processes that share the study's Optuna storage share its
+trials; rerunning a sweep continues its study and its parent run.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+from jsonargparse import ArgumentParser
+from optuna.trial import TrialState
+
+from emo import UserError
+from emo.cli import LOGGER_CLASS, EmoCLI, lightning_errors
+from emo.cli.parser import check_config_files
+from emo.quiet import quiet_libraries
+from emo.store import prepare_tracking, resolve_tracking_uri
+from emo.sweep.parent import ParentRun
+from emo.sweep.queue import INTERRUPTED_ATTR, TrialQueue, heartbeat
+from emo.sweep.settings import SweepSettings, sweep_problem
+from emo.sweep.trials import fit_trial, trial_config
+
+
+class SweepCLI(EmoCLI):
+    """The `fit` options plus a `sweep:` section: parses and checks; trials instantiate the rest."""
+
+    def __init__(self, args):
+        super().__init__(args=args, run=False)
+
+    def add_arguments_to_parser(self, parser):
+        super().add_arguments_to_parser(parser)
+        parser.add_class_arguments(SweepSettings, "sweep", instantiate=False)
+
+    def before_instantiate_classes(self):
+        super().before_instantiate_classes()
+        problem = sweep_problem(self.config, LOGGER_CLASS)
+        if problem:
+            self.parser.error(problem)
+
+    def instantiate_classes(self):
+        parser = ArgumentParser()
+        parser.add_class_arguments(SweepSettings, "sweep")
+        self.settings = parser.instantiate_classes(parser.parse_object({"sweep": self.config.sweep.as_dict()})).sweep
+
+    def trial_template(self) -> dict:
+        """The resolved training config that every trial starts from."""
+        config = self.config.clone().as_dict()
+        for key in ("sweep", "config"):
+            config.pop(key, None)
+        return json.loads(json.dumps(config))  # plain types (PositiveFloat -> float) for YAML
+
+
+class Sweep:
+    """One process's share of a study: take the next trial, fit it, tell Optuna; finish the study when it is complete."""
+
+    def __init__(self, settings: SweepSettings, template: dict):
+        self.settings = settings
+        self.template = template
+        self.folder = Path(template["trainer"].get("default_root_dir") or ".") / "sweeps" / settings.study_name
+        self.client = mlflow.MlflowClient(resolve_tracking_uri())
+        self.queue = TrialQueue(settings.storage, settings.study_name, settings.sampler, settings.pruner,
+                                settings.direction, settings.n_trials, settings.grid)  # fmt: skip
+        self.study = self.queue.study
+        self.parent = ParentRun(self.client, self.queue.claims, self.study, settings, template)
+
+    @property
+    def parent_run_id(self) -> str:
+        return self.parent.run_id
+
+    def run(self) -> None:
+        try:
+            while (trial := self.queue.next_trial()) is not None:
+                self.run_trial(trial)
+        except BaseException:
+            self.parent.stopped()
+            raise
+        if self.queue.complete():
+            self.parent.finish()
+
+    def run_trial(self, trial: optuna.Trial) -> None:
+        with heartbeat(self.queue.storage, self.queue.trial_id(trial.number)):
+            try:
+                config = trial_config(trial, self.settings, self.template, self.parent.run_id, self.folder)
+                value = fit_trial(trial, config, self.settings.metric, self.client)
+            except optuna.TrialPruned:
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return
+            except UserError as error:  # a trial's own failure (a NaN loss): recorded, and the sweep goes on
+                print(f"emo: trial {trial.number} failed: {error}", file=sys.stderr)
+                self.study.tell(trial, state=TrialState.FAIL)
+                return
+            except BaseException:
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                raise
+        self.study.tell(trial, value)
+
+
+def main(args: list[str]) -> None:
+    quiet_libraries()
+    check_config_files(args)
+    with lightning_errors():
+        cli = SweepCLI(args)
+        template = cli.trial_template()
+        prepare_tracking(resolve_tracking_uri(), template["trainer"]["logger"]["init_args"]["experiment_name"])
+        try:
+            Sweep(cli.settings, template).run()
+        except KeyboardInterrupt:
+            raise SystemExit("emo: sweep interrupted; run the same command again to continue it") from None

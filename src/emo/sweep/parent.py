@@ -1,0 +1,109 @@
+"""A sweep's MLflow parent run: created once per study, it holds the sweep's settings, the best trial, the mean and
+std over the trials (for seeds), the registered version and the report."""
+
+import os
+import statistics
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from emo.redact import redact
+from emo.report import write_report
+from emo.spec import (
+    AGGREGATED_RUNS_TAG,
+    BEST_RUN_TAG,
+    BEST_TRIAL_TAG,
+    REGISTERED_VERSION_TAG,
+    SWEEP_TAG,
+    TRIAL_TEMPLATE_ARTIFACT,
+)
+from emo.store import best_step_metrics, find_or_create_experiment, log_params, register, test_metrics
+from emo.sweep.queue import Claims
+from emo.sweep.settings import SweepSettings
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # on the study, for people and tools that read it
+RUN_ATTR = "mlflow_run_id"  # on each trial: its MLflow run
+
+
+class ParentRun:
+    """The study's parent run: the first process's (a claim decides which), continued by the others and by reruns."""
+
+    def __init__(self, client, claims: Claims, study: optuna.Study, settings: SweepSettings, template: dict):
+        self.client = client
+        self.claims = claims
+        self.study = study
+        self.settings = settings
+        self.template = template
+        self.experiment_name = template["trainer"]["logger"]["init_args"]["experiment_name"]
+        self.run_id = self.find_or_create()
+
+    def find_or_create(self) -> str:
+        run_id = self.claims.value("parent-run")
+        if run_id is None:
+            experiment_id = find_or_create_experiment(self.client, self.experiment_name)
+            tags = {SWEEP_TAG: self.settings.study_name}
+            candidate = self.client.create_run(experiment_id, run_name=self.settings.study_name, tags=tags).info.run_id
+            if self.claims.claim("parent-run", candidate):
+                self.describe(candidate)
+                return candidate
+            self.client.delete_run(candidate)  # another process was first
+            run_id = self.claims.value("parent-run")
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def describe(self, run_id: str) -> None:
+        self.study.set_user_attr(PARENT_RUN_ATTR, run_id)
+        settings = {
+            "study_name": self.settings.study_name,
+            "storage": self.settings.storage,
+            "sampler": type(self.settings.sampler).__name__ if not self.settings.grid else "grid",
+            "pruner": type(self.settings.pruner).__name__,
+            "n_trials": self.settings.n_trials,
+            "metric": self.settings.metric,
+            "direction": self.settings.direction,
+            **{f"params.{k}": v for k, v in self.settings.params.items()},
+        }
+        log_params(self.client, run_id, {f"sweep.{k}": v for k, v in settings.items()})
+        self.client.log_text(run_id, redact(yaml.safe_dump(self.template, sort_keys=False)), TRIAL_TEMPLATE_ARTIFACT)
+
+    def stopped(self) -> None:
+        """The process stops before the study is complete: the parent run shows it (a rerun continues it)."""
+        self.client.set_terminated(self.run_id, status="KILLED")
+
+    def finish(self) -> None:
+        """Once per study and best trial: record the best trial, the mean and std, register its model, report."""
+        best = self.study.best_trial
+        if self.claims.claim(f"finish-{best.number}", str(os.getpid())):
+            best_run_id = best.user_attrs[RUN_ATTR]
+            self.client.set_tag(self.run_id, BEST_RUN_TAG, best_run_id)
+            self.client.set_tag(self.run_id, BEST_TRIAL_TAG, str(best.number))
+            log_params(self.client, self.run_id, {f"best.{k}": v for k, v in best.params.items()})
+            for name, value in self.scores(best_run_id).items():
+                if value is not None:
+                    self.client.log_metric(self.run_id, f"best/{name}", value)
+            if self.settings.aggregate:
+                self.log_mean_and_std()
+            registry = self.template["registry"]
+            if self.settings.register_best and registry["registered_model_name"]:
+                version, _ = register(best_run_id, registry["registered_model_name"], registry["champion_alias"], registry["champion_metric"])
+                self.client.set_tag(self.run_id, REGISTERED_VERSION_TAG, version.version)
+            if self.settings.report:
+                write_report(self.experiment_name, parent_run_id=self.run_id, metric=self.settings.metric, client=self.client)
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def scores(self, run_id: str) -> dict[str, float | None]:
+        """Validation at the run's kept checkpoint, and test."""
+        maximize = self.settings.direction == "maximize"
+        validation = best_step_metrics(self.client, run_id, self.settings.metric, maximize)
+        return {**validation, **test_metrics(self.client.get_run(run_id))}
+
+    def log_mean_and_std(self) -> None:
+        """Over the complete trials: `mean/<metric>` and `std/<metric>` (sample std, n - 1)."""
+        per_run = [self.scores(trial.user_attrs[RUN_ATTR]) for trial in self.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])]
+        for name in sorted({name for scores in per_run for name in scores}):
+            values = [scores[name] for scores in per_run if scores.get(name) is not None]
+            self.client.log_metric(self.run_id, f"mean/{name}", statistics.fmean(values))
+            if len(values) > 1:
+                self.client.log_metric(self.run_id, f"std/{name}", statistics.stdev(values))
+        self.client.set_tag(self.run_id, AGGREGATED_RUNS_TAG, str(len(per_run)))

@@ -1,0 +1,153 @@
+"""Resuming a run: `--ckpt_path last` (or a checkpoint file) continues the same MLflow run, or is refused in one line.
+
+- Every checkpoint of `emo fit` holds a run record (`checkpoint["emo"]`, see `run_record`): the
+  MLflow run, the settings it logged and the training step.
+- `plan_resume` reads that record before anything loads: the same settings continue the same run
+  (same run id, metric histories continuing at the checkpoint's step); a resume whose settings
+  differ, of a finished run, of a run a live process writes, or of a run recorded past the
+  checkpoint is refused, unless `--resume_new_run true` asks for a new run.
+"""
+
+import zipfile
+from pathlib import Path
+
+import mlflow
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from mlflow.exceptions import MlflowException
+
+from emo import UserError
+from emo.redact import redact
+from emo.spec import WATCHING
+from emo.store import in_use, is_stale, last_sent_step, silence_s
+from emo.store.journal import JOURNAL
+
+RECORD_KEY = "emo"
+# Settings a continued checkpoint honours (the loop's length, bookkeeping): `--resume_new_run true` may change them.
+CONTINUABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.logger.", "registry.", "checkpoint.", "trainer.log_every_n_steps")
+
+
+class ResumeError(UserError):
+    """A checkpoint that cannot continue its run as asked."""
+
+
+def run_record(run_id: str, experiment_id: str, step: int, settings: dict) -> dict:
+    """What a checkpoint carries to continue its run: written under `checkpoint[RECORD_KEY]`."""
+    return {"run_id": run_id, "experiment_id": experiment_id, "step": step, "params": settings}
+
+
+def read_record(path: Path) -> dict | None:
+    """The run record of a checkpoint (None for a checkpoint not written by `emo fit`), without loading its weights."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise ResumeError(f"--ckpt_path {path}: not a checkpoint (checkpoints are torch.save archives)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise ResumeError(f"--ckpt_path {path}: no such file") from None
+    except IsADirectoryError:
+        raise ResumeError(f"--ckpt_path {path}: a folder, not a checkpoint file") from None
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ResumeError(f"--ckpt_path {path}: not a checkpoint that can be loaded safely ({reason})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ResumeError(f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict)")
+    return checkpoint.get(RECORD_KEY)
+
+
+def differences(recorded: dict, current: dict, allowed: tuple[str, ...] = ()) -> list[str]:
+    """The settings that differ, but for those that only change how a run is watched (emo.spec.WATCHING) and `allowed`."""
+    keys = sorted(k for k in set(recorded) | set(current) if not k.startswith(WATCHING + allowed))
+    return [f"{k} {recorded.get(k, '(unset)')} -> {current.get(k, '(unset)')}" for k in keys if recorded.get(k) != current.get(k)]
+
+
+def last_checkpoints(root: Path) -> list[Path]:
+    """`last.ckpt` of every run folder under `root`, newest first."""
+    return sorted(root.glob("*/*/checkpoints/last*.ckpt"), key=lambda path: path.stat().st_mtime, reverse=True)
+
+
+def find_last(root: Path, settings: dict, allowed: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    """The newest `last.ckpt` under `root` whose run has these settings (but for `allowed` ones)."""
+    found = [(path, read_record(path)) for path in last_checkpoints(root)]
+    found = [(path, record) for path, record in found if record]
+    if not found:
+        raise ResumeError(f"--ckpt_path last: no last checkpoint of an emo run under {root}/ (nothing to resume)")
+    return next(((path, record) for path, record in found if not differences(record["params"], settings, allowed)), found[0])
+
+
+def check_settings(path, record: dict, settings: dict, new_run: bool) -> None:
+    """A continued run keeps its settings; a new run may change only what a continuation honours."""
+    problems = differences(record["params"], settings, CONTINUABLE if new_run else ())
+    if not problems:
+        return
+    changes = "; ".join(problems[:4])
+    if new_run:
+        raise ResumeError(f"--ckpt_path {path}: {changes}: a checkpoint carries its optimizer and schedule, so only "
+                          f"{', '.join(CONTINUABLE)} may change when continuing it; start a new fit for other changes")  # fmt: skip
+    raise ResumeError(f"--ckpt_path {path}: the settings differ from those of run {record['run_id']}: {changes}; use the "
+                      "run's settings, or add --resume_new_run true to continue its training in a new run")  # fmt: skip
+
+
+def hpc_checkpoint(root: Path) -> Path | None:
+    """The checkpoint Lightning's SLURM auto-requeue left for the requeued job, if this is one."""
+    if not SLURMEnvironment.detect():
+        return None
+    saved = sorted(root.glob("hpc_ckpt_*.ckpt"), key=lambda path: int(path.stem.rsplit("_", 1)[1]))
+    return saved[-1] if saved else None
+
+
+def check_run_can_continue(record: dict, folder: Path, client) -> None:
+    """The checkpoint's run exists, has not finished, no live process writes it, and it recorded nothing past the checkpoint."""
+    run_id, step = record["run_id"], record["step"]
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ResumeError(f"run {run_id} of this checkpoint is not in {redact(client.tracking_uri)}; add "
+                          "--resume_new_run true to continue its training in a new run") from None  # fmt: skip
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {run_id} has finished: nothing to resume (start a new fit without --ckpt_path)")
+    if in_use(folder):
+        raise ResumeError(f"run {run_id} is still running: a process on this machine writes {folder}; stop it first")
+    silent = silence_s(run.data.tags)
+    if run.info.status == "RUNNING" and silent is not None and not in_this_folder(folder) and not is_stale(run.data.tags):
+        # Its journal is on another machine: only the heartbeat tells whether its process is alive.
+        raise ResumeError(f"run {run_id} is still running elsewhere (its heartbeat is {silent:.0f} s old); stop it first")
+    recorded = last_sent_step(folder)
+    if recorded is not None and recorded >= step:  # metrics of batch n are logged at step n - 1
+        raise ResumeError(f"run {run_id} already recorded steps up to {recorded}, past this checkpoint (step {step}): "
+                          "resume from its last checkpoint, or add --resume_new_run true for a new run")  # fmt: skip
+
+
+def in_this_folder(folder: Path) -> bool:
+    """Whether the run's journal is here (else the run was written on another machine)."""
+    return (folder / JOURNAL).exists()
+
+
+def plan_resume(config, settings: dict, tracking_uri: str) -> int | None:
+    """Resolves `--ckpt_path last` and points the logger at the checkpoint's run; returns the step it continues from.
+
+    None: nothing to continue (no checkpoint, a plain Lightning checkpoint, or a new run asked for).
+    """
+    root = Path(config.trainer.default_root_dir or ".")
+    path, new_run = config.ckpt_path, config.resume_new_run
+    if path == "last":
+        found, record = find_last(root, settings, CONTINUABLE if new_run else ())
+        config.ckpt_path, path = str(found), f"last ({found})"
+    elif path:
+        record = read_record(Path(path))
+    elif hpc := hpc_checkpoint(root):
+        path, record = hpc, read_record(hpc)  # a requeued SLURM job: Lightning restores it by itself
+        newer = root / record["experiment_id"] / record["run_id"] / "checkpoints" / "last.ckpt" if record else None
+        if newer and newer.is_file() and read_record(newer)["step"] >= record["step"]:
+            # The job trained on after the requeue signal (and stopped cleanly on SIGTERM): continue from there.
+            path, record = newer, read_record(newer)
+            config.ckpt_path = str(newer)
+    else:
+        return None
+    if record is None:
+        return None  # a plain Lightning checkpoint: its training continues in a new run
+    check_settings(path, record, settings, new_run)
+    if new_run:
+        return None
+    check_run_can_continue(record, root / record["experiment_id"] / record["run_id"], mlflow.MlflowClient(tracking_uri))
+    config.trainer.logger.init_args.run_id = record["run_id"]
+    return record["step"]

