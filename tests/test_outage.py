@@ -26,7 +26,7 @@ def server(tmp_path, monkeypatch):
 
 def fit_args(tmp_path, tiny_model_dir, small_data_dir, name: str, *extra: str) -> list[str]:
     # Gate "down": the test cuts the server; gate "up": training has gone on without it.
-    gates = [{"class_path": "gates.Gate", "init_args": {"folder": str(tmp_path / g), "at_step": step}}
+    gates = [{"class_path": "helpers.gates.Gate", "init_args": {"folder": str(tmp_path / g), "at_step": step}}
              for g, step in (("down", 5), ("up", 30))]  # fmt: skip
     return ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
                                 "--trainer.logger.init_args.experiment_name", name,
