@@ -4,6 +4,7 @@ import contextlib
 import re
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -18,8 +19,10 @@ from transformers import AutoModelForSequenceClassification, get_linear_schedule
 from transformers.trainer_pt_utils import get_parameter_names
 
 from emo import UserError, hub, spec
+from emo.distill import distillation_loss, teacher_probabilities
 from emo.hardware import use_cpu_kernels
 from emo.spec import LABELS, LOSS, STAGE_SPLITS, TRAIN_LOSS, TRAIN_LR
+from emo.store import resolve_tracking_uri
 
 EVAL_STAGES = tuple(STAGE_SPLITS)
 VAL_PREDICTIONS_KEY = "val_predictions"  # in a checkpoint: the predictions of the validation that scored it
@@ -134,6 +137,11 @@ class EmotionClassifier(L.LightningModule):
             total weight as the common ones. Validation and test losses stay unweighted.
         layer_lr_decay: Layer-wise learning-rate decay: each layer below the head learns at this factor
             of the layer above it (1: one learning rate for all).
+        teacher: Distil from these logged models (`models:/NAME@ALIAS`, `models:/NAME/VERSION` or run ids): their
+            mean class probabilities on the training texts, computed once and cached (emo.distill).
+        distill_alpha: With a teacher, the training loss is (1 - alpha) x cross-entropy on the labels + alpha x
+            T² x KL divergence to the teacher at temperature T; 0 is plain cross-entropy.
+        distill_temperature: T, which softens both distributions: the teacher's second choices weigh more.
     """
 
     def __init__(
@@ -150,6 +158,9 @@ class EmotionClassifier(L.LightningModule):
         label_smoothing: ClosedUnitInterval = 0.0,
         class_balance: ClosedUnitInterval = 0.0,
         layer_lr_decay: LayerDecay = 1.0,
+        teacher: list[str] | None = None,
+        distill_alpha: ClosedUnitInterval = 0.5,
+        distill_temperature: PositiveFloat = 2.0,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # every setting reaches MLflow from the resolved config instead
@@ -168,6 +179,9 @@ class EmotionClassifier(L.LightningModule):
         # {stage: example, label, probabilities} of the last evaluation; a checkpoint keeps the validation's that chose it
         self.predictions: dict[str, dict[str, torch.Tensor]] = {}
         self.loss_weights: torch.Tensor | None = None  # per class, from the train split at fit time
+        self.teacher_probabilities: torch.Tensor | None = None  # per training example, computed at fit time
+        self.teacher_sources: list = []  # the teachers as found in MLflow
+        self.teacher_cache: Path | None = None  # the cache file of their probabilities
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -178,17 +192,30 @@ class EmotionClassifier(L.LightningModule):
         if self.hparams.class_balance > 0:
             labels = self.trainer.datamodule.splits["train"]["label"]
             self.loss_weights = class_weights(labels, len(self.hparams.label_names), self.hparams.class_balance)
+        if self.hparams.teacher:
+            datamodule = self.trainer.datamodule
+            tracking_uri = getattr(self.trainer.logger, "tracking_uri", None) or resolve_tracking_uri()
+            self.teacher_probabilities, self.teacher_cache, self.teacher_sources = teacher_probabilities(
+                self.hparams.teacher, list(datamodule.splits["train"]["text"]), datamodule.digests["train"],
+                datamodule.hparams.max_length, tracking_uri,
+            )  # fmt: skip
 
-    def training_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, logits: torch.Tensor, labels: torch.Tensor, examples: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy on the labels (weighted by class, smoothed); with a teacher, mixed with the distillation loss."""
         weights = None if self.loss_weights is None else self.loss_weights.to(logits.device)
-        return F.cross_entropy(logits.float(), labels, weight=weights, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits.float(), labels, weight=weights, label_smoothing=self.hparams.label_smoothing)
+        alpha = self.hparams.distill_alpha
+        if self.teacher_probabilities is None or alpha == 0:
+            return loss
+        teacher = self.teacher_probabilities[examples.cpu()].to(logits.device)
+        return (1 - alpha) * loss + alpha * distillation_loss(logits, teacher, self.hparams.distill_temperature)
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         labels = batch.pop("labels")
         examples = batch.pop("example", None)
         logits = self.model(**batch).logits
         if stage == "train":
-            loss = self.training_loss(logits, labels)
+            loss = self.training_loss(logits, labels, examples)
             self.log(TRAIN_LOSS, loss, prog_bar=True)
             self.log(TRAIN_LR, self.lr_schedulers().get_last_lr()[-1])  # the head's: the peak under layer decay
             return loss

@@ -64,6 +64,7 @@ def is_maximized(name: str) -> bool:
 TASK_TAG, STAGE_TAG = "emo.task", "emo.stage"
 MODEL_TAG, DATASET_TAG, DATA_DIGEST_TAG = "emo.model", "emo.dataset", "emo.data_digest"
 CONFIG_FILES_TAG, FAILURE_TAG = "emo.config_files", "emo.failure"
+TEACHER_TAG, TEACHER_VERSIONS_TAG, TEACHER_RUNS_TAG = "emo.teacher", "emo.teacher_versions", "emo.teacher_run_ids"  # distilled
 MODEL_URI_TAG = "emo.model_uri"  # where the run's logged model is, so a sweep can register its best trial later
 HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG, ENDED_BY_TAG = "emo.heartbeat", "emo.heartbeat_interval_s", "emo.ended_by"
 SWEEP_TAG, WORKER_TAG = "emo.sweep", "emo.worker"  # a sweep's parent run; which sweep process ran a trial
@@ -85,6 +86,7 @@ CONFUSION_NORMALISED_ARTIFACT = "test/confusion_matrix_normalised.png"
 PER_CLASS_ARTIFACTS = ("test/per_class_report.json", "test/per_class_report.md")
 F1_PER_CLASS_ARTIFACT = "test/f1_per_class.png"
 MISTAKES_ARTIFACT = "test/confident_mistakes.md"
+TEACHER_ARTIFACT = "teacher/train_probabilities.pt"  # the teachers' mean class probabilities on the training examples
 TRIAL_TEMPLATE_ARTIFACT, REPORT_ARTIFACTS = "trial_template.yaml", "report"  # of a sweep's parent run
 
 

@@ -133,6 +133,11 @@ CASES = [
          lambda c: (["sweep", "--config", str(ROOT / "configs/sweep.yaml"), *fit(c)[1:],
                      "--sweep.storage", f"sqlite:///{c.folder}/optuna.db"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})),
     Case("unknown scheme", "unknown scheme", lambda c: (fit(c), {"MLFLOW_TRACKING_URI": "htp://localhost:5000"})),
+    # teachers (distillation)
+    Case("teacher not registered", "--model.teacher models:/no-such-teacher@champion: no registered model 'no-such-teacher'",
+         plain(lambda c: fit(c, "--model.teacher", "[models:/no-such-teacher@champion]"))),
+    Case("teacher not a model", "--model.teacher not-a-run: name a model as models:/NAME@ALIAS",
+         plain(lambda c: fit(c, "--model.teacher", "[not-a-run]"))),
     # training
     Case("loss becomes NaN", "the training loss became nan", plain(lambda c: fit(c, "--model.learning_rate", "1e30"))),
 ]

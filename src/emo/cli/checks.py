@@ -8,6 +8,7 @@ from emo import UserError
 from emo.data import check_inputs as check_data
 from emo.hub import check_model_folder, max_positions
 from emo.spec import is_maximized, metric_names
+from emo.store import model_source
 from emo.tracking import read_record
 
 
@@ -41,6 +42,15 @@ def check_inputs(subcommand: str, config) -> None:
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
         read_record(Path(ckpt_path))  # exists, and is a checkpoint that loads with weights_only
+
+
+def check_teachers(teachers: list[str] | None, tracking_uri: str) -> None:
+    """Each teacher is a logged text-classification model in the store, before the student loads."""
+    for teacher in teachers or []:
+        try:
+            model_source(teacher, tracking_uri)
+        except UserError as error:
+            raise UserError(f"--model.teacher {error}") from None
 
 
 def check_checkpoint_fits(ckpt_path, model) -> None:

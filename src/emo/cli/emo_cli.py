@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from emo import UserError
-from emo.cli.checks import check_checkpoint_fits, check_inputs, config_problem
+from emo.cli.checks import check_checkpoint_fits, check_inputs, check_teachers, config_problem
 from emo.cli.parser import EmoArgumentParser
 from emo.data import EmotionDataModule
 from emo.hardware import fast_precision
@@ -115,10 +115,13 @@ class EmoCLI(LightningCLI):
         try:
             check_inputs(subcommand, config)
             logger = config.trainer.logger
-            if self.subcommand and logger and getattr(logger, "class_path", None) == LOGGER_CLASS:
-                uri = logger.init_args.tracking_uri or resolve_tracking_uri()
+            tracked = bool(logger) and getattr(logger, "class_path", None) == LOGGER_CLASS
+            uri = (tracked and logger.init_args.tracking_uri) or resolve_tracking_uri()
+            if self.subcommand and tracked:
                 prepare_tracking(uri, logger.init_args.experiment_name)
-                if subcommand == "fit":
+            if subcommand == "fit":
+                check_teachers(config.model.teacher, uri)
+                if self.subcommand and tracked:
                     self.resume_step = plan_resume(config, run_settings(config), uri)
         except UserError as error:
             self.parser.error(str(error))

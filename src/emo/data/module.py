@@ -121,6 +121,7 @@ class EmotionDataModule(L.LightningDataModule):
         # keeps each example's line in its split, so predictions map back to texts (and runs pair up).
         for split in ("validation", "test"):
             splits[split] = splits[split].add_column("example", list(range(len(splits[split])))).sort("length")
+        splits["train"] = splits["train"].add_column("example", list(range(len(splits["train"]))))  # a teacher's row
         return dict(splits)
 
     def tokenized_predict_texts(self) -> datasets.Dataset:

@@ -5,9 +5,12 @@ from emo.store.experiment import find_or_create_experiment, mark_as_model_traini
 from emo.store.journal import Journal, JournalBusyError, in_use, last_sent_step, pending_journals, read_entries
 from emo.store.liveness import is_stale, mark_stale_runs, silence_s
 from emo.store.registry import (
+    ModelSource,
+    download_model,
     download_registered_model,
     is_registered_model_uri,
     log_transformers_model,
+    model_source,
     register,
     registered_version,
     version_description,
@@ -26,12 +29,14 @@ from emo.store.uri import (
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "Journal",
+    "ModelSource",
     "JournalBusyError",
     "Sender",
     "TrackingServerError",
     "best_step_metrics",
     "check_tracking_uri",
     "children_filter",
+    "download_model",
     "download_registered_model",
     "find_or_create_experiment",
     "in_use",
@@ -42,6 +47,7 @@ __all__ = [
     "log_transformers_model",
     "mark_as_model_training",
     "mark_stale_runs",
+    "model_source",
     "pending_journals",
     "prepare_tracking",
     "read_entries",

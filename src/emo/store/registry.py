@@ -2,6 +2,7 @@
 and a registered model found and downloaded again by its `models:/` URI."""
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import re
 from pathlib import Path
@@ -12,9 +13,18 @@ from mlflow.exceptions import MlflowException
 
 from emo import UserError, hub
 from emo.redact import redact
-from emo.spec import DATA_DIGEST_TAG, DATASET_TAG, MODEL_ARTIFACT, MODEL_TAG, MODEL_URI_TAG, headline_metrics
+from emo.spec import (
+    DATA_DIGEST_TAG,
+    DATASET_TAG,
+    MODEL_ARTIFACT,
+    MODEL_TAG,
+    MODEL_URI_TAG,
+    TEACHER_TAG,
+    headline_metrics,
+)
 
 INPUT_EXAMPLE = ["i feel like i finally belong somewhere"]
+RUN_ID = re.compile(r"[0-9a-f]{32}")
 REGISTERED_MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))/?")
 DESCRIBED_SETTINGS = ("model.learning_rate", "data.batch_size", "trainer.max_epochs", "seed_everything")
 
@@ -102,9 +112,10 @@ def version_description(run) -> str:
     digest = tags.get(DATA_DIGEST_TAG, "")
     scores = ", ".join(f"{label} {metrics[key]:.4f}" for key, label in headline_metrics("test").items() if key in metrics)
     settings = ", ".join(f"{key.split('.')[-1]} {params[key]}" for key in DESCRIBED_SETTINGS if key in params)
+    teacher = f" Distilled from {tags[TEACHER_TAG]}." if TEACHER_TAG in tags else ""
     return (f"{tags.get(MODEL_TAG, '?')} fine-tuned for text classification on {tags.get(DATASET_TAG, '?')}"
             f"{f' (data sha256 {digest[:12]})' if digest else ''} by run {run.info.run_id} ({run.info.run_name}); "
-            f"{settings}. Test: {scores or 'not tested'}.")  # fmt: skip
+            f"{settings}. Test: {scores or 'not tested'}.{teacher}")  # fmt: skip
 
 
 def is_registered_model_uri(value) -> bool:
@@ -137,23 +148,60 @@ def registered_version(uri: str, tracking_uri: str):
     raise UserError(f"{uri}: registered model {name!r} has no version {number} (latest: {latest})")
 
 
-def download_registered_model(uri: str, tracking_uri: str, folder) -> tuple[Path, Path]:
-    """Downloads a registered model logged by `log_transformers_model` into `folder`.
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """A logged text-classification model, found by its registered name or by the run that logged it."""
+
+    given: str  # as the user named it: models:/NAME@ALIAS, models:/NAME/VERSION or a run id
+    model_uri: str  # what MLflow downloads
+    run_id: str
+    name: str | None = None  # the registered model's, for a registered version
+    version: str | None = None
+
+    @property
+    def pinned(self) -> str:
+        """The exact model, whatever an alias points to later: `models:/NAME/VERSION`, or the run's logged model."""
+        return f"models:/{self.name}/{self.version}" if self.version else self.model_uri
+
+
+def model_source(given: str, tracking_uri: str) -> ModelSource:
+    """`models:/NAME@ALIAS`, `models:/NAME/VERSION` or a run id (its logged model); one line when it is not there."""
+    if is_registered_model_uri(given):
+        version = registered_version(given, tracking_uri)
+        return ModelSource(given, f"models:/{version.name}/{version.version}", version.run_id, version.name, str(version.version))
+    if not RUN_ID.fullmatch(given):
+        raise UserError(f"{given}: name a model as models:/NAME@ALIAS, models:/NAME/VERSION or the id of the run that logged it")
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(given)
+    except MlflowException:
+        raise UserError(f"{given}: no run with this id in {redact(tracking_uri)}") from None
+    if MODEL_URI_TAG not in run.data.tags:
+        raise UserError(f"{given}: run {run.info.run_name!r} logged no model (its fit did not finish, or ran without log_model)")
+    return ModelSource(given, run.data.tags[MODEL_URI_TAG], given)
+
+
+def download_model(source: ModelSource, tracking_uri: str, folder) -> tuple[Path, Path]:
+    """Downloads a model logged by `log_transformers_model` into `folder`.
 
     Returns its Hugging Face model folder and its tokenizer folder, for `from_pretrained`.
     """
-    version = registered_version(uri, tracking_uri)
     try:
-        path = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(folder),
-            tracking_uri=tracking_uri, registry_uri=tracking_uri,
-        ))  # fmt: skip
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=source.model_uri, dst_path=str(folder),
+                                                        tracking_uri=tracking_uri, registry_uri=tracking_uri))  # fmt: skip
     except MlflowException as error:
-        raise UserError(f"{uri}: cannot download version {version.version}: {hub.first_line(error)}") from None
+        raise UserError(f"{source.given}: cannot download {source.model_uri}: {hub.first_line(error)}") from None
     flavor = yaml.safe_load((path / "MLmodel").read_text())["flavors"].get("transformers", {})
     model, tokenizer = path / flavor.get("model_binary", MODEL_ARTIFACT), path / "components" / "tokenizer"
     if flavor.get("task") != "text-classification" or not tokenizer.is_dir():
-        raise UserError(f"{uri}: version {version.version} is not a text-classification model with its tokenizer "
+        raise UserError(f"{source.given}: {source.model_uri} is not a text-classification model with its tokenizer "
                         "(MLflow's transformers flavor)")  # fmt: skip
-    print(f"Using registered model {version.name!r} version {version.version} (run {version.run_id})")
+    return model, tokenizer
+
+
+def download_registered_model(uri: str, tracking_uri: str, folder) -> tuple[Path, Path]:
+    """A registered model (`models:/...`) downloaded into `folder`: its model folder and its tokenizer folder."""
+    source = model_source(uri, tracking_uri)
+    model, tokenizer = download_model(source, tracking_uri, folder)
+    print(f"Using registered model {source.name!r} version {source.version} (run {source.run_id})")
     return model, tokenizer

@@ -6,6 +6,7 @@ stores do not have.
 """
 
 import os
+import shutil
 
 import mlflow
 from lightning.pytorch import LightningModule, Trainer
@@ -24,6 +25,10 @@ from emo.spec import (
     SPLITS,
     STAGE_TAG,
     TASK_TAG,
+    TEACHER_ARTIFACT,
+    TEACHER_RUNS_TAG,
+    TEACHER_TAG,
+    TEACHER_VERSIONS_TAG,
 )
 from emo.tracking.logger import mlflow_logger
 from emo.tracking.resume import RECORD_KEY, run_record
@@ -55,6 +60,22 @@ class LogRunConfig(SaveConfigCallback):
             return
         checkpoint[RECORD_KEY] = run_record(logger.run_id, logger.experiment_id, trainer.global_step, run_settings(self.config))
         logger.checkpoint_saved(trainer.global_step)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A distilled run names its teachers (tags) and keeps their probabilities on the training texts (an artifact)."""
+        logger = mlflow_logger(trainer)
+        cache = getattr(pl_module, "teacher_cache", None)
+        if logger is None or cache is None or logger.resume_step is not None or not trainer.is_global_zero:
+            return
+        sources = pl_module.teacher_sources
+        logger.record_tags({
+            TEACHER_TAG: ", ".join(source.given for source in sources),
+            TEACHER_VERSIONS_TAG: ", ".join(source.pinned for source in sources),
+            TEACHER_RUNS_TAG: ", ".join(source.run_id for source in sources),
+        })  # fmt: skip
+        path = logger.artifact_file(TEACHER_ARTIFACT)
+        shutil.copyfile(cache, path)
+        logger.record_file(path, os.path.dirname(TEACHER_ARTIFACT))
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         logger = mlflow_logger(trainer)

@@ -1,0 +1,95 @@
+"""Knowledge distillation: the teachers' class probabilities on the training texts, computed once and cached, and the
+loss that mixes them into the student's.
+
+A teacher is a logged model (`models:/NAME@ALIAS`, `models:/NAME/VERSION` or the id of the run that
+logged it); with several, their probabilities are averaged (an ensemble teacher). The probabilities
+are cached in `$EMO_CACHE_DIR` (default `~/.cache/emo`) under a key of the exact teacher versions, the
+training examples' digest and the maximum length, so the next fit with the same teachers and data
+reads them instead of running the teachers again.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from emo import UserError
+from emo.hardware import fast_precision
+from emo.spec import LABELS
+from emo.store import ModelSource, download_model, model_source
+
+BATCH_SIZE = 64
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EMO_CACHE_DIR") or Path.home() / ".cache" / "emo") / "teacher-probabilities"
+
+
+def cache_key(sources: list[ModelSource], data_digest: str, max_length: int) -> str:
+    """The exact teachers (an alias resolved to its version), the training examples and how they were truncated."""
+    what = {"teachers": [source.pinned for source in sources], "data": data_digest, "max_length": max_length}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) at `temperature`, times T² so its gradients keep their scale as T changes (Hinton et al.)."""
+    student = F.log_softmax(logits.float() / temperature, dim=-1)
+    target = teacher.float()
+    if temperature != 1:
+        target = F.softmax(target.clamp(min=1e-12).log() / temperature, dim=-1)  # the teacher's probabilities at T
+    return F.kl_div(student, target, reduction="batchmean") * temperature**2
+
+
+@torch.inference_mode()
+def predict_probabilities(model_dir: Path, tokenizer_dir: Path, texts: list[str], max_length: int, given: str) -> torch.Tensor:
+    """One teacher's class probabilities for `texts`, in their order: batches sorted by length, bf16 where it is fast."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if labels != list(LABELS):
+        raise UserError(f"--model.teacher {given}: its classes are {labels}, not the emotion labels {list(LABELS)}")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    autocast = fast_precision("cuda" if device.type == "cuda" else "cpu") != "32-true"
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    probabilities = torch.empty(len(texts), len(labels))
+    for start in range(0, len(order), BATCH_SIZE):
+        rows = order[start : start + BATCH_SIZE]
+        batch = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(**batch.to(device)).logits
+        probabilities[rows] = logits.float().softmax(dim=-1).cpu()
+    return probabilities
+
+
+def teacher_probabilities(teachers: list[str], texts: list[str], data_digest: str, max_length: int,
+                          tracking_uri: str) -> tuple[torch.Tensor, Path, list[ModelSource]]:  # fmt: skip
+    """The mean of the teachers' class probabilities on `texts` (shape: texts x labels), from the cache when it has them.
+
+    Returns them, the cache file that holds them, and the teachers as found.
+    """
+    sources = [model_source(teacher, tracking_uri) for teacher in teachers]
+    path = cache_dir() / f"{cache_key(sources, data_digest, max_length)}.pt"
+    if path.is_file():
+        print(f"emo: teacher probabilities from the cache ({path})", file=sys.stderr)
+        return torch.load(path, weights_only=True), path, sources
+    each = []
+    for source in sources:
+        print(f"emo: computing the probabilities of teacher {source.given} ({source.pinned}) on {len(texts)} training texts",
+              file=sys.stderr)  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="emo-teacher-") as folder:
+            model_dir, tokenizer_dir = download_model(source, tracking_uri, folder)
+            each.append(predict_probabilities(model_dir, tokenizer_dir, texts, max_length, source.given))
+    probabilities = torch.stack(each).mean(dim=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save(probabilities, temporary)
+    os.replace(temporary, path)  # a cache file is whole or absent
+    return probabilities, path, sources

@@ -1,0 +1,61 @@
+"""Distillation end to end against a real MLflow server: a tiny teacher fitted and registered, a student taught by it
+(probabilities computed once, cached, logged; the run and the registered version name the teacher)."""
+
+import mlflow
+import pytest
+import torch
+from torch.nn import functional as F
+
+from emo import distill
+from emo.cli import EmoCLI
+from emo.spec import TEACHER_ARTIFACT
+from helpers.data import SMALL_SIZES, shrunk_args
+
+
+def fit(tmp_path, tiny_model_dir, small_data_dir, name: str, *extra: str) -> EmoCLI:
+    return EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
+                                            "--trainer.logger.init_args.experiment_name", "distill-test",
+                                            "--registry.registered_model_name", name, *extra)])  # fmt: skip
+
+
+def test_a_student_learns_from_a_registered_teacher_computed_once(tmp_path, tiny_model_dir, small_data_dir, tracking_uri,
+                                                                   monkeypatch, capsys):  # fmt: skip
+    monkeypatch.setenv("EMO_CACHE_DIR", str(tmp_path / "cache"))
+    teacher = fit(tmp_path / "teacher", tiny_model_dir, small_data_dir, "tiny-teacher", "--model.learning_rate", "5e-3")
+    capsys.readouterr()
+    uri = "models:/tiny-teacher@champion"
+    student = fit(tmp_path / "student", tiny_model_dir, small_data_dir, "tiny-student", "--model.teacher", f"[{uri}]",
+                  "--model.distill_alpha", "0.7", "--model.distill_temperature", "3")  # fmt: skip
+    assert "computing the probabilities of teacher models:/tiny-teacher@champion (models:/tiny-teacher/1)" in capsys.readouterr().err
+    client = mlflow.MlflowClient()
+    run = client.get_run(student.trainer.logger.run_id)
+    tags = run.data.tags
+    assert tags["emo.teacher"] == uri and tags["emo.teacher_versions"] == "models:/tiny-teacher/1"
+    assert tags["emo.teacher_run_ids"] == teacher.trainer.logger.run_id
+    assert run.data.params["model.teacher.0"] == uri and run.data.params["model.distill_alpha"] == "0.7"
+    logged = torch.load(client.download_artifacts(run.info.run_id, TEACHER_ARTIFACT, str(tmp_path)), weights_only=True)
+    assert logged.shape == (SMALL_SIZES["train"], 6) and torch.allclose(logged.sum(dim=1), torch.ones(len(logged)))
+    assert torch.equal(logged, student.model.teacher_probabilities)
+    version = client.search_model_versions("name='tiny-student'")[0]
+    assert f"Distilled from {uri}." in version.description
+
+    again = fit(tmp_path / "again", tiny_model_dir, small_data_dir, "tiny-student", "--model.teacher", f"[{uri}]")
+    err = capsys.readouterr().err
+    assert "teacher probabilities from the cache" in err and "computing" not in err
+    assert torch.equal(again.model.teacher_probabilities, logged)
+
+
+def test_the_loss_is_plain_cross_entropy_at_alpha_zero_and_the_kl_at_one():
+    logits, labels = torch.randn(8, 6), torch.randint(0, 6, (8,))
+    teacher = torch.softmax(torch.randn(8, 6), dim=-1)
+    plain = F.cross_entropy(logits, labels)
+    model = type("Student", (), {})()  # the loss needs the model's settings and teacher only
+    model.loss_weights, model.teacher_probabilities = None, teacher
+    from emo.model import EmotionClassifier
+
+    for alpha, temperature in ((0.0, 2.0), (1.0, 1.0), (0.5, 4.0)):
+        model.hparams = type("H", (), {"label_smoothing": 0.0, "distill_alpha": alpha, "distill_temperature": temperature})
+        loss = EmotionClassifier.training_loss(model, logits, labels, torch.arange(8))
+        kl = F.kl_div(F.log_softmax(logits / temperature, -1), F.softmax(teacher.log() / temperature, -1), reduction="batchmean")
+        assert loss == pytest.approx(float((1 - alpha) * plain + alpha * temperature**2 * kl), rel=1e-5)
+    assert distill.distillation_loss(teacher.log(), teacher, 1.0) == pytest.approx(0.0, abs=1e-6)  # the teacher itself
