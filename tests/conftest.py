@@ -5,6 +5,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+import emo.cli  # noqa: F401 - Lightning binds its log handler to sys.stderr on import: here, not in a test's captured one
 from helpers.data import DATA_DIR, write_small_data, write_tiny_model
 from helpers.processes import STARTED
 from helpers.server import MlflowServer
