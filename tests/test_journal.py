@@ -69,17 +69,32 @@ def test_an_outage_loses_nothing_and_ends_when_the_server_answers(journal):
     assert [m[:2] for m in client.runs[RUN].metrics] == [("val/acc", 0.5)]
 
 
-def test_a_record_refused_for_its_content_is_reported_and_the_rest_flows(journal):
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_busy_or_failing_server_is_an_outage(journal, status):
     client = MemoryClient(RUN)
-    client.refusals = [400]
+    client.refusals = [status, status]
+    journal.append("params", params={"p": "1"})
+    assert send_all(journal, client) and client.runs[RUN].params == {"p": "1"}
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+def test_a_refusal_that_waiting_cannot_fix_stops_the_sender_with_its_cause(journal, status):
+    client = MemoryClient(RUN)
+    client.refusals = [status]
     journal.append("tags", tags={"bad": "x"})
-    journal.append("tags", tags={"good": "y"})
     journal.append("params", params={"p": "1"})
     sender = Sender(journal, heartbeat_s=0, client=client)
     sender.start()
-    assert sender.stop(timeout_s=30)
-    assert len(sender.refused) == 1 and sender.refused[0].startswith("tags:")
-    assert client.runs[RUN].params == {"p": "1"}
+    assert not sender.stop(timeout_s=30)
+    assert sender.failure.startswith("the tags record failed: RestException") and f"HTTP {status}" in sender.failure
+    assert journal.unsent == 2 and client.runs[RUN].params == {}  # kept, in order, for emo sync
+
+
+def test_a_bug_in_sending_is_not_taken_for_an_outage(journal):
+    journal.append("artifact", local="gone.md", path=None)  # the file is not there
+    sender = Sender(journal, heartbeat_s=0, client=MemoryClient(RUN))
+    sender.start()
+    assert not sender.stop(timeout_s=30) and "FileNotFoundError" in sender.failure
 
 
 def test_what_a_killed_process_did_not_send_is_there_for_the_next_one(tmp_path):
@@ -155,3 +170,19 @@ def test_a_run_continues_only_when_nothing_else_writes_it_and_it_recorded_nothin
     with pytest.raises(ResumeError, match="already recorded steps up to 12, past this checkpoint"):
         check_run_can_continue(record(10), folder, client)
     check_run_can_continue(record(13), folder, client)
+
+
+def test_a_journal_keeps_where_to_send_without_the_credentials(tmp_path, monkeypatch):
+    from emo.store.sync import sending_uri
+
+    journal = Journal(tmp_path / "run", RUN, "http://researcher:pw-123@127.0.0.1:5000")
+    assert journal.entries[0]["tracking_uri"] == "http://127.0.0.1:5000" and journal.tracking_uri.endswith("pw-123@127.0.0.1:5000")
+    journal.close()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert sending_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"  # credentials from MLFLOW_TRACKING_USERNAME/_PASSWORD
+    assert sending_uri("http://***@127.0.0.1:5000") == "http://127.0.0.1:5000"  # a journal of an earlier version
+    given = "http://researcher:pw-123@127.0.0.1:5000"
+    assert sending_uri("http://127.0.0.1:5000", given) == given
+    assert sending_uri("http://127.0.0.1:5000", "http://other:1@elsewhere:5000") == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", given)
+    assert sending_uri("http://127.0.0.1:5000") == given

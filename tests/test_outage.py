@@ -5,12 +5,10 @@ import time
 import mlflow
 import pytest
 
-from helpers.data import SMALL_SIZES, shrunk_args
 from helpers.gates import open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
+from helpers.records import assert_complete_record, outage_fit_args
 from helpers.server import MlflowServer
-
-STEPS = 2 * -(-SMALL_SIZES["train"] // 16)  # two epochs of 19 batches
 
 
 @pytest.fixture
@@ -24,34 +22,9 @@ def server(tmp_path, monkeypatch):
     server.kill()
 
 
-def fit_args(tmp_path, tiny_model_dir, small_data_dir, name: str, *extra: str) -> list[str]:
-    # Gate "down": the test cuts the server; gate "up": training has gone on without it.
-    gates = [{"class_path": "helpers.gates.Gate", "init_args": {"folder": str(tmp_path / g), "at_step": step}}
-             for g, step in (("down", 5), ("up", 30))]  # fmt: skip
-    return ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
-                                "--trainer.logger.init_args.experiment_name", name,
-                                "--registry.registered_model_name", name,
-                                "--trainer.log_every_n_steps", "1",
-                                "--trainer.callbacks", __import__("json").dumps(gates), *extra)]  # fmt: skip
-
-
-def assert_complete_record(client, name: str) -> None:
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.info.status == "FINISHED"
-    for metric in ("train/loss", "train/lr"):  # every step once: nothing lost, nothing twice
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, metric)) == list(range(STEPS))
-    assert len(client.get_metric_history(run.info.run_id, "val/f1_weighted")) == 2
-    assert "test/f1_weighted" in run.data.metrics and "train/samples_per_sec" in run.data.metrics
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "summary.json"} <= artifacts and "emo.model_uri" in run.data.tags
-    assert [v.run_id for v in client.search_model_versions(f"name='{name}'")] == [run.info.run_id]
-
-
 def test_a_minute_without_the_server_loses_nothing(tmp_path, tiny_model_dir, small_data_dir, server):
     name = "outage-test"
-    process = start_emo(fit_args(tmp_path, tiny_model_dir, small_data_dir, name), tmp_path / "fit.log")
+    process = start_emo(outage_fit_args(tmp_path, tiny_model_dir, small_data_dir, name), tmp_path / "fit.log")
     wait_for_reached(tmp_path / "down", processes=1, watch=(process,))
     server.kill()
     cut = time.monotonic()
@@ -66,7 +39,7 @@ def test_a_minute_without_the_server_loses_nothing(tmp_path, tiny_model_dir, sma
 
 def test_a_longer_outage_keeps_the_records_for_emo_sync(tmp_path, tiny_model_dir, small_data_dir, server):
     name = "long-outage-test"
-    args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.flush_timeout_s", "2")
+    args = outage_fit_args(tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.flush_timeout_s", "2")
     process = start_emo(args, tmp_path / "fit.log")
     wait_for_reached(tmp_path / "down", processes=1, watch=(process,))
     server.kill()
@@ -89,7 +62,7 @@ def test_a_longer_outage_keeps_the_records_for_emo_sync(tmp_path, tiny_model_dir
 def test_an_absent_server_is_one_line_before_anything_loads(tmp_path, tiny_model_dir, small_data_dir, server):
     server.kill()
     started = time.monotonic()
-    code, output = run_emo(fit_args(tmp_path, tiny_model_dir, small_data_dir, "absent-test"), tmp_path / "fit.log")
+    code, output = run_emo(outage_fit_args(tmp_path, tiny_model_dir, small_data_dir, "absent-test"), tmp_path / "fit.log")
     elapsed = time.monotonic() - started
     assert code != 0 and "Traceback" not in output
     assert output.strip().splitlines()[-1] == (

@@ -15,15 +15,19 @@ from mlflow.server import get_app_client
 
 from emo.tracking import ResumeError, read_record
 from helpers.data import ROOT, shrunk_args
-from helpers.processes import run_emo
+from helpers.gates import open_gate, wait_for_reached
+from helpers.processes import run_emo, start_emo
+from helpers.records import assert_complete_record, outage_fit_args
 from helpers.server import MlflowServer
 
-SECRETS = {  # what a researcher's shell may hold while training
-    "MLFLOW_TRACKING_PASSWORD": "pw-9f2c1e7a-tracking",
-    "HF_TOKEN": "hf_s3cr3tT0kenValue1234",
-    "AWS_SECRET_ACCESS_KEY": "aws/S3cr3tAcc3ssK3yValue+987",
-    "AZURE_STORAGE_KEY": "azureKeyValue0123456789==",
+SECRETS = {  # what a researcher's shell may hold while training; the test puts each one into the record
+    "MLFLOW_TRACKING_PASSWORD": "pw-9f2c1e7a-tracking",  # in the tracking URI
+    "HF_TOKEN": "hf_s3cr3tT0kenValue1234",  # in a tag's text
+    "AWS_SECRET_ACCESS_KEY": "aws/S3cr3tAcc3ssK3yValue+987",  # in a config file
+    "AZURE_STORAGE_KEY": "azureKeyValue0123456789==",  # in a connection string, in the run's name
+    "OPENAI_API_KEY": "sk-proj-0a1b2c3d4e",  # in the environment of a config value (the run name)
 }
+SHORT_SECRET = "k3y9"  # too short to mask anywhere: masked where a secret is known to stand
 
 
 @pytest.mark.parametrize("target", ["ui", "server"])
@@ -80,9 +84,15 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
                                     "--trainer.logger.init_args.experiment_name", name,
                                     "--registry.registered_model_name", name)]  # fmt: skip
     # Secrets typed where they do not belong, on top of those in the environment: the record must hold none.
-    args = [*stranger, "--trainer.logger.init_args.tracking_uri",
+    config = tmp_path / "secrets.yaml"
+    config.write_text(f"trainer:\n  logger:\n    init_args:\n      tags:\n        aws: {SECRETS['AWS_SECRET_ACCESS_KEY']}\n"
+                      f"        api_token: {SHORT_SECRET}\n")  # fmt: skip
+    storage = f"DefaultEndpointsProtocol=https;AccountName=emo;AccountKey={SECRETS['AZURE_STORAGE_KEY']};EndpointSuffix=x"
+    args = [*stranger, "--config", str(config), "--trainer.logger.init_args.tracking_uri",
             auth_server.url.replace("://", f"://researcher:{SECRETS['MLFLOW_TRACKING_PASSWORD']}@"),
-            "--trainer.logger.init_args.tags", json.dumps({"note": f"token {SECRETS['HF_TOKEN']}"})]  # fmt: skip
+            "--trainer.logger.init_args.run_name", f"run-{SECRETS['OPENAI_API_KEY']}-{storage}",
+            "--trainer.logger.init_args.tags", json.dumps({"note": f"token {SECRETS['HF_TOKEN']}", "api_token": SHORT_SECRET,
+                                                           "aws": SECRETS["AWS_SECRET_ACCESS_KEY"]})]  # fmt: skip
     code, output = run_emo(stranger, tmp_path / "stranger.log", env={"MLFLOW_TRACKING_URI": auth_server.url})
     assert code != 0 and "Traceback" not in output
     assert output.strip().splitlines()[-1].startswith(f"emo: error: the tracking server at {auth_server.url} refused emo (HTTP 401)")
@@ -102,9 +112,40 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
     recorded = everything_recorded(client, run, tmp_path / "downloads")
     recorded += [(f"local {p.name}", p.read_text()) for p in (tmp_path / "outputs").rglob("journal.jsonl")]
     assert any(where == "artifact config.yaml" for where, _ in recorded) and len(recorded) > 100
-    leaks = [(where, name) for where, text in recorded for name, secret in SECRETS.items() if secret in text]
+    leaks = [(where, name) for where, text in recorded for name, secret in {**SECRETS, "short": SHORT_SECRET}.items() if secret in text]
     assert leaks == []
+    planted = "".join(text for _, text in recorded if "***" in text)
+    assert "AccountKey=***" in planted and "api_token: ***" in planted and run.data.tags["api_token"] == "***"
     assert run.data.params["trainer.logger.init_args.tracking_uri"] == auth_server.url.replace("://", "://***@")
+
+
+def test_emo_sync_delivers_to_a_server_with_a_password_after_an_outage(tmp_path, tiny_model_dir, small_data_dir,
+                                                                      auth_server, monkeypatch):  # fmt: skip
+    """The journal keeps where to send without the password; `emo sync` takes it from the environment at sending time."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-password-1234")
+    get_app_client("basic-auth", tracking_uri=auth_server.url).create_user("researcher", "pw-researcher-5678")
+    with_password = auth_server.url.replace("://", "://researcher:pw-researcher-5678@")
+    name = "auth-outage-test"
+    args = outage_fit_args(tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.flush_timeout_s", "2")
+    researcher = {"MLFLOW_TRACKING_URI": with_password, "MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}
+    process = start_emo(args, tmp_path / "fit.log", env=researcher)
+    wait_for_reached(tmp_path / "down", processes=1, watch=(process,))
+    auth_server.kill()
+    open_gate(tmp_path / "down")
+    open_gate(tmp_path / "up")
+    assert process.wait(timeout=600) == 0, (tmp_path / "fit.log").read_text()[-3000:]
+    assert "`emo sync` sends them" in (tmp_path / "fit.log").read_text()
+    [journal] = (tmp_path / "outputs").glob("*/*/journal.jsonl")
+    assert json.loads(journal.read_text().splitlines()[0])["tracking_uri"] == auth_server.url  # no password, no mask
+    assert "pw-researcher-5678" not in journal.read_text()
+
+    auth_server.start()
+    code, output = run_emo(["sync", "--root", str(tmp_path / "outputs")], tmp_path / "sync.log",
+                           env={"MLFLOW_TRACKING_URI": "", "MLFLOW_TRACKING_USERNAME": "researcher",
+                                "MLFLOW_TRACKING_PASSWORD": "pw-researcher-5678"})  # fmt: skip
+    assert code == 0 and f"to {auth_server.url}" in output, output[-3000:]
+    assert_complete_record(mlflow.MlflowClient(auth_server.url), name)  # read as admin
 
 
 def test_registered_weights_are_safetensors(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):

@@ -1,6 +1,6 @@
 """Settings as MLflow params: a nested config flattened to dotted keys, values as text within MLflow's limit."""
 
-from emo.redact import redact
+from emo.redact import redact_item
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
@@ -19,9 +19,9 @@ def flatten(tree, prefix: str = "") -> dict:
     return flat
 
 
-def param_value(value) -> str:
-    """A value as MLflow keeps it: text, secrets masked, cut at MLflow's limit."""
-    return redact(str(value))[:MAX_PARAM_LENGTH]
+def param_value(name: str, value) -> str:
+    """A value as MLflow keeps it: text, secrets masked (all of it under a credential-like name), cut at MLflow's limit."""
+    return redact_item(name, value)[:MAX_PARAM_LENGTH]
 
 
 def run_settings(config) -> dict[str, str]:
@@ -29,4 +29,4 @@ def run_settings(config) -> dict[str, str]:
     settings = config.clone().as_dict()
     settings.pop("config", None)  # the files it came from: a tag, not a setting
     settings.get("model", {}).pop("label_names", None)  # linked from the data module when the classes are built
-    return {key: param_value(value) for key, value in flatten(settings).items()}
+    return {key: param_value(key, value) for key, value in flatten(settings).items()}

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from emo import UserError
-from emo.redact import redact
+from emo.redact import redact, redact_item, without_userinfo
 
 TEXT_OPS = ("params", "tags")  # their values are text a secret could hide in
 JOURNAL, SENT, LOCK = "journal.jsonl", "journal.sent", "journal.lock"
@@ -63,11 +63,12 @@ class Journal:
         self.changed = threading.Condition()
         self._file = open(self.folder / JOURNAL, "a", encoding="utf-8")  # noqa: SIM115
         if not self.entries:
-            self.append("run", run_id=run_id, tracking_uri=redact(tracking_uri))  # what `emo sync` needs later
+            # What `emo sync` needs later: the run, and where to send it without the credentials (they come at sending time).
+            self.append("run", run_id=run_id, tracking_uri=redact(without_userinfo(tracking_uri)))
 
     def append(self, op: str, **fields) -> None:
         if op in TEXT_OPS:
-            fields[op] = {key: redact(str(value)) for key, value in fields[op].items()}
+            fields[op] = {key: redact_item(key, value) for key, value in fields[op].items()}
         entry = {"op": op, "ts": now_ms(), **fields}
         with self.changed:
             self.entries.append(entry)

@@ -10,7 +10,7 @@ PARAMS_PER_CALL = 100  # MLflow takes at most 100 params a batch
 
 def log_params(client, run_id: str, params: dict) -> None:
     """Params sent directly (a sweep's parent run); a run's own params go through its journal."""
-    entries = [Param(key, param_value(value)) for key, value in params.items()]
+    entries = [Param(key, param_value(key, value)) for key, value in params.items()]
     for start in range(0, len(entries), PARAMS_PER_CALL):
         client.log_batch(run_id, params=entries[start : start + PARAMS_PER_CALL])
 

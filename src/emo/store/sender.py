@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 
 from emo.spec import HEARTBEAT_TAG
 from emo.store.journal import Journal
+from emo.store.outage import first_line, is_outage
 from emo.store.registry import send_model, send_registration
 
 
@@ -96,17 +96,11 @@ OPS = {
 }
 
 
-def is_permanent(error: Exception) -> bool:
-    """A record that sending again cannot help (refused for its content, or its file is gone), not a failed delivery."""
-    if isinstance(error, FileNotFoundError):
-        return True
-    status = error.get_http_status_code() if isinstance(error, MlflowException) else None
-    return status is not None and 400 <= status < 500 and status not in (401, 403, 408, 429)
-
-
 class Sender(threading.Thread):
-    """Sends a journal's entries in order, retrying while the server is away; beats the run's heartbeat.
+    """Sends a journal's entries in order, retrying for as long as the store is away; beats the run's heartbeat.
 
+    Only an outage is retried (`emo.store.outage`). Anything else stops the sender with its cause in
+    `failure`: the line and those after it stay in the journal, for `emo sync` once the cause is fixed.
     `client`: the MLflow client to send through (default: one for the journal's tracking URI).
     """
 
@@ -118,7 +112,7 @@ class Sender(threading.Thread):
         self.stopping = False
         self.failing_since: float | None = None  # monotonic time of the first failure of the current outage
         self.last_beat = -math.inf
-        self.refused: list[str] = []
+        self.failure: str | None = None  # why sending stopped, when it was not an outage
 
     def run(self) -> None:
         delay = 1.0
@@ -136,10 +130,11 @@ class Sender(threading.Thread):
                 self.journal.mark_sent(self.send(pending))
                 self.failing_since, delay = None, 1.0
             except Exception as error:
-                if is_permanent(error):  # refused for its content: report it, keep the rest flowing
-                    self.refused.append(f"{pending[0]['op']}: {str(error).splitlines()[0][:200]}")
-                    self.journal.mark_sent(1)
-                    continue
+                if not is_outage(error):  # waiting would not help: stop, with the cause
+                    with self.journal.changed:
+                        self.failure = f"the {pending[0]['op']} record failed: {first_line(error)}"
+                        self.journal.changed.notify_all()
+                    return
                 self.failing_since = self.failing_since or time.monotonic()
                 with self.journal.changed:
                     self.journal.changed.wait(timeout=delay)

@@ -21,10 +21,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+from emo import UserError
 from emo.params import flatten, param_value
-from emo.redact import redact
+from emo.redact import redact, redact_item
 from emo.spec import DEFAULT_EXPERIMENT, FAILURE_TAG, HEARTBEAT_INTERVAL_TAG
 from emo.store import Journal, Sender, mark_as_model_training, pending_journals, resolve_tracking_uri, sync
+
+
+class RecordsNotSent(UserError):
+    """The run's records could not be sent for another reason than an outage."""
+
 
 INTERRUPTIONS = (KeyboardInterrupt, SIGTERMException)  # a run stopped on purpose: KILLED, and it can be resumed
 
@@ -68,7 +74,7 @@ class MLflowLogger(MLFlowLogger):
             experiment_name=experiment_name,
             run_name=redact(run_name) if run_name else None,
             tracking_uri=tracking_uri or resolve_tracking_uri(),
-            tags={key: redact(str(value)) for key, value in (tags or {}).items()},  # sent as the run is created
+            tags={key: redact_item(key, value) for key, value in (tags or {}).items()},  # sent as the run is created
             log_model=log_model,
             run_id=run_id,
         )
@@ -86,6 +92,7 @@ class MLflowLogger(MLFlowLogger):
         self.journal: Journal | None = None
         self.sender: Sender | None = None
         self.background_sync: threading.Thread | None = None
+        self.sender_failure_reported = False
 
     # What collaborators tell the logger.
 
@@ -141,7 +148,8 @@ class MLflowLogger(MLFlowLogger):
         self.sender.start()
         others = [folder for folder in pending_journals(Path(self.runs_dir)) if folder != self.folder]
         if others:  # records an earlier process could not send: send them now, beside training
-            self.background_sync = threading.Thread(target=sync, args=(Path(self.runs_dir),), daemon=True)
+            self.background_sync = threading.Thread(target=sync, args=(Path(self.runs_dir),),
+                                                    kwargs={"tracking_uri": self._tracking_uri}, daemon=True)  # fmt: skip
             self.background_sync.start()
 
     def start_system_metrics(self, resumed: bool) -> None:
@@ -165,6 +173,7 @@ class MLflowLogger(MLFlowLogger):
     def log_metrics(self, metrics, step: int | None = None) -> None:
         values = {re.sub(r"[^a-zA-Z0-9_/. -]+", "", key): float(value) for key, value in metrics.items() if not isinstance(value, str)}
         _ = self.experiment  # opens the run and its journal on first use
+        self.check_sender()
         self.journal.append("metrics", step=step or 0, metrics=values)
 
     @rank_zero_only
@@ -174,7 +183,7 @@ class MLflowLogger(MLFlowLogger):
     @rank_zero_only
     def record_params(self, params: dict) -> None:
         _ = self.experiment
-        self.journal.append("params", params={key: param_value(value) for key, value in params.items()})
+        self.journal.append("params", params={key: param_value(key, value) for key, value in params.items()})
 
     @rank_zero_only
     def record_tags(self, tags: dict) -> None:
@@ -261,14 +270,19 @@ class MLflowLogger(MLFlowLogger):
         done = self.sender.stop(self.flush_timeout_s) if stop else self.sender.flush(self.flush_timeout_s, everything)
         if self.background_sync is not None and stop:
             self.background_sync.join(self.flush_timeout_s)
-        for refusal in self.sender.refused:
-            print(f"emo: warning: the tracking server refused a record of run {self.run_id}: {refusal}", file=sys.stderr)
-        self.sender.refused.clear()
-        if not done:
+        self.check_sender()
+        if not done and not self.sender.failure:
             print(f"emo: warning: the tracking server at {redact(self._tracking_uri)} did not take {self.journal.unsent} "
                   f"records of run {self.run_id} in {self.flush_timeout_s:.0f} s; they are kept in {self.folder} and "
                   f"`emo sync` sends them (so does the next `emo fit` with the same output folder)", file=sys.stderr)  # fmt: skip
         return done
+
+    def check_sender(self) -> None:
+        """A sender that stopped for another reason than an outage fails the run, once, with the cause."""
+        if self.sender is not None and self.sender.failure and not self.sender_failure_reported:
+            self.sender_failure_reported = True
+            raise RecordsNotSent(f"run {self.run_id}: {self.sender.failure}; {self.journal.unsent} records are kept in "
+                                 f"{self.folder} for `emo sync` once that is fixed")  # fmt: skip
 
 
 def mlflow_logger(trainer: Trainer) -> MLflowLogger | None:
