@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from helpers.data import ROOT
@@ -33,3 +34,15 @@ def run_emo(args: list[str], log: Path, env: dict | None = None, timeout: int = 
     process = start_emo(args, log, env)
     code = process.wait(timeout=timeout)
     return code, log.read_text()
+
+
+def wait_for_output(log: Path, text: str, process: subprocess.Popen, timeout_s: float = 600) -> None:
+    """Blocks until the process has written `text` (it, not the clock, says it is at the point of interest)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the process exited with {process.returncode} before writing {text!r}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    raise TimeoutError(f"{text!r} did not appear in {log} within {timeout_s} s")

@@ -4,6 +4,8 @@ lives, `emo sync`, the Model Registry and direct run queries. Commands that do n
 from emo.store.experiment import find_or_create_experiment, mark_as_model_training, prepare_tracking
 from emo.store.journal import Journal, JournalBusyError, in_use, last_sent_step, pending_journals, read_entries
 from emo.store.liveness import is_stale, mark_stale_runs, silence_s
+from emo.store.outage import is_outage
+from emo.store.patience import PatientClient, patiently, wait_for_server
 from emo.store.registry import (
     ModelSource,
     download_model,
@@ -12,6 +14,7 @@ from emo.store.registry import (
     log_transformers_model,
     model_source,
     register,
+    register_once,
     registered_version,
     version_description,
 )
@@ -29,6 +32,7 @@ from emo.store.uri import (
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "Journal",
+    "PatientClient",
     "ModelSource",
     "JournalBusyError",
     "Sender",
@@ -40,6 +44,7 @@ __all__ = [
     "download_registered_model",
     "find_or_create_experiment",
     "in_use",
+    "is_outage",
     "is_registered_model_uri",
     "is_stale",
     "last_sent_step",
@@ -48,10 +53,12 @@ __all__ = [
     "mark_as_model_training",
     "mark_stale_runs",
     "model_source",
+    "patiently",
     "pending_journals",
     "prepare_tracking",
     "read_entries",
     "register",
+    "register_once",
     "registered_version",
     "resolve_tracking_uri",
     "silence_s",
@@ -59,4 +66,5 @@ __all__ = [
     "test_metrics",
     "use_http_defaults",
     "version_description",
+    "wait_for_server",
 ]

@@ -122,6 +122,10 @@ class Journal:
         self._file.close()
         self._lock_file.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._lock_file.closed
+
 
 def in_use(folder: Path) -> bool:
     """Whether a live process holds the journal of this run folder (the lock dies with its process)."""

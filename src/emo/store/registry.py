@@ -58,8 +58,8 @@ def send_model(client, run_id: str, folder: Path) -> None:
         log_transformers_model(run_id, model, AutoTokenizer.from_pretrained(folder))
 
 
-def send_registration(client, run_id: str, name: str, alias: str, metric: str) -> None:
-    """A journal's `register` line: registers the run's model, unless an earlier try did."""
+def register_once(client, run_id: str, name: str, alias: str, metric: str) -> None:
+    """Registers the run's model (a journal's `register` line, a sweep's best trial), unless an earlier try did."""
     if not client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
         with tracking_store(client.tracking_uri):
             register(run_id, name, alias, metric)

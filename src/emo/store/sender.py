@@ -22,7 +22,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from emo.spec import HEARTBEAT_TAG
 from emo.store.journal import Journal
 from emo.store.outage import first_line, is_outage
-from emo.store.registry import send_model, send_registration
+from emo.store.registry import register_once, send_model
 
 
 def metric_items(batch: list[dict]) -> list[Metric]:
@@ -80,7 +80,7 @@ def send_model_line(client, journal: Journal, lines: list[dict]) -> None:
 
 def send_registration_line(client, journal: Journal, lines: list[dict]) -> None:
     line = lines[0]
-    send_registration(client, journal.run_id, line["name"], line["alias"], line["metric"])
+    register_once(client, journal.run_id, line["name"], line["alias"], line["metric"])
 
 
 OPS = {

@@ -22,11 +22,11 @@ from emo import UserError
 from emo.cli import LOGGER_CLASS, EmoCLI, lightning_errors
 from emo.cli.parser import check_config_files
 from emo.quiet import quiet_libraries
-from emo.store import prepare_tracking, resolve_tracking_uri
+from emo.store import PatientClient, prepare_tracking, resolve_tracking_uri, wait_for_server
 from emo.sweep.parent import ParentRun
 from emo.sweep.queue import INTERRUPTED_ATTR, TrialQueue, heartbeat
 from emo.sweep.settings import SweepSettings, sweep_problem
-from emo.sweep.trials import fit_trial, trial_config
+from emo.sweep.trials import TrialPruning, fit_trial, trial_config
 
 
 class SweepCLI(EmoCLI):
@@ -65,7 +65,8 @@ class Sweep:
         self.settings = settings
         self.template = template
         self.folder = Path(template["trainer"].get("default_root_dir") or ".") / "sweeps" / settings.study_name
-        self.client = mlflow.MlflowClient(resolve_tracking_uri())
+        self.client = PatientClient(mlflow.MlflowClient(resolve_tracking_uri()))
+        self.trial_loggers = []  # of the trials run here, whose records may wait for the server
         self.queue = TrialQueue(settings.storage, settings.study_name, settings.sampler, settings.pruner,
                                 settings.direction, settings.n_trials, settings.grid)  # fmt: skip
         self.study = self.queue.study
@@ -77,7 +78,12 @@ class Sweep:
 
     def run(self) -> None:
         try:
-            while (trial := self.queue.next_trial()) is not None:
+            while True:
+                wait_for_server(self.client.tracking_uri)  # an outage between trials: wait, as the journal does
+                self.send_kept_records()
+                trial = self.queue.next_trial()  # taken only now: a waiting process holds no trial
+                if trial is None:
+                    break
                 self.run_trial(trial)
         except BaseException:
             self.parent.stopped()
@@ -85,11 +91,20 @@ class Sweep:
         if self.queue.complete():
             self.parent.finish()
 
+    def send_kept_records(self) -> None:
+        """Records that an outage kept back at the end of earlier trials arrive before the sweep goes on."""
+        for logger in self.trial_loggers:
+            if not logger.send_the_rest(timeout_s=600):
+                print(f"emo: warning: run {logger.run_id} still has records in {logger.folder}; `emo sync` sends them",
+                      file=sys.stderr)  # fmt: skip
+        self.trial_loggers = []
+
     def run_trial(self, trial: optuna.Trial) -> None:
+        pruning = TrialPruning(trial, monitor=self.settings.metric)
         with heartbeat(self.queue.storage, self.queue.trial_id(trial.number)):
             try:
                 config = trial_config(trial, self.settings, self.template, self.parent.run_id, self.folder)
-                value = fit_trial(trial, config, self.settings.metric, self.client)
+                value = fit_trial(trial, config, pruning, self.client)
             except optuna.TrialPruned:
                 self.study.tell(trial, state=TrialState.PRUNED)
                 return
@@ -101,6 +116,9 @@ class Sweep:
                 trial.set_user_attr(INTERRUPTED_ATTR, True)
                 self.study.tell(trial, state=TrialState.FAIL)
                 raise
+            finally:
+                if pruning.logger is not None:
+                    self.trial_loggers.append(pruning.logger)
         self.study.tell(trial, value)
 
 

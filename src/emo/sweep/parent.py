@@ -18,7 +18,15 @@ from emo.spec import (
     SWEEP_TAG,
     TRIAL_TEMPLATE_ARTIFACT,
 )
-from emo.store import best_step_metrics, find_or_create_experiment, log_params, register, test_metrics
+from emo.store import (
+    PatientClient,
+    best_step_metrics,
+    find_or_create_experiment,
+    log_params,
+    patiently,
+    register_once,
+    test_metrics,
+)
 from emo.sweep.queue import Claims
 from emo.sweep.settings import SweepSettings
 
@@ -27,9 +35,12 @@ RUN_ATTR = "mlflow_run_id"  # on each trial: its MLflow run
 
 
 class ParentRun:
-    """The study's parent run: the first process's (a claim decides which), continued by the others and by reruns."""
+    """The study's parent run: the first process's (a claim decides which), continued by the others and by reruns.
 
-    def __init__(self, client, claims: Claims, study: optuna.Study, settings: SweepSettings, template: dict):
+    `client` waits out tracking outages (`emo.store.PatientClient`), as the trials' journals do.
+    """
+
+    def __init__(self, client: PatientClient, claims: Claims, study: optuna.Study, settings: SweepSettings, template: dict):
         self.client = client
         self.claims = claims
         self.study = study
@@ -67,6 +78,9 @@ class ParentRun:
         log_params(self.client, run_id, {f"sweep.{k}": v for k, v in settings.items()})
         self.client.log_text(run_id, redact(yaml.safe_dump(self.template, sort_keys=False)), TRIAL_TEMPLATE_ARTIFACT)
 
+    def patiently(self, call, *args, what: str, **kwargs):
+        return patiently(call, *args, uri=self.client.tracking_uri, what=what, **kwargs)
+
     def stopped(self) -> None:
         """The process stops before the study is complete: the parent run shows it (a rerun continues it)."""
         self.client.set_terminated(self.run_id, status="KILLED")
@@ -86,10 +100,14 @@ class ParentRun:
                 self.log_mean_and_std()
             registry = self.template["registry"]
             if self.settings.register_best and registry["registered_model_name"]:
-                version, _ = register(best_run_id, registry["registered_model_name"], registry["champion_alias"], registry["champion_metric"])
+                name = registry["registered_model_name"]
+                self.patiently(register_once, self.client.client, best_run_id, name, registry["champion_alias"],
+                               registry["champion_metric"], what="registering the best model")  # fmt: skip
+                [version] = self.client.search_model_versions(f"name='{name}' and run_id='{best_run_id}'")
                 self.client.set_tag(self.run_id, REGISTERED_VERSION_TAG, version.version)
             if self.settings.report:
-                write_report(self.experiment_name, parent_run_id=self.run_id, metric=self.settings.metric, client=self.client)
+                self.patiently(write_report, self.experiment_name, parent_run_id=self.run_id, metric=self.settings.metric,
+                               client=self.client.client, what="writing the report")  # fmt: skip
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def scores(self, run_id: str) -> dict[str, float | None]:

@@ -27,9 +27,11 @@ class TrialPruning(PyTorchLightningPruningCallback):
     """
 
     run_id: str | None = None
+    logger = None  # the trial's MLflowLogger: records an outage kept back are sent before the next trial
 
     def on_fit_start(self, trainer, pl_module):
         super().on_fit_start(trainer, pl_module)
+        self.logger = trainer.logger
         self.run_id = trainer.logger.run_id
         self._trial.set_user_attr(RUN_ATTR, self.run_id)
 
@@ -63,9 +65,8 @@ def last_checkpoint_of(root: Path, run_id: str | None) -> Path | None:
     return found[0] if found else None
 
 
-def fit_trial(trial: optuna.Trial, config: Path, metric: str, client) -> float:
-    """Runs the trial's fit; returns its best validation `metric`. Raises `optuna.TrialPruned` when pruned."""
-    pruning = TrialPruning(trial, monitor=metric)
+def fit_trial(trial: optuna.Trial, config: Path, pruning: TrialPruning, client) -> float:
+    """Runs the trial's fit; returns its best validation metric (`pruning`'s). Raises `optuna.TrialPruned` when pruned."""
     try:
         cli = EmoCLI(args=["fit", "--config", str(config)], callbacks=[pruning])
     except SystemExit as stop:  # Lightning exits on Ctrl-C

@@ -277,6 +277,16 @@ class MLflowLogger(MLFlowLogger):
                   f"`emo sync` sends them (so does the next `emo fit` with the same output folder)", file=sys.stderr)  # fmt: skip
         return done
 
+    def send_the_rest(self, timeout_s: float) -> bool:
+        """Records an outage kept back at the run's end, sent while this process lives (a sweep waits for them
+        before its next trial); True once all arrived and the journal is closed."""
+        if self.journal is None or self.journal.closed:
+            return True
+        done = self.sender.stop(timeout_s)
+        if done:
+            self.journal.close()
+        return done
+
     def check_sender(self) -> None:
         """A sender that stopped for another reason than an outage fails the run, once, with the cause."""
         if self.sender is not None and self.sender.failure and not self.sender_failure_reported:
