@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlflow
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -22,7 +24,8 @@ from helpers.data import write_small_data, write_tiny_model  # noqa: E402
 from helpers.server import MlflowServer  # noqa: E402
 
 
-def run_case(case, scratch: Path, model: Path, data: Path, server: MlflowServer) -> tuple[int, float, str]:
+def run_case(case, scratch: Path, model: Path, data: Path, server: MlflowServer) -> tuple[int, float, str, int]:
+    """Exit status, seconds, the last line printed, and how many runs the case left in its experiment."""
     ctx = Context(scratch, model, data, server.url, name=f"table-{case.name.replace(' ', '-')}")
     args, env = case.build(ctx)
     environment = {**__import__("os").environ, "MLFLOW_TRACKING_URI": server.url, **env}
@@ -30,7 +33,10 @@ def run_case(case, scratch: Path, model: Path, data: Path, server: MlflowServer)
     done = subprocess.run([sys.executable, "-m", "emo", *args], cwd=scratch, capture_output=True, text=True, env=environment)
     seconds = time.monotonic() - started
     lines = (done.stderr or done.stdout).strip().splitlines()
-    return done.returncode, seconds, lines[-1] if lines else ""
+    client = mlflow.MlflowClient(server.url)
+    experiment = client.get_experiment_by_name(ctx.name)
+    runs = len(client.search_runs([experiment.experiment_id])) if experiment else 0
+    return done.returncode, seconds, lines[-1] if lines else "", runs
 
 
 def main() -> None:
@@ -43,7 +49,7 @@ def main() -> None:
         (folder / "server").mkdir()
         server = MlflowServer(folder / "server").start()
         try:
-            print("| case | exit | seconds | what emo printed (last line) |\n|---|---|---|---|")
+            print("| case | exit (expected) | runs | seconds | what emo printed (last line) |\n|---|---|---|---|---|")
             for number, case in enumerate(c for c in CASES if only in c.name):
                 scratch = folder / f"case-{number}"
                 scratch.mkdir()

@@ -7,4 +7,12 @@ STARTED = time.monotonic()  # before torch, Lightning and the rest load: start-u
 
 
 class UserError(Exception):
-    """Something the user can fix (a path, a file, a setting, a server): `emo` prints it as one line."""
+    """Something the user can fix (a path, a file, a setting, a server): `emo` prints it as one line, exit status 1."""
+
+    exit_status = 1
+
+
+class UsageError(UserError):
+    """The command line or a config file: one line, exit status 2 (as for a usage error)."""
+
+    exit_status = 2

@@ -65,6 +65,6 @@ def main(args: list[str] | None = None) -> None:
     run, _ = command
     try:
         run(args if run is lightning else args[1:])
-    except UserError as error:
+    except UserError as error:  # exit status 2 for the command line or a config file (UsageError), else 1
         print(f"emo: error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(error.exit_status)

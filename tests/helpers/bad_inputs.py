@@ -27,6 +27,7 @@ class Case:
     name: str
     expected: str  # a fragment of the one line emo must print
     build: Callable[[Context], tuple[list[str], dict]]  # -> (command-line arguments, environment overrides)
+    status: int = 1  # the exit status: 2 for the command line or a config file (emo.arguments), 1 for the rest
 
 
 def fit(ctx: Context, *extra: str, model: Path | None = None, data: Path | None = None, command: str = "fit") -> list[str]:
@@ -34,6 +35,10 @@ def fit(ctx: Context, *extra: str, model: Path | None = None, data: Path | None 
             "--data.data_dir", str(data or ctx.data_dir), "--trainer.max_epochs", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(ctx.folder / "outputs"),
             "--trainer.logger.init_args.experiment_name", ctx.name, "--registry.registered_model_name", ctx.name, *extra]  # fmt: skip
+
+
+def sweep(ctx: Context, *extra: str) -> list[str]:
+    return ["sweep", "--config", str(ROOT / "configs/sweep.yaml"), *fit(ctx)[1:], *extra]
 
 
 def data_with(ctx: Context, name: str, content: bytes | None) -> Path:
@@ -69,21 +74,21 @@ def plain(args: Callable[[Context], list[str]]) -> Callable[[Context], tuple[lis
 GOOD_LINE = b"i feel fine;joy\n"
 CASES = [
     # configs
-    Case("unknown option", "did you mean --data.batch_size", plain(lambda c: fit(c, "--data.batch_sise", "3"))),
-    Case("wrong type", "--model.learning_rate: Not of type PositiveFloat", plain(lambda c: fit(c, "--model.learning_rate", "abc"))),
-    Case("out of range", "--data.batch_size: Not of type PositiveInt", plain(lambda c: fit(c, "--data.batch_size", "0"))),
-    Case("not one of the choices", "--trainer.precision: 17 is not one of", plain(lambda c: fit(c, "--trainer.precision", "17"))),
+    Case("unknown option", "did you mean --data.batch_size", plain(lambda c: fit(c, "--data.batch_sise", "3")), status=2),
+    Case("wrong type", "--model.learning_rate: Not of type PositiveFloat", plain(lambda c: fit(c, "--model.learning_rate", "abc")), status=2),
+    Case("out of range", "--data.batch_size: Not of type PositiveInt", plain(lambda c: fit(c, "--data.batch_size", "0")), status=2),
+    Case("not one of the choices", "--trainer.precision: 17 is not one of", plain(lambda c: fit(c, "--trainer.precision", "17")), status=2),
     Case("trainer value Lightning refuses", "`max_epochs` must be a non-negative integer", plain(lambda c: fit(c, "--trainer.max_epochs", "-2"))),
     Case("trainer value Lightning refuses mid-fit", "val_check_interval",
          plain(lambda c: fit(c, "--trainer.val_check_interval", "1000"))),
-    Case("bad combination", "choose a validation metric", plain(lambda c: fit(c, "--checkpoint.monitor", "train/loss"))),
+    Case("bad combination", "choose a validation metric", plain(lambda c: fit(c, "--checkpoint.monitor", "train/loss")), status=2),
     Case("unknown key in a config file", "does not accept option 'modle.learning_rate' (did you mean --model.learning_rate?)",
-         plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"modle:\n  learning_rate: 0.1\n"))))),
+         plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"modle:\n  learning_rate: 0.1\n")))), status=2),
     Case("unreadable YAML", "typo.yaml:3:1: not valid YAML",
-         plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"model:\n  learning_rate: [1\n"))))),
-    Case("config file missing", "--config: File does not exist", plain(lambda c: fit(c, "--config", str(c.folder / "nope.yaml")))),
+         plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"model:\n  learning_rate: [1\n")))), status=2),
+    Case("config file missing", "--config: File does not exist", plain(lambda c: fit(c, "--config", str(c.folder / "nope.yaml"))), status=2),
     Case("config file not text", "binary.yaml: not a text (UTF-8) file",
-         plain(lambda c: fit(c, "--config", str(file(c, "binary.yaml", b"\xff\xfe\x00\x01model"))))),
+         plain(lambda c: fit(c, "--config", str(file(c, "binary.yaml", b"\xff\xfe\x00\x01model")))), status=2),
     # data
     Case("data folder missing", "no file for the train split", plain(lambda c: fit(c, data=c.folder / "nowhere"))),
     Case("data folder is a file", "is a file; give the folder", plain(lambda c: fit(c, data=file(c, "data.txt", GOOD_LINE)))),
@@ -123,16 +128,31 @@ CASES = [
          plain(lambda c: fit(c, "--data.predict_file", str(file(c, "texts.txt", b"\n\n")), command="predict"))),
     Case("predict file binary", "binary content",
          plain(lambda c: fit(c, "--data.predict_file", str(file(c, "texts.txt", b"\x89PNG\r\n\x1a\n\x00")), command="predict"))),
-    Case("predict without a file", "predict needs --data.predict_file", plain(lambda c: fit(c, command="predict"))),
+    Case("predict without a file", "predict needs --data.predict_file", plain(lambda c: fit(c, command="predict")), status=2),
     # tracking
     Case("server not running", "cannot reach the MLflow tracking server at http://127.0.0.1:9 (connection refused)",
          lambda c: (fit(c), {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})),
     Case("unknown host", "(unknown host)", lambda c: (fit(c), {"MLFLOW_TRACKING_URI": "http://no-such-host.invalid:5000"})),
     Case("file store", "MLflow 3 no longer records into a folder", lambda c: (fit(c), {"MLFLOW_TRACKING_URI": str(c.folder / "mlruns")})),
     Case("sweep without its server", "cannot reach the MLflow tracking server at http://127.0.0.1:9",
-         lambda c: (["sweep", "--config", str(ROOT / "configs/sweep.yaml"), *fit(c)[1:],
-                     "--sweep.storage", f"sqlite:///{c.folder}/optuna.db"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})),
+         lambda c: (sweep(c, "--sweep.storage", f"sqlite:///{c.folder}/optuna.db"), {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})),
     Case("unknown scheme", "unknown scheme", lambda c: (fit(c), {"MLFLOW_TRACKING_URI": "htp://localhost:5000"})),
+    Case("config file empty", "empty.yaml: an empty config file", plain(lambda c: fit(c, "--config", str(file(c, "empty.yaml", b"\n")))), status=2),
+    Case("config file not a mapping", "list.yaml: a config file holds a mapping of settings",
+         plain(lambda c: fit(c, "--config", str(file(c, "list.yaml", b"- model\n- data\n")))), status=2),
+    # sweeps, sync, report
+    Case("sweep storage not a database", "--sweep.storage sqlite:///", plain(lambda c: sweep(c, "--sweep.storage", f"sqlite:///{file(c, 'optuna.db', b'just text, not a database' * 40)}"))),
+    Case("sweep storage not a URL", "not a database URL", plain(lambda c: sweep(c, "--sweep.storage", "optuna.db"))),
+    Case("sync of a folder that is not there", "--root", plain(lambda c: ["sync", "--root", str(c.folder / "nowhere")])),
+    Case("sync option misspelt", "did you mean --root", plain(lambda c: ["sync", "--rot", str(c.folder)]), status=2),
+    Case("report of an experiment that is not there", "no MLflow experiment named 'no-such-experiment'",
+         plain(lambda c: ["report", "--experiment", "no-such-experiment"])),
+    Case("report by a test metric", "select runs by a validation metric", plain(lambda c: ["report", "--metric", "test/acc"])),
+    Case("report option misspelt", "did you mean --experiment", plain(lambda c: ["report", "--experment", "x"]), status=2),
+    Case("compare runs that are not there", "--compare: no run 'no-such-run'",
+         plain(lambda c: ["report", "--compare", "no-such-run", "other-run"])),
+    Case("registered model not there", "models:/no-such-model@champion: no registered model 'no-such-model'",
+         plain(lambda c: fit(c, "--data.predict_file", str(file(c, "texts.txt", b"hello\n")), "--ckpt_path", "models:/no-such-model@champion", command="predict"))),
     # teachers (distillation)
     Case("teacher not registered", "--model.teacher models:/no-such-teacher@champion: no registered model 'no-such-teacher'",
          plain(lambda c: fit(c, "--model.teacher", "[models:/no-such-teacher@champion]"))),

@@ -14,8 +14,8 @@ import traceback
 
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from emo.arguments import check_config_files
 from emo.cli.emo_cli import LOGGER_CLASS, EmoCLI
-from emo.cli.parser import check_config_files
 from emo.quiet import quiet_libraries
 
 __all__ = ["LOGGER_CLASS", "EmoCLI", "lightning_errors", "main"]

@@ -1,5 +1,6 @@
 """Everything a user can get wrong, checked before the model loads and before an MLflow run exists."""
 
+import math
 from pathlib import Path
 
 import torch
@@ -42,6 +43,21 @@ def check_inputs(subcommand: str, config) -> None:
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
         read_record(Path(ckpt_path))  # exists, and is a checkpoint that loads with weights_only
+
+
+def check_validation_interval(trainer, datamodule) -> None:
+    """`--trainer.val_check_interval N` within an epoch's training batches: Lightning checks it only once the run exists."""
+    interval = trainer.val_check_interval
+    if not isinstance(interval, int) or trainer.check_val_every_n_epoch is None:
+        return
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # read and tokenized once: the fit reuses it
+    batches = math.ceil(len(datamodule.splits["train"]) / (datamodule.hparams.batch_size * trainer.world_size))
+    limit = trainer.limit_train_batches
+    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    if interval > batches:
+        raise UserError(f"--trainer.val_check_interval {interval}: an epoch has {batches} training batches; give at most "
+                        f"{batches}, a share of the epoch (0.25), or set --trainer.check_val_every_n_epoch null")  # fmt: skip
 
 
 def check_teachers(teachers: list[str] | None, tracking_uri: str) -> None:

@@ -13,7 +13,13 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from emo import UserError
-from emo.cli.checks import check_checkpoint_fits, check_inputs, check_teachers, config_problem
+from emo.cli.checks import (
+    check_checkpoint_fits,
+    check_inputs,
+    check_teachers,
+    check_validation_interval,
+    config_problem,
+)
 from emo.cli.parser import EmoArgumentParser
 from emo.data import EmotionDataModule
 from emo.hardware import fast_precision
@@ -112,19 +118,16 @@ class EmoCLI(LightningCLI):
             config.weights_only = True  # checkpoints hold tensors and plain values: never run pickled code
         if subcommand == "predict":
             config.trainer.logger = False  # predictions go to a file, not to a new MLflow run
-        try:
-            check_inputs(subcommand, config)
-            logger = config.trainer.logger
-            tracked = bool(logger) and getattr(logger, "class_path", None) == LOGGER_CLASS
-            uri = (tracked and logger.init_args.tracking_uri) or resolve_tracking_uri()
+        check_inputs(subcommand, config)  # a problem is a UserError: one line, exit status 1
+        logger = config.trainer.logger
+        tracked = bool(logger) and getattr(logger, "class_path", None) == LOGGER_CLASS
+        uri = (tracked and logger.init_args.tracking_uri) or resolve_tracking_uri()
+        if self.subcommand and tracked:
+            prepare_tracking(uri, logger.init_args.experiment_name)
+        if subcommand == "fit":
+            check_teachers(config.model.teacher, uri)
             if self.subcommand and tracked:
-                prepare_tracking(uri, logger.init_args.experiment_name)
-            if subcommand == "fit":
-                check_teachers(config.model.teacher, uri)
-                if self.subcommand and tracked:
-                    self.resume_step = plan_resume(config, run_settings(config), uri)
-        except UserError as error:
-            self.parser.error(str(error))
+                self.resume_step = plan_resume(config, run_settings(config), uri)
 
     def after_instantiate_classes(self):
         logger = mlflow_logger(self.trainer) if hasattr(self, "trainer") else None  # a sweep builds no trainer
@@ -139,6 +142,7 @@ class EmoCLI(LightningCLI):
 
     def before_fit(self):
         check_checkpoint_fits(self.config.fit.ckpt_path, self.model)
+        check_validation_interval(self.trainer, self.datamodule)
         logger = mlflow_logger(self.trainer)
         if logger is not None and not self.trainer.fast_dev_run:
             logger.keep_open_for_test(True)

@@ -20,6 +20,8 @@ from typing import Literal
 import mlflow
 from jsonargparse import auto_cli
 
+from emo import UserError
+from emo.arguments import OneLineParser
 from emo.report.compare import compare_runs
 from emo.report.write import write_report
 from emo.spec import DEFAULT_EXPERIMENT, SWEEP_TAG
@@ -48,23 +50,25 @@ def report(
         compare: Two run ids (or sweep parent run ids, for groups of seeds): is A better than B?
         compare_split: The split to compare on: `val` (the kept checkpoints' validation) to choose, `test` to report.
     """
+    if not metric.startswith("val/"):
+        raise UserError(f"--metric {metric}: select runs by a validation metric (val/...): test scores must stay unseen")
     client = mlflow.MlflowClient(resolve_tracking_uri())
     if compare:
         try:
             compare_runs(client, *compare, split=compare_split)
         except (ValueError, mlflow.exceptions.MlflowException) as error:
-            raise SystemExit(f"emo: error: --compare: {str(error).splitlines()[0]}") from None
+            raise UserError(f"--compare: {str(error).splitlines()[0]}") from None
         return
     if sweep and not parent_run_id:
         found = client.get_experiment_by_name(experiment)
         parents = found and client.search_runs([found.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'")
         if not parents:
-            raise SystemExit(f"emo: error: no sweep named {sweep!r} in experiment {experiment!r}")
+            raise UserError(f"--sweep {sweep}: no sweep of that name in experiment {experiment!r}")
         parent_run_id = parents[0].info.run_id
     try:
         write_report(experiment, parent_run_id, metric, direction, output_dir, client)
     except ValueError as error:
-        raise SystemExit(f"emo: error: {error}") from None
+        raise UserError(str(error)) from None
 
 
 def pair_compare_values(args: list[str]) -> list[str]:
@@ -79,4 +83,4 @@ def pair_compare_values(args: list[str]) -> list[str]:
 
 def main(args=None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file buries the table
-    auto_cli(report, args=pair_compare_values(list(sys.argv[1:] if args is None else args)))
+    auto_cli(report, args=pair_compare_values(list(sys.argv[1:] if args is None else args)), parser_class=OneLineParser)

@@ -10,6 +10,7 @@ from pathlib import Path
 from jsonargparse import auto_cli
 
 from emo import UserError
+from emo.arguments import OneLineParser
 from emo.redact import without_userinfo
 from emo.store.journal import JOURNAL, Journal, JournalBusyError, pending_journals, read_entries
 from emo.store.sender import Sender
@@ -58,8 +59,8 @@ def send(root: str = "outputs", timeout_s: float = 300, tracking_uri: str | None
     if not Path(root).is_dir():
         raise UserError(f"--root {root}: no such folder (give the default_root_dir of the runs, e.g. outputs)")
     if not sync(Path(root), timeout_s, tracking_uri=tracking_uri):
-        raise SystemExit("emo: error: some records could not be sent; they stay in their journals")
+        raise UserError("some records could not be sent; they stay in their journals")
 
 
 def main(args=None) -> None:
-    auto_cli(send, args=args)
+    auto_cli(send, args=args, parser_class=OneLineParser)

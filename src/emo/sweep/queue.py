@@ -9,6 +9,7 @@ SIGTERM) is queued again, once, whatever the number of processes.
 
 import contextlib
 import os
+import re
 import threading
 import time
 import warnings
@@ -18,6 +19,9 @@ import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
+
+from emo import UserError
+from emo.redact import redact
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: stable in use, "experimental" in name
 
@@ -63,14 +67,28 @@ class Claims:
 
 
 def open_storage(url: str, on_stale_trial) -> RDBStorage:
-    """Optuna's storage with trial heartbeats; processes that create a new database at the same instant race, so try again."""
+    """Optuna's storage with trial heartbeats; a URL that is not a database is one line.
+
+    Processes that create a new database at the same instant race (a lock, a table created twice): they try again.
+    """
     for attempt in range(5):
         try:
             return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=on_stale_trial)
-        except sqlalchemy.exc.SQLAlchemyError:
-            if attempt == 4:
-                raise
+        except sqlalchemy.exc.OperationalError as error:
+            if attempt == 4 or not re.search(r"locked|already exists", str(error)):
+                raise UserError(f"--sweep.storage {redact(url)}: cannot open it ({storage_problem(error)})") from None
             time.sleep(0.5 * (attempt + 1))
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
+            raise UserError(f"--sweep.storage {redact(url)}: {storage_problem(error)}") from None
+
+
+def storage_problem(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, ImportError):
+        return "no driver for this database is installed (PostgreSQL: pip install psycopg2-binary)"
+    if isinstance(error, sqlalchemy.exc.ArgumentError):
+        return "not a database URL; give sqlite:///file.db or e.g. postgresql://user@host/db"
+    return re.sub(r"^\([\w.]+\) ", "", text)[:200]  # "(sqlite3.DatabaseError) file is not a database" -> the reason
 
 
 @contextlib.contextmanager
