@@ -1,9 +1,10 @@
-"""Runs every bad input of tests/bad_inputs.py as a real `python -m emo` process and prints a Markdown table.
+"""Runs every bad input of tests/helpers/bad_inputs.py as a real `python -m emo` process and prints a Markdown table.
 
     .venv/bin/python scripts/bad_inputs_table.py [--only SUBSTRING] > reports/bad_inputs.md
 
 Each case gets a fresh scratch folder, the tiny test model, a few hundred real examples and a
-real MLflow server on 127.0.0.1; the table gives the exit status, the seconds from start to exit
+real MLflow server on 127.0.0.1; the table gives the exit status (and the one expected), the runs the
+case left, the seconds from start to exit
 (Python start-up and imports included) and the last line printed.
 """
 

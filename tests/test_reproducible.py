@@ -32,3 +32,8 @@ def test_same_seed_same_metrics_and_a_logged_config_refits_its_run(tmp_path, tin
     assert histories(again) == histories(first)  # every point, exactly
     other_seed = fit(shrunk("other", "8"))
     assert histories(other_seed)["train/loss"] != histories(first)["train/loss"]  # the seed matters: this test can fail
+    # Same seed, yet names a person can tell apart (MLflow's own come from the freshly seeded `random`).
+    names = [run.info.run_name for run in (first, again, other_seed)]
+    assert len(set(names)) == 3 and all(name.startswith(f"{tiny_model_dir.name.lower()}-lr5e-3-") for name in names), names
+    named = fit([*shrunk("named", "7"), "--trainer.logger.init_args.run_name", "my-own-name"])
+    assert named.info.run_name == "my-own-name"  # a name given wins

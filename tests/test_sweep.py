@@ -60,6 +60,7 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(tmp_path, tiny_mode
     parent = the_parent(client, name)
     children = children_of(client, parent.info.run_id)
     assert len(children) == 3
+    assert sorted(c.info.run_name for c in children) == [f"{name}-trial-{n}" for n in range(3)]  # sweeps keep trial names
     assert sorted(float(c.data.params["model.learning_rate"]) for c in children) == learning_rates
     assert all(c.info.status == "FINISHED" and "test/f1_weighted" in c.data.metrics for c in children)
     values = {c.info.run_id: best_val(client, c.info.run_id) for c in children}

@@ -38,6 +38,7 @@ from emo.tracking import (
     mlflow_logger,
     plan_resume,
     read_record,
+    run_name,
 )
 
 LOGGER_CLASS = f"{MLflowLogger.__module__.removesuffix('.logger')}.{MLflowLogger.__name__}"  # as configs name it
@@ -132,7 +133,9 @@ class EmoCLI(LightningCLI):
     def after_instantiate_classes(self):
         logger = mlflow_logger(self.trainer) if hasattr(self, "trainer") else None  # a sweep builds no trainer
         if logger is not None:
-            logger.attach(runs_dir=self.trainer.default_root_dir, resume_step=self.resume_step)
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            name = run_name(config.model.model_name_or_path, config.model.learning_rate)
+            logger.attach(runs_dir=self.trainer.default_root_dir, resume_step=self.resume_step, name=name)
 
     def instantiate_trainer(self, **kwargs):
         try:

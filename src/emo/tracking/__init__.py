@@ -3,7 +3,7 @@ test report and the model, the last checkpoint, and how a killed run resumes."""
 
 from emo.tracking.checkpoints import LastCheckpoint
 from emo.tracking.clock import TrainingClock
-from emo.tracking.logger import MLflowLogger, mlflow_logger
+from emo.tracking.logger import MLflowLogger, mlflow_logger, run_name
 from emo.tracking.registration import ModelRegistry
 from emo.tracking.resume import ResumeError, plan_resume, read_record
 from emo.tracking.run_config import LogRunConfig
@@ -20,4 +20,5 @@ __all__ = [
     "mlflow_logger",
     "plan_resume",
     "read_record",
+    "run_name",
 ]

@@ -5,8 +5,10 @@ Training never waits for the tracking server, an outage loses nothing, a killed 
 `keep_open_for_test`, `checkpoint_saved`, `note_exception`) and record through `record_*`.
 """
 
+import datetime
 import os
 import re
+import secrets
 import sys
 import threading
 from pathlib import Path
@@ -96,11 +98,14 @@ class MLflowLogger(MLFlowLogger):
 
     # What collaborators tell the logger.
 
-    def attach(self, runs_dir: str, resume_step: int | None = None) -> None:
+    def attach(self, runs_dir: str, resume_step: int | None = None, name: str | None = None) -> None:
         """Before the run opens: the run folder goes under `runs_dir` (beside its checkpoints); `resume_step` is the
-        step of the checkpoint a resumed run continues from (`emo.tracking.resume`)."""
+        step of the checkpoint a resumed run continues from (`emo.tracking.resume`); a new run without a `run_name`
+        is called `name`."""
         self.runs_dir = runs_dir
         self.resume_step = resume_step
+        if self._run_name is None and self._run_id is None and name:
+            self._run_name = name
 
     def keep_open_for_test(self, held: bool) -> None:
         """While held, the end of `fit` leaves the run open: the test of its best checkpoint belongs to the same run."""
@@ -293,6 +298,19 @@ class MLflowLogger(MLFlowLogger):
             self.sender_failure_reported = True
             raise RecordsNotSent(f"run {self.run_id}: {self.sender.failure}; {self.journal.unsent} records are kept in "
                                  f"{self.folder} for `emo sync` once that is fixed")  # fmt: skip
+
+
+def run_name(model_name_or_path: str, learning_rate: float, now: datetime.datetime | None = None) -> str:
+    """A name that says what ran and tells runs apart: `all-minilm-l6-v2-lr1e-4-1201-1403-5c2e`.
+
+    Model folder, learning rate, month, day, hour and minute, and four hex digits from the system's
+    entropy (MLflow's own names come from Python's `random`, which the seed has just set: the same name
+    every time).
+    """
+    mantissa, exponent = f"{learning_rate:e}".split("e")
+    when = (now or datetime.datetime.now()).strftime("%m%d-%H%M")
+    model = Path(str(model_name_or_path).rstrip("/")).name.lower() or "model"
+    return f"{model}-lr{float(mantissa):g}e{int(exponent)}-{when}-{secrets.token_hex(2)}"
 
 
 def mlflow_logger(trainer: Trainer) -> MLflowLogger | None:
