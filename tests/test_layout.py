@@ -1,5 +1,5 @@
 """The shape of the code as a researcher changes it: a metric is one line in the spec, commands that do not train
-start without torch. (The layer contract itself is `lint-imports`, run by `make test`.)"""
+start without torch, a fit starts quietly. (The layer contract itself is `lint-imports`, run by `make test`.)"""
 
 import subprocess
 import sys
@@ -9,9 +9,11 @@ import pytest
 
 from emo import spec
 from emo.cli import EmoCLI
+from emo.hardware import cpu_has_fast_bf16
 from emo.report.runs import load_runs, summary_table
 from emo.spec import Metric
-from helpers.data import shrunk_args
+from helpers.data import ROOT, shrunk_args
+from helpers.processes import run_emo
 
 TRAINING_LIBRARIES = ("torch", "lightning", "transformers", "datasets")
 
@@ -46,3 +48,23 @@ def test_adding_a_metric_is_one_line_in_the_spec(tmp_path, tiny_model_dir, small
     assert "macro recall" in version.description  # the registered version's
     runs = load_runs(client, name, None, "val/recall_macro", maximize=True)
     assert {"val/recall_macro", "test/recall_macro"} <= set(summary_table(runs, [], "val/recall_macro", True).columns)
+
+
+def readme_start_up_lines() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("<!-- the start-up lines") :]
+    return block[block.index("```text\n") + 8 : block.index("\n```", block.index("```text"))].splitlines()
+
+
+def test_a_fit_prints_only_what_the_readme_shows_before_training(tmp_path, tiny_model_dir, small_data_dir):
+    log = tmp_path / "fit.log"
+    args = ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
+                                "--trainer.enable_progress_bar", "true", "--registry.registered_model_name", "quiet")]  # fmt: skip
+    code, output = run_emo(args, log, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/new-store.db"})  # a new store too
+    assert code == 0, output[-3000:]
+    output = log.read_bytes().decode()  # as written: a progress bar redraws itself after \r
+    before = output[: output.index("┏")].rstrip("\n").split("\n")  # the model summary's table comes next
+    data_bars = [line for line in before if line.lstrip("\r").startswith(("Generating ", "Tokenizing"))]  # new data
+    expected = [line for line in readme_start_up_lines() if cpu_has_fast_bf16() or "bfloat16" not in line]
+    assert [line for line in before if line not in data_bars] == expected
+    assert "INFO" not in output and "system metrics" not in output  # nor at the end

@@ -12,6 +12,7 @@ import contextlib
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -94,5 +95,11 @@ def use_cpu_kernels(model: nn.Module, attention: bool) -> None:
             if type(child) is nn.Dropout:
                 setattr(module, name, CpuDropout(child.p).train(child.training))
     if attention and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager"):
-        with contextlib.suppress(ValueError, AttributeError):  # a model that takes no attention function keeps its own
-            model.set_attn_implementation("emo_cpu")
+        # A model that takes no attention function (MPNet) keeps its own; transformers' warning that it does is expected.
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            with contextlib.suppress(ValueError, AttributeError):
+                model.set_attn_implementation("emo_cpu")
+        finally:
+            transformers.logging.set_verbosity(verbosity)

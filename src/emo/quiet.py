@@ -38,8 +38,11 @@ def quiet_libraries() -> None:
     quiet_libraries.done = True
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message)
-    # Adverts for other loggers and model stores.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(DropMessages("💡 Tip"))
+    # Adverts for other loggers and model stores; how Lightning counts the steps of the learning-rate schedule.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(DropMessages("💡 Tip", "Loading `train_dataloader`"))
+    # MLflow's system-metrics sampler says when it starts and stops, and a new sqlite store that it creates its tables.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     # "Experiment ... not found. Creating it.": a new experiment is created on purpose.
     logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
     # No model card or licence for local folders; the signature is inferred on purpose.
