@@ -62,10 +62,15 @@ test-slow: $(INSTALLED) ## the slow tests only (real MiniLM on real data)
 test-all: $(INSTALLED) ## every test this machine can run
 	$(BIN)/pytest -m "not gpu" $(ARGS)
 
-ui: $(INSTALLED) ## MLflow UI over the runs' store (127.0.0.1:5000)
+# The page that opens the experiment's runs in MLflow's Model training view (its UI opens on GenAI otherwise).
+UI_URL = $(BIN)/python -c "from emo.store import ui_url; print('emo: the runs, in the Model training view:', ui_url('http://$(HOST):$(PORT)', '$(STORE)'))"
+
+ui: $(INSTALLED) ## MLflow UI over the runs' store (127.0.0.1:5000); prints the page of the runs
+	@$(UI_URL)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
 
-server: $(INSTALLED) ## MLflow tracking server over the same store (127.0.0.1:5000)
+server: $(INSTALLED) ## MLflow tracking server over the same store (127.0.0.1:5000); prints the page of the runs
+	@$(UI_URL)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri $(STORE) \
 		--artifacts-destination ./mlruns --host $(HOST) --port $(PORT) --workers 1
 

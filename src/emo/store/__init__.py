@@ -1,7 +1,7 @@
 """MLflow without Lightning: where runs are recorded, each run's journal and its sender, whether a run's process
 lives, `emo sync`, the Model Registry and direct run queries. Commands that do not train use this alone."""
 
-from emo.store.experiment import find_or_create_experiment, mark_as_model_training, prepare_tracking
+from emo.store.experiment import find_or_create_experiment, mark_as_model_training, prepare_tracking, run_url, ui_url
 from emo.store.journal import Journal, JournalBusyError, in_use, last_sent_step, pending_journals, read_entries
 from emo.store.liveness import is_stale, mark_stale_runs, silence_s
 from emo.store.outage import is_outage
@@ -61,9 +61,11 @@ __all__ = [
     "register_once",
     "registered_version",
     "resolve_tracking_uri",
+    "run_url",
     "silence_s",
     "sync",
     "test_metrics",
+    "ui_url",
     "use_http_defaults",
     "version_description",
     "wait_for_server",

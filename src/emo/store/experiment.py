@@ -1,11 +1,13 @@
 """An experiment made ready for runs: the store answers, the UI shows it as model training, dead runs are ended."""
 
+import contextlib
 import sys
+from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from emo.spec import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+from emo.spec import DEFAULT_EXPERIMENT, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from emo.store.liveness import mark_stale_runs
 from emo.store.uri import check_tracking_uri
 
@@ -44,3 +46,22 @@ def prepare_tracking(uri: str, experiment_name: str) -> None:
         mark_as_model_training(client, experiment.experiment_id)
         for run_id in mark_stale_runs(client, experiment.experiment_id):
             print(f"emo: run {run_id} stopped beating (its process died); marked KILLED", file=sys.stderr)
+
+
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens on GenAI otherwise (or on the browser's memory)
+
+
+def ui_url(base_url: str, store_uri: str, experiment_name: str = DEFAULT_EXPERIMENT) -> str:
+    """The MLflow UI page of the experiment's runs in the Model training view (the experiments' list if it is not there)."""
+    base = base_url.rstrip("/")
+    experiment = None
+    if not store_uri.startswith("sqlite:///") or Path(store_uri.removeprefix("sqlite:///")).is_file():  # not create one
+        with contextlib.suppress(Exception):  # a store not reachable: the list of experiments
+            experiment = mlflow.MlflowClient(store_uri).get_experiment_by_name(experiment_name)
+    page = f"experiments/{experiment.experiment_id}/runs" if experiment else "experiments"
+    return f"{base}/#/{page}?{MODEL_TRAINING_VIEW}"
+
+
+def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI, in the Model training view."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"

@@ -1,0 +1,42 @@
+"""The MLflow UI, in a real headless browser (Debian's chromium), opens a real run in the Model training view."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from emo.cli import EmoCLI
+from emo.store import ui_url
+from helpers.data import shrunk_args
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# As the probe of this machine kind starts it: no sandbox as root, and no calls to Google's services.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--virtual-time-budget=20000"]  # fmt: skip
+
+
+def page_text(url: str, profile) -> str:
+    """The page's text once its JavaScript has run (a new browser profile: no memory of an earlier view)."""
+    done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return re.sub(r"<[^>]+>", "\n", done.stdout)
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("EMO_REQUIRE_BROWSER"), reason="no chromium (.ci/run installs it)")
+def test_the_printed_url_opens_the_run_in_the_model_training_view(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    assert CHROMIUM, "EMO_REQUIRE_BROWSER is set and chromium is not installed"
+    name = "ui-test"
+    cli = EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
+                                           "--trainer.logger.init_args.experiment_name", name,
+                                           "--registry.registered_model_name", "")])  # fmt: skip
+    run_name = cli.trainer.logger._run_name
+    url = ui_url(tracking_uri, tracking_uri, name)
+    assert url.endswith("/runs?workflowType=machine_learning")
+    lines = {line.strip() for line in page_text(url, tmp_path / "profile").splitlines()}
+    assert run_name in lines  # the run, in the runs table
+    assert "Model registry" in lines and "Judges" not in lines  # the Model training view's menu, not GenAI's
+    # Without the view in the URL, a fresh browser opens GenAI: the test can tell the two apart.
+    bare = {line.strip() for line in page_text(url.split("?")[0], tmp_path / "fresh").splitlines()}
+    assert "Judges" in bare
