@@ -1,13 +1,16 @@
 """Crash-safe runs against a real MLflow server: a killed or stopped fit continues its own run with `--ckpt_path last`."""
 
+import json
+import shutil
 import signal
 import time
 
 import mlflow
 import pytest
 
+from emo.tracking import read_record
 from helpers.data import SMALL_SIZES, shrunk_args
-from helpers.gates import gate_callback, wait_for_reached
+from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 
 STEPS_PER_EPOCH = -(-SMALL_SIZES["train"] // 16)  # 19 batches of 16
@@ -145,10 +148,71 @@ def test_slurm_requeue_comes_back_to_the_same_run(tmp_path, tiny_model_dir, smal
     code, output = run_emo(args, tmp_path / "requeued.log", env=SLURM)  # the same command, no --ckpt_path
     assert code == 0, output[-3000:]
     assert the_run(client, name).info.run_id == first.info.run_id
-    if then == signal.SIGTERM:
-        assert_one_complete_record(client, name)
-    else:  # resumed from the moment of the signal, inside a step: Lightning's own bookkeeping decides the steps
-        run = the_run(client, name)
-        logged = steps(client, run.info.run_id, "train/loss")
-        assert run.info.status == "FINISHED" and len(logged) == len(set(logged)) and max(logged) >= 2 * STEPS_PER_EPOCH - 2
-        assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert_one_complete_record(client, name)  # either way: every step once, no gap
+
+
+def test_a_resume_is_refused_while_the_run_s_process_lives(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    name = "resume-while-alive-test"
+    args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name)
+    process = start_emo(args, tmp_path / "first.log")
+    wait_for_reached(tmp_path / "gate", processes=1, watch=(process,))  # alive, with a last.ckpt behind it
+    code, output = run_emo([*args, "--ckpt_path", "last"], tmp_path / "second.log")
+    assert code == 1 and "Traceback" not in output
+    run = the_run(mlflow.MlflowClient(), name)
+    assert output.strip().splitlines()[-1] == (f"emo: error: run {run.info.run_id} is still running: a process on this "
+                                               f"machine writes {tmp_path / 'outputs' / run.info.experiment_id / run.info.run_id}; "
+                                               "stop it first")  # fmt: skip
+    assert run.info.status == "RUNNING"  # the live run is untouched
+    process.kill()
+
+
+def test_a_checkpoint_older_than_its_run_s_record_is_refused(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    name = "old-checkpoint-test"
+    args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name)
+    at = args.index("--trainer.callbacks") + 1
+    early = {"class_path": "helpers.gates.Gate", "init_args": {"folder": str(tmp_path / "early"), "at_step": 6}}
+    args[at] = json.dumps([*json.loads(args[at]), early])  # a second gate, before the first
+    process = start_emo(args, tmp_path / "first.log")
+    wait_for_reached(tmp_path / "early", processes=1, watch=(process,))
+    [last] = (tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")
+    old = shutil.copy(last, tmp_path / "step-5.ckpt")  # written at step 5
+    open_gate(tmp_path / "early")
+    wait_for_reached(tmp_path / "gate", processes=1, watch=(process,))
+    client = mlflow.MlflowClient()
+    run = the_run(client, name)
+    while max(steps(client, run.info.run_id, "train/loss"), default=0) < 9:  # the server holds steps past step 5
+        assert process.poll() is None
+        time.sleep(0.2)
+    process.kill()
+    process.wait(timeout=60)
+    code, output = run_emo([*args, "--ckpt_path", str(old)], tmp_path / "old.log")
+    assert code == 1 and "Traceback" not in output
+    last_line = output.strip().splitlines()[-1]
+    assert last_line.startswith(f"emo: error: run {run.info.run_id} already recorded steps up to ") and last_line.endswith(
+        "past this checkpoint (step 5): resume from its last checkpoint, or add --resume_new_run true for a new run")
+
+
+def test_a_second_ctrl_c_stops_at_once_keeping_the_checkpoint_before_it(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    name = "second-ctrl-c-test"
+    args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name)
+    gate = json.loads(args[args.index("--trainer.callbacks") + 1])
+    gate[0]["init_args"]["hold_on_stop"] = True  # busy in a step: the first Ctrl-C waits for it to end
+    args[args.index("--trainer.callbacks") + 1] = json.dumps(gate)
+    process = start_emo(args, tmp_path / "first.log")
+    wait_for_reached(tmp_path / "gate", processes=1, watch=(process,))
+    process.send_signal(signal.SIGINT)
+    while not (tmp_path / "gate" / "stop-seen").exists():  # the first Ctrl-C arrived
+        assert process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) != 0
+    output = (tmp_path / "first.log").read_text()
+    assert "stopping after this training step (Ctrl-C again stops at once)" in output and "Traceback" not in output
+    client = mlflow.MlflowClient()
+    stopped = the_run(client, name)
+    assert stopped.info.status == "KILLED"
+    [last] = (tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")
+    assert read_record(last)["step"] == STOP_AT - STOP_AT % 5  # the step checkpoint before the stop; none at the stop
+    code, output = run_emo([*args, "--ckpt_path", "last"], tmp_path / "resumed.log")
+    assert code == 0, output[-3000:]
+    assert_one_complete_record(client, name)

@@ -18,14 +18,17 @@ class Gate(Callback):
     """Waits at training step `at_step` of runs whose name ends with `run_suffix` (any run when empty).
 
     Each process waits once; a later process waits again unless `once_per_folder` and a
-    process has already reached this gate.
+    process has already reached this gate. A stop signal opens the gate (emo then finishes the
+    step under way, as a busy process would), unless `hold_on_stop`: then only a second Ctrl-C ends the wait.
     """
 
-    def __init__(self, folder: str, at_step: int = 1, run_suffix: str = "", once_per_folder: bool = False):
+    def __init__(self, folder: str, at_step: int = 1, run_suffix: str = "", once_per_folder: bool = False,
+                 hold_on_stop: bool = False):  # fmt: skip
         self.folder = Path(folder)
         self.at_step = at_step
         self.run_suffix = run_suffix
         self.once_per_folder = once_per_folder
+        self.hold_on_stop = hold_on_stop
         self.passed = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -39,8 +42,10 @@ class Gate(Callback):
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"reached-{os.getpid()}-{trainer.global_step}").write_text(run_name)
-        while not (self.folder / "open").exists() and not stop_requested(trainer):
+        while not (self.folder / "open").exists() and (self.hold_on_stop or not stop_requested(trainer)):
             time.sleep(0.05)
+            if self.hold_on_stop and stop_requested(trainer) and not (self.folder / "stop-seen").exists():
+                (self.folder / "stop-seen").touch()  # the first Ctrl-C arrived: the test may send the second
 
 
 def stop_requested(trainer) -> bool:

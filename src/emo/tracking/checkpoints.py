@@ -77,6 +77,17 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.save_now(trainer)
 
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """A checkpoint written inside a step, before the step was done (Lightning's SLURM handler writes one when
+        SIGUSR1 comes), counts the steps already taken; on restart Lightning adds one more, as it must for one written
+        at a step's end, and every later metric would be logged one step late. Taken back here: no step is skipped."""
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        progress = loop.get("epoch_loop.batch_progress", {}).get("current", {})
+        state = loop.get("epoch_loop.state_dict", {})
+        inside_a_step = progress and progress["ready"] > progress["completed"] == progress["processed"]
+        if inside_a_step and "_batches_that_stepped" in state:
+            state["_batches_that_stepped"] -= 1
+
     def on_exception(self, trainer, pl_module, exception) -> None:
         # Lightning's own SIGTERM stop (at an epoch's end, or during validation) keeps its progress too.
         if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:

@@ -6,6 +6,7 @@ Training never waits for the tracking server, an outage loses nothing, a killed 
 """
 
 import datetime
+import math
 import os
 import re
 import secrets
@@ -261,6 +262,9 @@ class MLflowLogger(MLFlowLogger):
             self.best_checkpoint = None
         if self.failure:
             self.record_tags({FAILURE_TAG: self.failure})
+        if self.interrupted and self.journal.covered_step > -math.inf:
+            # Stopped at once (a second Ctrl-C): the record ends where the last checkpoint does, so the run can resume.
+            self.journal.drop_unsent_after(int(self.journal.covered_step))
         self.stop_system_metrics()
         final = "FINISHED" if status == "success" else ("KILLED" if self.interrupted else "FAILED")
         self.journal.append("status", status=final)
