@@ -3,6 +3,7 @@
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -200,6 +201,39 @@ def test_an_interrupted_sweep_continues(tmp_path, tiny_model_dir, small_data_dir
     retried = next(t for t in trials if t.system_attrs.get("failed_trial") == interrupted.number)
     assert retried.user_attrs["mlflow_run_id"] == interrupted.user_attrs["mlflow_run_id"]
     assert client.get_run(parent_id).info.status == "FINISHED"
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+
+def test_a_killed_worker_s_trial_runs_again_once_its_heartbeat_is_stale(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+    name = "killed-worker-test"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    learning_rates = [1e-3, 3e-3]
+    gate = tmp_path / "gate"
+    args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null",
+                      "--sweep.trial_heartbeat_s", "1", "--sweep.trial_grace_s", "3",
+                      "--last_checkpoint.every_n_train_steps", "2", "--trainer.log_every_n_steps", "1",
+                      *gate_callback(gate, at_step=5, run_suffix="trial-0", once_per_folder=True))  # fmt: skip
+    killed = start_sweep(args, tmp_path / "killed.log")
+    wait_for_reached(gate, processes=1, watch=(killed,))
+    killed.kill()  # the worker dies in the middle of its trial: nobody marks the trial as stopped
+    killed.wait(timeout=60)
+    time.sleep(3 + 1)  # past the grace period: the trial's heartbeat is stale, which is how the study learns it died
+    other = start_sweep(args, tmp_path / "other.log")  # another worker on the same study
+    assert other.wait(timeout=600) == 0, (tmp_path / "other.log").read_text()[-3000:]
+
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1 and [t.state for t in trials].count(TrialState.COMPLETE) == 2
+    dead = next(t for t in trials if t.state == TrialState.FAIL)
+    rerun = next(t for t in trials if t.system_attrs.get("failed_trial") == dead.number)
+    assert rerun.state == TrialState.COMPLETE and rerun.params == dead.params
+    assert rerun.user_attrs["mlflow_run_id"] == dead.user_attrs["mlflow_run_id"]  # it continued the dead trial's run
+    client = mlflow.MlflowClient()
+    parent = the_parent(client, name)
+    children = children_of(client, parent.info.run_id)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
+    steps_per_run = 2 * -(-300 // 16)
+    for child in children:  # the continued run has every step once, as the other
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "train/loss")) == list(range(steps_per_run))
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
 

@@ -67,8 +67,8 @@ class Sweep:
         self.folder = Path(template["trainer"].get("default_root_dir") or ".") / "sweeps" / settings.study_name
         self.client = PatientClient(mlflow.MlflowClient(resolve_tracking_uri()))
         self.trial_loggers = []  # of the trials run here, whose records may wait for the server
-        self.queue = TrialQueue(settings.storage, settings.study_name, settings.sampler, settings.pruner,
-                                settings.direction, settings.n_trials, settings.grid)  # fmt: skip
+        self.queue = TrialQueue(settings.storage, settings.study_name, settings.sampler, settings.pruner, settings.direction,
+                                settings.n_trials, settings.grid, settings.trial_heartbeat_s, settings.trial_grace_s)  # fmt: skip
         self.study = self.queue.study
         self.parent = ParentRun(self.client, self.queue.claims, self.study, settings, template)
 

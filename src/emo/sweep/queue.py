@@ -26,7 +26,6 @@ from emo.redact import redact
 warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: stable in use, "experimental" in name
 
 INTERRUPTED_ATTR = "interrupted"  # on a trial stopped by Ctrl-C or SIGTERM: it runs again
-HEARTBEAT_S, GRACE_S = 30, 120  # a trial of a killed process is failed (and run again) after the grace period
 
 
 class Claims:
@@ -66,14 +65,14 @@ class Claims:
             return connection.execute(query).scalar()
 
 
-def open_storage(url: str, on_stale_trial) -> RDBStorage:
+def open_storage(url: str, on_stale_trial, heartbeat_s: int, grace_s: int) -> RDBStorage:
     """Optuna's storage with trial heartbeats; a URL that is not a database is one line.
 
     Processes that create a new database at the same instant race (a lock, a table created twice): they try again.
     """
     for attempt in range(5):
         try:
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=on_stale_trial)
+            return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s, heartbeat_stale_trial_callback=on_stale_trial)
         except sqlalchemy.exc.OperationalError as error:
             if attempt == 4 or not re.search(r"locked|already exists", str(error)):
                 raise UserError(f"--sweep.storage {redact(url)}: cannot open it ({storage_problem(error)})") from None
@@ -100,7 +99,7 @@ def heartbeat(storage: RDBStorage, trial_id: int):
         while True:
             with contextlib.suppress(Exception):  # a missed beat is retried; only a long silence counts
                 storage.record_heartbeat(trial_id)
-            if stop.wait(HEARTBEAT_S):
+            if stop.wait(storage.get_heartbeat_interval()):
                 return
 
     thread = threading.Thread(target=beat, name=f"optuna-heartbeat-{trial_id}", daemon=True)
@@ -120,13 +119,16 @@ class TrialQueue:
         study_name, sampler, pruner, direction: the Optuna study's.
         n_trials: Trials of the whole study, all processes together.
         grid: The grid points in order (empty when a sampler picks the values).
+        heartbeat_s, grace_s: A running trial's process beats every `heartbeat_s`; a trial silent for `grace_s`
+            (its process was killed, or its machine is gone) is failed and queued again.
     """
 
-    def __init__(self, storage_url: str, study_name: str, sampler, pruner, direction: str, n_trials: int, grid: list[dict]):
+    def __init__(self, storage_url: str, study_name: str, sampler, pruner, direction: str, n_trials: int, grid: list[dict],
+                 heartbeat_s: int = 30, grace_s: int = 120):  # fmt: skip
         self.n_trials = n_trials
         self.grid = grid
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
-        self.storage = open_storage(storage_url, self.retry_once)
+        self.storage = open_storage(storage_url, self.retry_once, heartbeat_s, grace_s)
         self.study = optuna.create_study(study_name=study_name, storage=self.storage, sampler=sampler, pruner=pruner,
                                          direction=direction, load_if_exists=True)  # fmt: skip
         self.study_id = self.storage.get_study_id_from_name(study_name)

@@ -6,6 +6,7 @@ import math
 from typing import Literal
 
 import optuna
+from jsonargparse.typing import PositiveInt
 
 from emo.params import flatten
 
@@ -36,6 +37,9 @@ class SweepSettings:
         report: Write and log the sweep report when the study is complete.
         aggregate: Also log the mean and standard deviation of the trials' metrics in the parent
             run (`mean/test/acc`, `std/test/acc`, ...): for a sweep over seeds (configs/seeds.yaml).
+        trial_heartbeat_s: A process running a trial says so this often (in the Optuna storage).
+        trial_grace_s: A trial whose process has been silent this long (killed, or its machine gone) runs again,
+            once, in whichever process asks for a trial next; it continues its run from its last checkpoint.
     """
 
     def __init__(
@@ -51,6 +55,8 @@ class SweepSettings:
         register_best: bool = True,
         report: bool = True,
         aggregate: bool = False,
+        trial_heartbeat_s: PositiveInt = 30,
+        trial_grace_s: PositiveInt = 120,
     ):
         self.study_name = study_name
         self.storage = storage
@@ -68,6 +74,8 @@ class SweepSettings:
         self.register_best = register_best
         self.report = report
         self.aggregate = aggregate
+        self.trial_heartbeat_s = trial_heartbeat_s
+        self.trial_grace_s = trial_grace_s
 
 
 def suggest(trial: optuna.Trial, name: str, space) -> float | int | str | bool:
