@@ -37,8 +37,9 @@ class MlflowServer:
     It keeps its port and its store across restarts, as a server coming back from an outage does.
     """
 
-    def __init__(self, folder: Path, extra_args: tuple[str, ...] = (), env: dict | None = None):
+    def __init__(self, folder: Path, extra_args: tuple[str, ...] = (), env: dict | None = None, backend_store_uri: str = ""):
         self.folder = folder
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{folder}/mlflow.db"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = extra_args
@@ -48,7 +49,7 @@ class MlflowServer:
     def start(self) -> "MlflowServer":
         command = [
             str(Path(sys.executable).parent / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{self.folder}/mlflow.db",
+            "--backend-store-uri", self.backend_store_uri,
             "--artifacts-destination", str(self.folder / "artifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1", *self.extra_args,
         ]  # fmt: skip

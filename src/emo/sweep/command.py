@@ -11,6 +11,7 @@ trials; rerunning a sweep continues its study and its parent run.
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -82,6 +83,11 @@ class Sweep:
                 wait_for_server(self.client.tracking_uri)  # an outage between trials: wait, as the journal does
                 self.send_kept_records()
                 trial = self.queue.next_trial()  # taken only now: a waiting process holds no trial
+                if trial is None and self.queue.others_running():
+                    # Nothing left to take, but other processes run trials: wait until they finish, or until one's
+                    # heartbeat goes stale (its process died) and it is queued again for this process to run.
+                    time.sleep(self.settings.trial_heartbeat_s)
+                    continue
                 if trial is None:
                     break
                 self.run_trial(trial)

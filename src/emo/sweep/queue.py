@@ -46,7 +46,7 @@ class Claims:
             sqlalchemy.Column("claim", sqlalchemy.String(128), primary_key=True),
             sqlalchemy.Column("value", sqlalchemy.String(512), nullable=False),
         )
-        with contextlib.suppress(sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
+        with contextlib.suppress(sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError):
             self.table.create(engine, checkfirst=True)  # another process may create it at the same time
 
     def claim(self, what: str, value: str = "") -> bool:
@@ -73,10 +73,10 @@ def open_storage(url: str, on_stale_trial, heartbeat_s: int, grace_s: int) -> RD
     for attempt in range(5):
         try:
             return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s, heartbeat_stale_trial_callback=on_stale_trial)
-        except sqlalchemy.exc.OperationalError as error:
-            if attempt == 4 or not re.search(r"locked|already exists", str(error)):
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+            if attempt == 4 or not re.search(r"locked|already exists|duplicate key", str(error)):
                 raise UserError(f"--sweep.storage {redact(url)}: cannot open it ({storage_problem(error)})") from None
-            time.sleep(0.5 * (attempt + 1))
+            time.sleep(0.5 * (attempt + 1))  # another process created the same tables at the same instant
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
             raise UserError(f"--sweep.storage {redact(url)}: {storage_problem(error)}") from None
 
@@ -84,7 +84,7 @@ def open_storage(url: str, on_stale_trial, heartbeat_s: int, grace_s: int) -> RD
 def storage_problem(error: Exception) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if isinstance(error, ImportError):
-        return "no driver for this database is installed (PostgreSQL: pip install psycopg2-binary)"
+        return "no driver for this database is installed (PostgreSQL: pip install 'psycopg[binary]')"
     if isinstance(error, sqlalchemy.exc.ArgumentError):
         return "not a database URL; give sqlite:///file.db or e.g. postgresql://user@host/db"
     return re.sub(r"^\([\w.]+\) ", "", text)[:200]  # "(sqlite3.DatabaseError) file is not a database" -> the reason
@@ -170,6 +170,10 @@ class TrialQueue:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             if trial.user_attrs.get(INTERRUPTED_ATTR):
                 self.retry_once(self.study, trial)
+
+    def others_running(self) -> bool:
+        """Trials that other processes are running (this one runs none when it asks): the study is not done yet."""
+        return bool(self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,)))
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)

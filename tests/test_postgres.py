@@ -1,0 +1,66 @@
+"""A sweep over machines, for real: PostgreSQL as the Optuna storage and as the MLflow server's store, two workers
+started at the same instant, one of them killed in the middle of a trial."""
+
+import json
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from helpers.data import ROOT, shrunk_args
+from helpers.gates import gate_callback, wait_for_reached
+from helpers.postgres import PostgresServer, bindir
+from helpers.processes import start_emo
+from helpers.server import MlflowServer
+
+pytestmark = pytest.mark.skipif(bindir() is None, reason="no PostgreSQL (pg_config): .ci/run installs Debian's postgresql")
+LEARNING_RATES = [1e-3, 2e-3, 3e-3, 4e-3]
+
+
+@pytest.fixture
+def postgres():
+    server = PostgresServer("optuna", "mlflow").start()
+    yield server
+    server.stop()
+
+
+def test_two_workers_share_a_postgres_study_and_one_finishes_it_when_the_other_dies(tmp_path, tiny_model_dir,
+                                                                                     small_data_dir, postgres):  # fmt: skip
+    (tmp_path / "mlflow").mkdir()
+    tracking = MlflowServer(tmp_path / "mlflow", backend_store_uri=postgres.url("mlflow")).start()
+    name, gate = "postgres-sweep", tmp_path / "gate"
+    args = ["sweep", *shrunk_args(
+        tmp_path, tiny_model_dir, small_data_dir,
+        "--trainer.logger.init_args.experiment_name", name, "--registry.registered_model_name", name,
+        "--sweep.study_name", name, "--sweep.storage", postgres.url("optuna"),
+        "--sweep.params", json.dumps({"model.learning_rate": LEARNING_RATES}), "--sweep.pruner", "null",
+        "--sweep.trial_heartbeat_s", "1", "--sweep.trial_grace_s", "3", "--trainer.log_every_n_steps", "1",
+        "--last_checkpoint.every_n_train_steps", "2",
+        *gate_callback(gate, at_step=4, run_suffix="trial-1", once_per_folder=True),
+        configs=["--config", str(ROOT / "configs/sweep.yaml"), "--config", str(ROOT / "configs/offline.yaml")],
+    )]  # fmt: skip
+    env = {"MLFLOW_TRACKING_URI": tracking.url}
+    workers = [start_emo(args, tmp_path / f"worker-{i}.log", env=env) for i in range(2)]  # at the same instant
+    try:
+        [reached] = wait_for_reached(gate, processes=1, watch=workers)  # one of them runs trial 1: kill it there
+        victim = next(w for w in workers if str(w.pid) == reached.name.split("-")[1])
+        victim.kill()
+        victim.wait(timeout=60)
+        survivor = next(w for w in workers if w is not victim)
+        log = tmp_path / f"worker-{workers.index(survivor)}.log"
+        assert survivor.wait(timeout=900) == 0, log.read_text()[-3000:]
+
+        trials = optuna.load_study(study_name=name, storage=postgres.url("optuna")).trials
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        assert sorted(t.params["model.learning_rate"] for t in complete) == LEARNING_RATES  # every grid point once
+        assert [t.state for t in trials].count(TrialState.FAIL) == 1  # the killed one, run again by the survivor
+        client = mlflow.MlflowClient(tracking.url)
+        experiment_id = client.get_experiment_by_name(name).experiment_id
+        [parent] = client.search_runs([experiment_id], filter_string=f"tags.`emo.sweep` = '{name}'")
+        assert parent.info.status == "FINISHED"
+        runs = client.search_runs([experiment_id])
+        assert len(runs) == 1 + len(LEARNING_RATES) and not [r for r in runs if r.info.status == "RUNNING"]
+        assert [v.run_id for v in client.search_model_versions(f"name='{name}'")] == [parent.data.tags["emo.best_run_id"]]
+    finally:
+        tracking.kill()
