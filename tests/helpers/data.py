@@ -7,7 +7,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = Path(os.environ.get("EMO_DATA_DIR", ROOT.parent / "shared" / "data" / "emotion"))
+# The data `make data` puts in the project, else the lab's copy beside it (EMO_DATA_DIR chooses another).
+PROJECT_DATA, LAB_DATA = ROOT / "data" / "emotion", ROOT.parent / "shared" / "data" / "emotion"
+DATA_DIR = Path(os.environ.get("EMO_DATA_DIR") or (PROJECT_DATA if (PROJECT_DATA / "train.txt").exists() else LAB_DATA))
 SMALL_SIZES = {"train": 300, "val": 100, "test": 100}
 
 
