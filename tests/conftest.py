@@ -1,11 +1,14 @@
 """Fixtures: the real data, a tiny random BERT with the real MiniLM tokenizer, a real MLflow server (helpers/)."""
 
+import os
 from pathlib import Path
 
 import mlflow
 import pytest
 
-import emo.cli  # noqa: F401 - Lightning binds its log handler to sys.stderr on import: here, not in a test's captured one
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "all")  # every one, not the first of each kind
+
+import emo.cli  # noqa: E402,F401 - Lightning binds its log handler to sys.stderr on import: here, not in a test's captured one
 from helpers.data import DATA_DIR, write_small_data, write_tiny_model
 from helpers.processes import STARTED
 from helpers.server import MlflowServer

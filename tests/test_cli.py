@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from emo.cli import EmoCLI
+from emo.data import DataFormatError
 from helpers.data import ROOT, SHIPPED_TRAINING_CONFIGS
 
 
@@ -66,7 +67,6 @@ def test_command_line_overrides_compose(small_data_dir, tiny_model_dir):
         (["--checkpoint.mode", "min"], "wrong direction"),
         (["--checkpoint.monitor", "val/loss"], "wrong direction"),
         (["--trainer.limit_val_batches", "0"], "no validation"),
-        (["--data.data_dir", "/nonexistent/emotion"], "no file for the train split"),
         (["--registry.champion_metric", "val/f1_weighted"], "test/ metric"),
         (["--model.learning_rate", "-1"], "learning_rate"),
         (["--model.warmup_ratio", "1.5"], "warmup_ratio"),
@@ -77,8 +77,15 @@ def test_bad_settings_stop_at_parse_time(args, message, capsys):
     started = time.monotonic()
     with pytest.raises(SystemExit) as done:
         EmoCLI(args=["fit", "--config", str(ROOT / "configs/base.yaml"), *args])
-    assert done.value.code != 0
+    assert done.value.code == 2
     assert message in capsys.readouterr().err
+    assert time.monotonic() - started < 10  # nothing was loaded
+
+
+def test_a_missing_data_folder_stops_before_anything_loads(capsys):
+    started = time.monotonic()
+    with pytest.raises(DataFormatError, match="/nonexistent/emotion: no file for the train split"):  # emo: one line, 1
+        EmoCLI(args=["fit", "--config", str(ROOT / "configs/base.yaml"), "--data.data_dir", "/nonexistent/emotion"])
     assert time.monotonic() - started < 10  # nothing was loaded
 
 

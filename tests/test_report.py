@@ -1,9 +1,12 @@
 """`emo report` on a prepared experiment in a real MLflow server."""
 
+import re
+
 import mlflow
 import pytest
 
 from emo import report
+from emo.commands import main
 
 # (validation weighted F1 per epoch, test weighted F1, learning rate)
 PREPARED = {
@@ -49,21 +52,30 @@ def test_report_picks_the_best_checkpoint_by_validation(prepared_experiment, tmp
         assert f"]({plot})" in text
 
 
+def one_line(args: list[str], capsys) -> str:
+    """`emo report ARGS` that stops with one line, exit status 1: the line."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["report", *args])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 1
+    return line
+
+
 @pytest.mark.parametrize("metric", ["test/f1_weighted", "train/loss"])
-def test_report_refuses_to_select_on_non_validation_metrics(prepared_experiment, tmp_path, metric):
+def test_report_refuses_to_select_on_non_validation_metrics(prepared_experiment, tmp_path, metric, capsys):
     name, _ = prepared_experiment
-    with pytest.raises(SystemExit, match="select runs by a validation metric"):
-        report.main(["--experiment", name, "--metric", metric, "--output_dir", str(tmp_path)])
+    line = one_line(["--experiment", name, "--metric", metric, "--output_dir", str(tmp_path)], capsys)
+    assert line.startswith(f"emo: error: --metric {metric}: select runs by a validation metric")
 
 
-def test_report_on_a_missing_experiment_says_so(tracking_uri, tmp_path):
-    with pytest.raises(SystemExit, match="no MLflow experiment named 'nope'"):
-        report.main(["--experiment", "nope", "--output_dir", str(tmp_path)])
+def test_report_on_a_missing_experiment_says_so(tracking_uri, tmp_path, capsys):
+    line = one_line(["--experiment", "nope", "--output_dir", str(tmp_path)], capsys)
+    assert line.startswith("emo: error: no MLflow experiment named 'nope'")
 
 
-def test_compare_needs_logged_test_predictions(prepared_experiment):
+def test_compare_needs_logged_test_predictions(prepared_experiment, capsys):
     _, ids = prepared_experiment  # runs logged without predictions, as runs from before emo logged them
-    with pytest.raises(SystemExit, match=r"emo: error: --compare: run \w+ \(peaks-early\) has no test/predictions.csv"):
-        report.main(["--compare", ids["peaks-early"], ids["weak"]])
-    with pytest.raises(SystemExit, match="emo: error: --compare: no run 'not-a-run' at http://127.0.0.1:"):
-        report.main(["--compare", "not-a-run", ids["weak"]])
+    line = one_line(["--compare", ids["peaks-early"], ids["weak"]], capsys)
+    assert re.match(r"emo: error: --compare: run \w+ \(peaks-early\) has no test/predictions.csv", line)
+    line = one_line(["--compare", "not-a-run", ids["weak"]], capsys)
+    assert line.startswith("emo: error: --compare: no run 'not-a-run' at http://127.0.0.1:")

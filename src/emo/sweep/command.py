@@ -49,7 +49,7 @@ class SweepCLI(EmoCLI):
     def instantiate_classes(self):
         parser = ArgumentParser()
         parser.add_class_arguments(SweepSettings, "sweep")
-        self.settings = parser.instantiate_classes(parser.parse_object({"sweep": self.config.sweep.as_dict()})).sweep
+        self.settings = parser.instantiate(parser.parse_object({"sweep": self.config.sweep.as_dict()})).sweep
 
     def trial_template(self) -> dict:
         """The resolved training config that every trial starts from."""

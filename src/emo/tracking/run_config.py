@@ -86,7 +86,7 @@ class LogRunConfig(SaveConfigCallback):
         logger = mlflow_logger(trainer)
         if logger is None or stage == "predict" or logger.resume_step is not None:
             return  # a resumed run recorded its config when it started
-        logger.record_text(self.parser.dump(self.config, skip_none=False), CONFIG_ARTIFACT)
+        logger.record_text(self.parser.dump(self.config, skip_unset=False), CONFIG_ARTIFACT)
         config_files = self.config.get("config") or []
         logger.record_params(run_settings(self.config))
         datamodule = trainer.datamodule
