@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 MODEL=${MODEL:-models/all-MiniLM-L6-v2}
-DATA=${DATA:-../shared/data/emotion}
+DATA=${DATA:-data/emotion}   # make data
 OUT=${OUT:-$(mktemp -d -t gpu_check.XXXX)}
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$OUT/mlflow.db}
 

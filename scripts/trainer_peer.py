@@ -1,6 +1,6 @@
 """The peer emo is measured against: a Hugging Face `Trainer` fine-tune, as a careful user writes it.
 
-    python scripts/trainer_peer.py --model models/all-MiniLM-L6-v2 --data ../shared/data/emotion \
+    python scripts/trainer_peer.py --model models/all-MiniLM-L6-v2 --data data/emotion \
         --bf16 --group-by-length --epochs 1 --lr 1e-4 --evaluate
 
 Standalone on purpose (torch, transformers and torchmetrics only, no emo, no `datasets`), so it
