@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from emo import report, sweep
 from emo.spec import MODEL_URI_TAG
 from emo.store import mark_as_model_training
-from helpers.data import ROOT, SHIPPED_SWEEP_CONFIGS, shrunk_args
+from helpers.data import DATA_DIR, ROOT, SHIPPED_SWEEP_CONFIGS, shrunk_args
 from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import start_emo
 
@@ -263,7 +263,8 @@ def test_every_sweep_config_parses_with_and_without_offline(config, hub_offline)
     online = sweep.SweepCLI(["--config", str(config)])
     assert online.config.model.model_name_or_path == "distilbert-base-uncased"  # from base.yaml
     assert online.settings.params and online.settings.n_trials >= 1
-    offline = sweep.SweepCLI(["--config", str(config), "--config", str(ROOT / "configs/offline.yaml")])
+    offline_yaml = ["--config", str(ROOT / "configs/offline.yaml"), "--data.data_dir", str(DATA_DIR)]  # data/ is filled by `make data`
+    offline = sweep.SweepCLI(["--config", str(config), *offline_yaml])
     assert offline.config.model.model_name_or_path == "models/all-MiniLM-L6-v2"
 
 

@@ -74,7 +74,8 @@ def open_storage(url: str, on_stale_trial, heartbeat_s: int, grace_s: int) -> RD
         try:
             return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s, heartbeat_stale_trial_callback=on_stale_trial)
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
-            if attempt == 4 or not re.search(r"locked|already exists|duplicate key", str(error)):
+            raced = isinstance(error, sqlalchemy.exc.IntegrityError) or re.search(r"locked|already exists", str(error))
+            if attempt == 4 or not raced:
                 raise UserError(f"--sweep.storage {redact(url)}: cannot open it ({storage_problem(error)})") from None
             time.sleep(0.5 * (attempt + 1))  # another process created the same tables at the same instant
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
