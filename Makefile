@@ -14,6 +14,9 @@ OFFLINE    := --config configs/base.yaml --config configs/offline.yaml
 OFFLINE_LAYER := --config configs/offline.yaml
 
 SWEEP      ?= configs/sweep.yaml
+# `make test` spreads the tests over this many processes (pytest-xdist); most of a test's time is one core's
+# (starting Python, servers, subprocesses), so two halve the suite on two cores. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 
 # A stamp: any target below, run as the first command after a clone (make demo, make test), installs first.
 INSTALLED  := $(VENV)/.installed
@@ -61,7 +64,7 @@ report: $(INSTALLED) ## table of runs, best run by val/f1_weighted, reports/<nam
 
 test: $(INSTALLED) ## the layer contract (pyproject.toml), then the default test suite (no slow or GPU tests)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/pytest -m "not slow and not gpu" $(ARGS)
+	$(BIN)/pytest -m "not slow and not gpu" -n $(TEST_WORKERS) $(ARGS)
 
 test-slow: $(INSTALLED) ## the slow tests only (real MiniLM on real data)
 	$(BIN)/pytest -m "slow and not gpu" $(ARGS)

@@ -7,6 +7,8 @@ import mlflow
 import pytest
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "all")  # every one, not the first of each kind
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: a process per core, so one torch thread each (and in theirs)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import emo.cli  # noqa: E402,F401 - Lightning binds its log handler to sys.stderr on import: here, not in a test's captured one
 from helpers.data import DATA_DIR, write_small_data, write_tiny_model
