@@ -8,9 +8,7 @@ import mlflow
 import pytest
 
 from emo.commands import main
-from helpers.bad_inputs import CASES, Context
-
-TRAINING_FAILED = "loss becomes NaN"
+from helpers.bad_inputs import CASES, TRAINING_FAILED, Context
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
