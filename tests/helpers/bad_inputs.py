@@ -30,6 +30,11 @@ class Case:
     build: Callable[[Context], tuple[list[str], dict]]  # -> (command-line arguments, environment overrides)
     status: int = 1  # the exit status: 2 for the command line or a config file (emo.arguments), 1 for the rest
 
+    @property
+    def runs_left(self) -> int:
+        """Runs the case may leave: none, but one FAILED run where training itself started and failed."""
+        return 1 if self.name == TRAINING_FAILED else 0
+
 
 def fit(ctx: Context, *extra: str, model: Path | None = None, data: Path | None = None, command: str = "fit") -> list[str]:
     return [command, *CONFIGS, "--model.model_name_or_path", str(model or ctx.model_dir),
