@@ -1,6 +1,9 @@
 """Distillation end to end against a real MLflow server: a tiny teacher fitted and registered, a student taught by it
 (probabilities computed once, cached, logged; the run and the registered version name the teacher)."""
 
+import subprocess
+import sys
+
 import mlflow
 import pytest
 import torch
@@ -9,7 +12,7 @@ from torch.nn import functional as F
 from emo import distill
 from emo.cli import EmoCLI
 from emo.spec import TEACHER_ARTIFACT
-from helpers.data import SMALL_SIZES, shrunk_args
+from helpers.data import ROOT, SMALL_SIZES, shrunk_args
 
 
 def fit(tmp_path, tiny_model_dir, small_data_dir, name: str, *extra: str) -> EmoCLI:
@@ -43,6 +46,15 @@ def test_a_student_learns_from_a_registered_teacher_computed_once(tmp_path, tiny
     err = capsys.readouterr().err
     assert "teacher probabilities from the cache" in err and "computing" not in err
     assert torch.equal(again.model.teacher_probabilities, logged)
+
+    table = subprocess.run([sys.executable, str(ROOT / "scripts/teacher_table.py"), f"solo={uri}", f"twice={uri},{uri}",
+                            "--data_dir", str(small_data_dir)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    rows = [line.split(" | ") for line in table.stdout.splitlines()[2:]]
+    assert [row[0] for row in rows] == [f"| {uri}", "| solo", "| twice"]
+    # a group of one teacher, or of the same one twice, is that teacher
+    assert rows[0][1:] == rows[1][1:] == rows[2][1:]
+    assert all(0 <= float(cell.strip(" |")) <= 1 for cell in rows[0][1:]) and len(rows[0]) == 7
 
 
 def test_the_loss_is_plain_cross_entropy_at_alpha_zero_and_the_kl_at_one():
