@@ -10,12 +10,11 @@ than its members before any student is trained (docs/results.md, "A better teach
 """
 
 import argparse
-import hashlib
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from emo.data.splits import load_local_splits
+from emo.data import content_digest, load_local_splits
 from emo.distill import teacher_probabilities
 from emo.store import resolve_tracking_uri
 
@@ -41,7 +40,7 @@ def main() -> None:
     rows: dict[str, list[str]] = {name: [] for name in [*teachers, *groups]}
     for split in SPLITS:
         texts, labels = list(splits[split]["text"]), np.array(list(splits[split]["label"]))
-        digest = f"{split}-" + hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+        digest = content_digest(splits[split])  # of the examples in file order, the order of `texts`
         each = {t: teacher_probabilities([t], texts, digest, args.max_length, uri)[0].numpy() for t in teachers}
         for teacher in teachers:
             rows[teacher] += scores(labels, each[teacher])
