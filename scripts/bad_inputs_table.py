@@ -18,11 +18,10 @@ from pathlib import Path
 import mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers.bad_inputs import CASES, Context  # noqa: E402
-from helpers.data import write_small_data, write_tiny_model  # noqa: E402
-from helpers.server import MlflowServer  # noqa: E402
+from emo_lab.bad_inputs import CASES, Context
+from emo_lab.data import write_small_data, write_tiny_model
+from emo_lab.server import MlflowServer
 
 
 def run_case(case, scratch: Path, model: Path, data: Path, server: MlflowServer) -> tuple[int, float, str, int]:

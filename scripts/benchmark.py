@@ -31,10 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers.data import DATA_DIR  # noqa: E402
-from helpers.server import MlflowServer  # noqa: E402
+from emo_lab.data import DATA_DIR
+from emo_lab.server import MlflowServer
 
 MODEL_DIR = ROOT / "models/all-MiniLM-L6-v2"
 OFFLINE = ["--config", "configs/base.yaml", "--config", "configs/offline.yaml"]

@@ -21,10 +21,9 @@ from pathlib import Path
 import mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers.data import DATA_DIR  # noqa: E402
-from helpers.server import MlflowServer  # noqa: E402
+from emo_lab.data import DATA_DIR
+from emo_lab.server import MlflowServer
 
 
 def train_points(journal: Path) -> list[tuple[int, int]]:

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 
 from emo.commands import main
-from helpers.bad_inputs import CASES, Context
+from emo_lab.bad_inputs import CASES, Context
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

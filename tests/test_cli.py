@@ -10,7 +10,7 @@ import yaml
 
 from emo.cli import EmoCLI
 from emo.data import DataFormatError
-from helpers.data import ROOT, SHIPPED_TRAINING_CONFIGS
+from emo_lab.data import ROOT, SHIPPED_TRAINING_CONFIGS
 
 
 def instantiate(*args: str) -> EmoCLI:
@@ -113,3 +113,8 @@ def test_missing_local_model_folder_is_named(tmp_path):
                    env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})  # fmt: skip
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == "emo: error: model './no/such/model': no such local file or folder"
+
+
+def test_the_offline_minilm_registers_under_a_name_that_says_minilm():
+    config = yaml.safe_load((ROOT / "configs/offline.yaml").read_text())
+    assert config["registry"]["registered_model_name"] == "minilm-emotion-classifier"

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from emo import distill
 from emo.cli import EmoCLI
 from emo.spec import TEACHER_ARTIFACT
-from helpers.data import ROOT, SMALL_SIZES, shrunk_args
+from emo_lab.data import ROOT, SMALL_SIZES, shrunk_args
 
 
 def fit(tmp_path, tiny_model_dir, small_data_dir, name: str, *extra: str) -> EmoCLI:

@@ -8,7 +8,7 @@ import pytest
 
 from emo import hardware
 from emo.cli import EmoCLI
-from helpers.data import ROOT
+from emo_lab.data import ROOT
 
 
 def cpu_flags() -> set[str]:

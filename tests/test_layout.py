@@ -10,9 +10,9 @@ import pytest
 from emo import spec
 from emo.cli import EmoCLI
 from emo.hardware import cpu_has_fast_bf16
-from emo.report.runs import load_runs, summary_table
+from emo.report.table import load_runs, summary_table
 from emo.spec import Metric
-from helpers.data import ROOT, shrunk_args
+from emo_lab.data import ROOT, shrunk_args
 from helpers.processes import run_emo
 
 TRAINING_LIBRARIES = ("torch", "lightning", "transformers", "datasets")

@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from emo.cli import EmoCLI
 from emo.spec import LABELS, MODEL_URI_TAG
 from emo.store import register
-from helpers.data import ROOT, SMALL_SIZES, shrunk_args
+from emo_lab.data import ROOT, SMALL_SIZES, shrunk_args
 
 
 def fit(tmp_path, tiny_model_dir, small_data_dir, experiment: str, model_name: str, *extra: str) -> EmoCLI:

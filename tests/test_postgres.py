@@ -9,11 +9,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers.data import ROOT, shrunk_args
+from emo_lab.data import ROOT, shrunk_args
 from helpers.gates import gate_callback, wait_for_reached
 from helpers.postgres import PostgresServer, bindir
 from helpers.processes import start_emo
-from helpers.server import MlflowServer
+from emo_lab.server import MlflowServer
 
 pytestmark = pytest.mark.skipif(bindir() is None and not os.environ.get("EMO_CI"),
                                 reason="no PostgreSQL (pg_config): .ci/run installs Debian's postgresql; in CI this fails")

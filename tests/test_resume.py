@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from emo.tracking import read_record
-from helpers.data import SMALL_SIZES, shrunk_args
+from emo_lab.data import SMALL_SIZES, shrunk_args
 from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 

@@ -16,8 +16,8 @@ import pytest
 from emo.cli import EmoCLI
 from emo.commands import main
 from emo.spec import LABELS
-from helpers.data import shrunk_args
-from helpers.server import free_port, wait_for_http
+from emo_lab.data import shrunk_args
+from emo_lab.server import free_port, wait_for_http
 
 NAME = "emotion-serve-test"
 TEXTS = ["i feel so happy and loved", "this makes me furious", "i am scared of the dark", "what a surprise to see you"]

@@ -9,7 +9,7 @@ import pytest
 
 from emo.cli import EmoCLI
 from emo.store import ui_url
-from helpers.data import shrunk_args
+from emo_lab.data import shrunk_args
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # As the probe of this machine kind starts it: no sandbox as root, and no calls to Google's services.

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpers.server import free_port
+from emo_lab.server import free_port
 
 
 def bindir() -> Path | None:

@@ -15,7 +15,7 @@ import traceback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from emo.arguments import check_config_files
-from emo.cli.emo_cli import LOGGER_CLASS, EmoCLI
+from emo.cli.app import LOGGER_CLASS, EmoCLI
 from emo.quiet import quiet_libraries
 
 __all__ = ["LOGGER_CLASS", "EmoCLI", "lightning_errors", "main"]

@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 
 from emo.report.plots import plot_learning_curves, plot_metric_vs_params
-from emo.report.runs import load_runs, markdown_table, seed_groups, select_best, summary_table, varying_params
+from emo.report.table import load_runs, markdown_table, seed_groups, select_best, summary_table, varying_params
 from emo.spec import CONFUSION_ARTIFACT, DEFAULT_EXPERIMENT, REPORT_ARTIFACTS
 from emo.store import resolve_tracking_uri
 

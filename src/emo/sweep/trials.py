@@ -27,7 +27,7 @@ class TrialPruning(PyTorchLightningPruningCallback):
     """
 
     run_id: str | None = None
-    logger = None  # the trial's MLflowLogger: records an outage kept back are sent before the next trial
+    logger = None  # the trial's JournalLogger: records an outage kept back are sent before the next trial
 
     def on_fit_start(self, trainer, pl_module):
         super().on_fit_start(trainer, pl_module)

@@ -1,5 +1,5 @@
 """`TrainingClock`: how long training took and how fast it went, validation left out, so samples/s compares
-with other trainers. Read by the test report (`emo.tracking.test_report`)."""
+with other trainers. Read by the test report (`emo.tracking.evaluation_report`)."""
 
 import time
 

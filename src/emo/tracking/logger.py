@@ -1,4 +1,4 @@
-"""`MLflowLogger`: Lightning's MLflow logger, with everything a run records going through its journal first.
+"""`JournalLogger`: Lightning's MLflow logger, with everything a run records going through its journal first.
 
 Training never waits for the tracking server, an outage loses nothing, a killed run can be resumed
 (`emo.store.journal`). Collaborators tell it what happened through its methods (`attach`,
@@ -43,7 +43,7 @@ def last_step_held(global_step: int) -> int:
     return global_step - 1
 
 
-class MLflowLogger(MLFlowLogger):
+class JournalLogger(MLFlowLogger):
     """Lightning's `MLFlowLogger`; everything the run records goes through its journal (`emo.store.journal`).
 
     Args:
@@ -317,5 +317,5 @@ def run_name(model_name_or_path: str, learning_rate: float, now: datetime.dateti
     return f"{model}-lr{float(mantissa):g}e{int(exponent)}-{when}-{secrets.token_hex(2)}"
 
 
-def mlflow_logger(trainer: Trainer) -> MLflowLogger | None:
-    return next((logger for logger in trainer.loggers if isinstance(logger, MLflowLogger)), None)
+def journal_logger(trainer: Trainer) -> JournalLogger | None:
+    return next((logger for logger in trainer.loggers if isinstance(logger, JournalLogger)), None)

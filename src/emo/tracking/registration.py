@@ -4,7 +4,7 @@ run's journal, so an outage delays it and loses nothing)."""
 from lightning.pytorch import Callback
 
 from emo.spec import DEFAULT_REGISTERED_MODEL
-from emo.tracking.logger import mlflow_logger
+from emo.tracking.logger import journal_logger
 
 
 class ModelRegistry(Callback):
@@ -34,7 +34,7 @@ class ModelRegistry(Callback):
         self.fitted = not trainer.fast_dev_run
 
     def on_test_end(self, trainer, pl_module):
-        logger = mlflow_logger(trainer)
+        logger = journal_logger(trainer)
         if not (self.fitted and self.log_model and trainer.is_global_zero and logger):
             return
         self.fitted = False  # a later test in the same process is not a new model

@@ -30,7 +30,7 @@ from emo.spec import (
     TEACHER_TAG,
     TEACHER_VERSIONS_TAG,
 )
-from emo.tracking.logger import mlflow_logger
+from emo.tracking.logger import journal_logger
 from emo.tracking.resume import RECORD_KEY, run_record
 
 
@@ -55,7 +55,7 @@ class LogRunConfig(SaveConfigCallback):
     """Records the resolved config in the MLflow run; writes the run record (`emo.tracking.resume`) into every checkpoint."""
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
-        logger = mlflow_logger(trainer)
+        logger = journal_logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
         checkpoint[RECORD_KEY] = run_record(logger.run_id, logger.experiment_id, trainer.global_step, run_settings(self.config))
@@ -63,7 +63,7 @@ class LogRunConfig(SaveConfigCallback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """A distilled run names its teachers (tags) and keeps their probabilities on the training texts (an artifact)."""
-        logger = mlflow_logger(trainer)
+        logger = journal_logger(trainer)
         cache = getattr(pl_module, "teacher_cache", None)
         if logger is None or cache is None or logger.resume_step is not None or not trainer.is_global_zero:
             return
@@ -78,12 +78,12 @@ class LogRunConfig(SaveConfigCallback):
         logger.record_file(path, os.path.dirname(TEACHER_ARTIFACT))
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        logger = mlflow_logger(trainer)
+        logger = journal_logger(trainer)
         if logger is not None:
             logger.note_exception(exception)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        logger = mlflow_logger(trainer)
+        logger = journal_logger(trainer)
         if logger is None or stage == "predict" or logger.resume_step is not None:
             return  # a resumed run recorded its config when it started
         logger.record_text(self.parser.dump(self.config, skip_unset=False), CONFIG_ARTIFACT)

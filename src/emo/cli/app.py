@@ -31,17 +31,17 @@ from emo.store import download_registered_model, is_registered_model_uri, prepar
 from emo.tracking import (
     LastCheckpoint,
     LogRunConfig,
-    MLflowLogger,
+    JournalLogger,
     ModelRegistry,
-    TestReport,
+    EvaluationReport,
     TrainingClock,
-    mlflow_logger,
+    journal_logger,
     plan_resume,
     read_record,
     run_name,
 )
 
-LOGGER_CLASS = f"{MLflowLogger.__module__.removesuffix('.logger')}.{MLflowLogger.__name__}"  # as configs name it
+LOGGER_CLASS = f"{JournalLogger.__module__.removesuffix('.logger')}.{JournalLogger.__name__}"  # as configs name it
 
 
 class EmoCLI(LightningCLI):
@@ -56,7 +56,7 @@ class EmoCLI(LightningCLI):
             EmotionDataModule,
             save_config_callback=LogRunConfig,
             save_config_kwargs={"save_to_log_dir": False},
-            trainer_defaults={"callbacks": [clock, TestReport(clock), *callbacks]},
+            trainer_defaults={"callbacks": [clock, EvaluationReport(clock), *callbacks]},
             parser_class=EmoArgumentParser,
             auto_configure_optimizers=False,  # the model builds AdamW with its own parameter groups
             args=args,
@@ -131,7 +131,7 @@ class EmoCLI(LightningCLI):
                 self.resume_step = plan_resume(config, run_settings(config), uri)
 
     def after_instantiate_classes(self):
-        logger = mlflow_logger(self.trainer) if hasattr(self, "trainer") else None  # a sweep builds no trainer
+        logger = journal_logger(self.trainer) if hasattr(self, "trainer") else None  # a sweep builds no trainer
         if logger is not None:
             config = self.config[self.subcommand] if self.subcommand else self.config
             name = run_name(config.model.model_name_or_path, config.model.learning_rate)
@@ -146,12 +146,12 @@ class EmoCLI(LightningCLI):
     def before_fit(self):
         check_checkpoint_fits(self.config.fit.ckpt_path, self.model)
         check_validation_interval(self.trainer, self.datamodule)
-        logger = mlflow_logger(self.trainer)
+        logger = journal_logger(self.trainer)
         if logger is not None and not self.trainer.fast_dev_run:
             logger.keep_open_for_test(True)
 
     def after_fit(self):
-        logger = mlflow_logger(self.trainer)
+        logger = journal_logger(self.trainer)
         if logger is not None:
             logger.keep_open_for_test(False)
         if self.trainer.fast_dev_run:

@@ -1,4 +1,4 @@
-"""`TestReport`: what a reader needs of a test besides its numbers, logged in the run.
+"""`EvaluationReport`: what a reader needs of a test besides its numbers, logged in the run.
 
 Under `test/`: the confusion matrices (counts and normalised), the per-class report (`.md`, `.json`)
 and F1 bars, the predictions (and, after a fit, `val/predictions.csv` of the kept checkpoint's
@@ -36,17 +36,16 @@ from emo.spec import (
     predictions_artifact,
 )
 from emo.tracking.clock import TrainingClock
-from emo.tracking.logger import mlflow_logger
+from emo.tracking.logger import journal_logger
 
 
 def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-class TestReport(Callback):
+class EvaluationReport(Callback):
     """Logs the test's artifacts and the run's summary; the fit's timing comes from `clock`."""
 
-    __test__ = False  # a callback, not a pytest class
 
     def __init__(self, clock: TrainingClock):
         self.clock = clock
@@ -71,7 +70,7 @@ class TestReport(Callback):
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module):
-        logger = mlflow_logger(trainer)
+        logger = journal_logger(trainer)
         if logger is None:  # no tracking (--trainer.logger false): the summary still lands beside the checkpoints
             path = Path(trainer.default_root_dir) / SUMMARY_ARTIFACT
             path.parent.mkdir(parents=True, exist_ok=True)
