@@ -55,7 +55,20 @@ def assert_one_complete_record(client, name: str) -> None:
     assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
 
 
-def test_killed_fit_continues_its_own_run(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+def results(client, run_id: str) -> dict:
+    """What a fit ends with: every epoch's validation metrics and the test metrics."""
+    run = client.get_run(run_id)
+    per_epoch = {f"{key}@{m.step}": m.value for key in run.data.metrics if key.startswith("val/")
+                 for m in client.get_metric_history(run_id, key)}  # fmt: skip
+    return {**per_epoch, **{key: value for key, value in run.data.metrics.items() if key.startswith("test/")}}
+
+
+def test_a_killed_fit_continues_its_own_run_and_ends_as_if_never_stopped(tmp_path, tiny_model_dir, small_data_dir,
+                                                                        tracking_uri):  # fmt: skip
+    """SIGKILL in the second epoch, 2 steps after its last step checkpoint; `--ckpt_path last` continues the same run
+    and ends with the same validation metrics at every epoch and the same test metrics as the same fit never stopped
+    (same seed, same machine): every part of the training state comes back (weights, optimizer, schedule, the
+    epoch's order and position, the random numbers of dropout)."""
     name = "sigkill-resume-test"
     args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name)
     stop_at_the_gate(tmp_path, args, signal.SIGKILL)
@@ -63,11 +76,22 @@ def test_killed_fit_continues_its_own_run(tmp_path, tiny_model_dir, small_data_d
     killed = the_run(client, name)
     assert killed.info.status == "RUNNING"  # nobody could say otherwise yet
     assert max(steps(client, killed.info.run_id, "train/loss")) < STOP_AT  # only what a checkpoint holds
+    [last] = (tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")
+    assert STEPS_PER_EPOCH < read_record(last)["step"] < STOP_AT  # mid-epoch: the resume starts inside epoch 2
 
     code, output = run_emo([*args, "--ckpt_path", "last"], tmp_path / "resumed.log")
     assert code == 0, output[-3000:]
     assert the_run(client, name).info.run_id == killed.info.run_id
     assert_one_complete_record(client, name)
+
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    open_gate(straight / "gate")  # the same callbacks, never held
+    code, output = run_emo(fit_args(straight, tiny_model_dir, small_data_dir, f"{name}-straight"), straight / "fit.log")
+    assert code == 0, output[-3000:]
+    resumed, never_stopped = results(client, killed.info.run_id), results(client, the_run(client, f"{name}-straight").info.run_id)
+    assert {f"val/loss@{STEPS_PER_EPOCH - 1}", f"val/loss@{2 * STEPS_PER_EPOCH - 1}", "test/acc"} <= set(resumed)
+    assert resumed == pytest.approx(never_stopped, rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
