@@ -5,7 +5,6 @@ import pickle
 import subprocess
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import mlflow
@@ -18,6 +17,7 @@ from emo_lab.data import ROOT, shrunk_args
 from helpers.gates import open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 from helpers.records import assert_complete_record, outage_fit_args
+from helpers.secrets import file_texts, leaks, run_texts
 from emo_lab.server import MlflowServer
 
 SECRETS = {  # what a researcher's shell may hold while training; the test puts each one into the record
@@ -26,7 +26,11 @@ SECRETS = {  # what a researcher's shell may hold while training; the test puts 
     "AWS_SECRET_ACCESS_KEY": "aws/S3cr3tAcc3ssK3yValue+987",  # in a config file
     "AZURE_STORAGE_KEY": "azureKeyValue0123456789==",  # in a connection string, in the run's name
     "OPENAI_API_KEY": "sk-proj-0a1b2c3d4e",  # in the environment of a config value (the run name)
+    "PGPASSWORD": "pgS3cretPassw0rd",  # names that do not hold a whole word PASSWORD or KEY: in the tags too
+    "DB_PASS": "dbPassValue-77",
+    "MY_APIKEY": "myApiKeyValue-42",
 }
+DSN = "postgresql://etl@db.internal/warehouse?sslkey=dsnS3cretValue"  # a tag named DSN, in config.yaml as `DSN: ...`
 SHORT_SECRET = "k3y9"  # too short to mask anywhere: masked where a secret is known to stand
 
 
@@ -58,23 +62,6 @@ def status_without_credentials(url: str) -> int:
     return 200
 
 
-def everything_recorded(client, run, folder) -> list[tuple[str, str]]:
-    """(where, content) of every param, tag and artifact of the run, and of its registered versions."""
-    found = [(f"param {k}", v) for k, v in run.data.params.items()] + [(f"tag {k}", v) for k, v in run.data.tags.items()]
-    mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve through the global store
-    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(folder / "run"))
-    model = mlflow.artifacts.download_artifacts(run.data.tags["emo.model_uri"], dst_path=str(folder / "model"))
-    for root in (local, model):
-        for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-            found.append((f"artifact {path.name}", path.read_bytes().decode("latin-1")))
-            if path.suffix == ".ckpt":  # a zip: its members are stored uncompressed, but look inside all the same
-                with zipfile.ZipFile(path) as archive:
-                    found += [(f"{path.name}/{n}", archive.read(n).decode("latin-1")) for n in archive.namelist()]
-    for version in client.search_model_versions(f"run_id='{run.info.run_id}'"):
-        found += [(f"version tag {k}", v) for k, v in version.tags.items()] + [("version", version.description or "")]
-    return found
-
-
 def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
     tmp_path, tiny_model_dir, small_data_dir, auth_server, monkeypatch
 ):
@@ -92,7 +79,9 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
             auth_server.url.replace("://", f"://researcher:{SECRETS['MLFLOW_TRACKING_PASSWORD']}@"),
             "--trainer.logger.init_args.run_name", f"run-{SECRETS['OPENAI_API_KEY']}-{storage}",
             "--trainer.logger.init_args.tags", json.dumps({"note": f"token {SECRETS['HF_TOKEN']}", "api_token": SHORT_SECRET,
-                                                           "aws": SECRETS["AWS_SECRET_ACCESS_KEY"]})]  # fmt: skip
+                                                           "aws": SECRETS["AWS_SECRET_ACCESS_KEY"], "DSN": DSN,
+                                                           "db": f"{SECRETS['PGPASSWORD']} {SECRETS['DB_PASS']}",
+                                                           "other": SECRETS["MY_APIKEY"]})]  # fmt: skip
     code, output = run_emo(stranger, tmp_path / "stranger.log", env={"MLFLOW_TRACKING_URI": auth_server.url})
     assert code != 0 and "Traceback" not in output
     assert output.strip().splitlines()[-1].startswith(f"emo: error: the tracking server at {auth_server.url} refused emo (HTTP 401)")
@@ -102,6 +91,7 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
     get_app_client("basic-auth", tracking_uri=auth_server.url).create_user(
         "researcher", SECRETS["MLFLOW_TRACKING_PASSWORD"]
     )
+    args += ["--trainer.logger.init_args.flush_timeout_s", "600"]  # all of it reaches the server, however busy the machine
     code, output = run_emo(args, tmp_path / "researcher.log", env={**SECRETS, "MLFLOW_TRACKING_USERNAME": "researcher",
                                                                      "MLFLOW_TRACKING_URI": auth_server.url})  # fmt: skip
     assert code == 0, output[-3000:]
@@ -109,14 +99,16 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
     client = mlflow.MlflowClient(auth_server.url)  # as admin, who may read everything
     [run] = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.user"] != "admin"
-    recorded = everything_recorded(client, run, tmp_path / "downloads")
-    recorded += [(f"local {p.name}", p.read_text()) for p in (tmp_path / "outputs").rglob("journal.jsonl")]
-    assert any(where == "artifact config.yaml" for where, _ in recorded) and len(recorded) > 100
-    leaks = [(where, name) for where, text in recorded for name, secret in {**SECRETS, "short": SHORT_SECRET}.items() if secret in text]
-    assert leaks == []
+    recorded = run_texts(client, run, tmp_path / "downloads")  # the store: params, tags, artifacts, the model
+    local = file_texts(tmp_path / "outputs")  # the run folder: journal, checkpoints (last and best), artifacts
+    console = [("console", output)]
+    assert any(where.endswith("config.yaml") for where, _ in recorded) and len(recorded) > 100
+    assert len([where for where, _ in local if where.endswith(".ckpt")]) == 2 and any("journal" in w for w, _ in local)
+    assert leaks({**SECRETS, "DSN": "dsnS3cretValue", "short": SHORT_SECRET}, recorded + local + console) == []
     planted = "".join(text for _, text in recorded if "***" in text)
-    assert "AccountKey=***" in planted and "api_token: ***" in planted and run.data.tags["api_token"] == "***"
-    assert run.data.params["trainer.logger.init_args.tracking_uri"] == auth_server.url.replace("://", "://***@")
+    assert "AccountKey=***" in planted and "api_token: ***" in planted and "DSN: ***" in planted
+    assert run.data.tags["api_token"] == run.data.tags["DSN"] == "***"
+    assert run.data.params["trainer.logger.init_args.tracking_uri"] == auth_server.url.replace("://", "://researcher:***@")
 
 
 def test_emo_sync_delivers_to_a_server_with_a_password_after_an_outage(tmp_path, tiny_model_dir, small_data_dir,

@@ -19,7 +19,9 @@ from collections.abc import Callable
 import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
+from emo.redact import redact, without_userinfo
 from emo.spec import HEARTBEAT_TAG
+from emo.store.experiment import run_url
 from emo.store.journal import Journal
 from emo.store.outage import first_line, is_outage
 from emo.store.registry import register_once, send_model
@@ -72,6 +74,18 @@ def send_artifact(client, journal: Journal, lines: list[dict]) -> None:
 
 def send_status(client, journal: Journal, lines: list[dict]) -> None:
     client.set_terminated(journal.run_id, lines[0]["status"], end_time=lines[0]["ts"])
+    show_run_link(client, journal.run_id)
+
+
+def show_run_link(client, run_id: str) -> None:
+    """The run's page, as MLflow prints it when a run ends on a server, without the credentials: MLflow's own line
+    shows the tracking URI as given, password and all (`emo.store.uri.use_http_defaults` turns that one off)."""
+    if not str(client.tracking_uri).startswith(("http://", "https://")):
+        return
+    with contextlib.suppress(Exception):  # a link is no record: never a reason to stop sending
+        run = client.get_run(run_id)
+        base = redact(without_userinfo(client.tracking_uri))
+        print(f"emo: run {redact(run.info.run_name or run_id)}: {run_url(base, run.info.experiment_id, run_id)}", flush=True)
 
 
 def send_model_line(client, journal: Journal, lines: list[dict]) -> None:

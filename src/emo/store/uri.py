@@ -26,6 +26,8 @@ class TrackingServerError(UserError):
 def use_http_defaults() -> None:
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    # MLflow prints a run's link with the tracking URI as given, password and all: emo prints it masked (emo.store.sender).
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def resolve_tracking_uri() -> str:
