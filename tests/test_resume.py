@@ -8,6 +8,8 @@ import time
 import mlflow
 import pytest
 
+from emo.spec import ENDED_BY_TAG, HEARTBEAT_TAG
+from emo.store import is_stale
 from emo.tracking import read_record
 from emo_lab.data import SMALL_SIZES, shrunk_args
 from helpers.gates import gate_callback, open_gate, wait_for_reached
@@ -161,8 +163,7 @@ def test_slurm_requeue_comes_back_to_the_same_run(tmp_path, tiny_model_dir, smal
     wait_for_reached(tmp_path / "gate", processes=1, watch=(process,))
     process.send_signal(signal.SIGUSR1)  # what SLURM sends before the time limit
     outputs = tmp_path / "outputs"
-    while not list(outputs.glob("hpc_ckpt_*.ckpt")) and process.poll() is None:
-        time.sleep(0.1)
+    wait_until(lambda: list(outputs.glob("hpc_ckpt_*.ckpt")) or process.poll() is not None, "an hpc checkpoint")
     process.send_signal(then)  # `scontrol requeue` (absent here) would start the job again
     process.wait(timeout=120)
     assert list(outputs.glob("hpc_ckpt_*.ckpt")), (tmp_path / "first.log").read_text()[-3000:]
@@ -173,6 +174,54 @@ def test_slurm_requeue_comes_back_to_the_same_run(tmp_path, tiny_model_dir, smal
     assert code == 0, output[-3000:]
     assert the_run(client, name).info.run_id == first.info.run_id
     assert_one_complete_record(client, name)  # either way: every step once, no gap
+
+
+BEAT_S = 3  # stale after 15 s of silence: a live process's beat, however busy the machine, is never that late
+
+
+def wait_until(condition, what: str, timeout_s: float = 120, watch=None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert watch is None or watch.poll() is None, f"the process exited with {watch.returncode} before {what}"
+        assert time.monotonic() < deadline, f"not {what} within {timeout_s} s"
+        time.sleep(0.2)
+
+
+def hide_the_journal(folder) -> None:
+    """The run folder as another machine that shares the checkpoints sees it: without this machine's journal."""
+    (folder / "first-machine").mkdir(exist_ok=True)
+    for path in folder.glob("journal.*"):
+        path.rename(folder / "first-machine" / path.name)
+
+
+def test_a_live_run_s_heartbeat_refuses_a_resume_elsewhere_and_a_dead_one_is_ended_killed(tmp_path, tiny_model_dir,
+                                                                                         small_data_dir, tracking_uri):  # fmt: skip
+    """The heartbeat through real processes: while the fit lives its sender beats, so a resume where its journal is
+    not (another machine sharing the checkpoints) is refused; once it is SIGKILLed the beats stop, and the next emo
+    command ends the run KILLED and may continue it."""
+    name = "heartbeat-test"
+    args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.heartbeat_interval_s", str(BEAT_S))
+    process = start_emo(args, tmp_path / "first.log")
+    wait_for_reached(tmp_path / "gate", processes=1, watch=(process,))
+    client = mlflow.MlflowClient()
+    run_id = the_run(client, name).info.run_id
+    wait_until(lambda: HEARTBEAT_TAG in client.get_run(run_id).data.tags, "beating", watch=process)
+    folder = next((tmp_path / "outputs").glob(f"*/{run_id}"))
+    hide_the_journal(folder)
+    code, output = run_emo([*args, "--ckpt_path", "last"], tmp_path / "elsewhere.log")
+    assert code == 1 and "Traceback" not in output
+    assert output.strip().splitlines()[-1].startswith(f"emo: error: run {run_id} is still running elsewhere (its heartbeat is ")
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    process.kill()
+    process.wait(timeout=60)
+    wait_until(lambda: is_stale(client.get_run(run_id).data.tags), "silent for five intervals")
+    hide_the_journal(folder)  # what the first process wrote after the first look, too
+    code, output = run_emo([*args, "--ckpt_path", "last"], tmp_path / "resumed.log")
+    assert f"emo: run {run_id} stopped beating (its process died); marked KILLED" in output
+    assert code == 0, output[-3000:]
+    assert client.get_run(run_id).data.tags[ENDED_BY_TAG].startswith("no heartbeat for ")
+    assert_one_complete_record(client, name)  # continued from the shared checkpoint
 
 
 def test_a_resume_is_refused_while_the_run_s_process_lives(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
@@ -204,9 +253,8 @@ def test_a_checkpoint_older_than_its_run_s_record_is_refused(tmp_path, tiny_mode
     wait_for_reached(tmp_path / "gate", processes=1, watch=(process,))
     client = mlflow.MlflowClient()
     run = the_run(client, name)
-    while max(steps(client, run.info.run_id, "train/loss"), default=0) < 9:  # the server holds steps past step 5
-        assert process.poll() is None
-        time.sleep(0.2)
+    wait_until(lambda: max(steps(client, run.info.run_id, "train/loss"), default=0) >= 9,  # the server holds steps past step 5
+               "steps past the old checkpoint recorded", watch=process)  # fmt: skip
     process.kill()
     process.wait(timeout=60)
     code, output = run_emo([*args, "--ckpt_path", str(old)], tmp_path / "old.log")
@@ -225,9 +273,7 @@ def test_a_second_ctrl_c_stops_at_once_keeping_the_checkpoint_before_it(tmp_path
     process = start_emo(args, tmp_path / "first.log")
     wait_for_reached(tmp_path / "gate", processes=1, watch=(process,))
     process.send_signal(signal.SIGINT)
-    while not (tmp_path / "gate" / "stop-seen").exists():  # the first Ctrl-C arrived
-        assert process.poll() is None
-        time.sleep(0.05)
+    wait_until((tmp_path / "gate" / "stop-seen").exists, "the first Ctrl-C seen", watch=process)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=120) != 0
     output = (tmp_path / "first.log").read_text()
