@@ -6,6 +6,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
+# The suite depends on nothing in the caller's shell: settings of Hugging Face, MLflow and transformers (HF_HUB_OFFLINE,
+# MLFLOW_TRACKING_URI, TRANSFORMERS_OFFLINE, ...) are gone before anything reads them; a test sets what it relies on.
+CALLERS_SETTINGS = ("HF_", "HUGGING_FACE_", "MLFLOW_", "TRANSFORMERS_")
+for _name in [name for name in os.environ if name.startswith(CALLERS_SETTINGS)]:
+    del os.environ[_name]
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "all")  # every one, not the first of each kind
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: a process per core, so one torch thread each (and in theirs)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
