@@ -10,13 +10,16 @@ than its members before any student is trained (docs/results.md, "A better teach
 """
 
 import argparse
+import json
 
+import mlflow
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from emo.data import content_digest, load_local_splits
 from emo.distill import teacher_probabilities
-from emo.store import resolve_tracking_uri
+from emo.spec import LABELS_TAG
+from emo.store import model_source, resolve_tracking_uri
 
 SPLITS = ("validation", "test")
 
@@ -36,12 +39,15 @@ def main() -> None:
     groups = {name: teachers.split(",") for name, teachers in (group.split("=", 1) for group in args.groups)}
     teachers = sorted({teacher for members in groups.values() for teacher in members})
     uri = resolve_tracking_uri()
-    splits = load_local_splits(args.data_dir)
+    # The data's classes as the (first) teacher learnt them, in its id order; every teacher is checked against them.
+    recorded = mlflow.MlflowClient(uri).get_run(model_source(teachers[0], uri).run_id).data.tags.get(LABELS_TAG)
+    label_names = json.loads(recorded) if recorded else None
+    splits = load_local_splits(args.data_dir, label_names)
     rows: dict[str, list[str]] = {name: [] for name in [*teachers, *groups]}
     for split in SPLITS:
         texts, labels = list(splits[split]["text"]), np.array(list(splits[split]["label"]))
         digest = content_digest(splits[split])  # of the examples in file order, the order of `texts`
-        each = {t: teacher_probabilities([t], texts, digest, args.max_length, uri)[0].numpy() for t in teachers}
+        each = {t: teacher_probabilities([t], texts, digest, args.max_length, uri, label_names=label_names)[0].numpy() for t in teachers}
         for teacher in teachers:
             rows[teacher] += scores(labels, each[teacher])
         for name, members in groups.items():

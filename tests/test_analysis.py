@@ -12,13 +12,13 @@ from emo.analysis import (
     paired_bootstrap,
     predictions_frame,
 )
-from emo.spec import LABELS
+from emo.data.fetch import CARER_LABELS
 
 
 def frame(truth: list[int], predicted: list[int], confidence: float = 0.9) -> pd.DataFrame:
-    probabilities = np.full((len(truth), len(LABELS)), (1 - confidence) / (len(LABELS) - 1))
+    probabilities = np.full((len(truth), len(CARER_LABELS)), (1 - confidence) / (len(CARER_LABELS) - 1))
     probabilities[np.arange(len(truth)), predicted] = confidence
-    return predictions_frame([f"text {i}" for i in range(len(truth))], truth, probabilities, LABELS, range(len(truth)))
+    return predictions_frame([f"text {i}" for i in range(len(truth))], truth, probabilities, CARER_LABELS, range(len(truth)))
 
 
 def test_macro_f1_and_accuracy_match_scikit_learn():
@@ -38,7 +38,7 @@ def test_a_clearly_better_run_has_an_interval_above_zero():
     truth = list(generator.integers(0, 6, 400))
     good = [t if generator.random() < 0.95 else (t + 1) % 6 for t in truth]
     poor = [t if generator.random() < 0.75 else (t + 1) % 6 for t in truth]
-    result = paired_bootstrap([frame(truth, good)], [frame(truth, poor)], LABELS, draws=2000)
+    result = paired_bootstrap([frame(truth, good)], [frame(truth, poor)], CARER_LABELS, draws=2000)
     for metric in ("acc", "f1_macro"):
         r = result[metric]
         assert r["difference"] == pytest.approx(r["a"] - r["b"]) and 0 < r["low"] < r["difference"] < r["high"]
@@ -49,15 +49,15 @@ def test_a_clearly_better_run_has_an_interval_above_zero():
 def test_identical_runs_differ_by_nothing_and_groups_average_their_runs():
     truth = [0, 1, 2, 3, 4, 5] * 20
     right, wrong = frame(truth, truth), frame(truth, [(t + 1) % 6 for t in truth])
-    same = paired_bootstrap([right], [right], LABELS, draws=500)
+    same = paired_bootstrap([right], [right], CARER_LABELS, draws=500)
     assert same["acc"]["difference"] == same["acc"]["low"] == same["acc"]["high"] == 0
-    half = paired_bootstrap([right, wrong], [right], LABELS, draws=500)  # a group: the mean of its runs
+    half = paired_bootstrap([right, wrong], [right], CARER_LABELS, draws=500)  # a group: the mean of its runs
     assert half["acc"]["a"] == pytest.approx(0.5) and half["acc"]["difference"] == pytest.approx(-0.5)
 
 
 def test_runs_on_different_examples_are_refused():
     with pytest.raises(ValueError, match="different examples"):
-        paired_bootstrap([frame([0, 1, 2], [0, 1, 2])], [frame([0, 1, 1], [0, 1, 1])], LABELS)
+        paired_bootstrap([frame([0, 1, 2], [0, 1, 2])], [frame([0, 1, 1], [0, 1, 1])], CARER_LABELS)
 
 
 def test_confident_mistakes_are_the_surest_wrong_answers():

@@ -19,39 +19,62 @@ from emo.data import (
     check_inputs,
     content_digest,
     find_split_file,
-    label_id,
+    label_name,
     length_buckets,
     load_local_splits,
     read_table_examples,
     read_txt_examples,
 )
-from emo.spec import LABELS
+from emo.data.fetch import CARER_LABELS
+from emo.data.labels import encode_splits, label_ids, names_in
 
 
-def write_splits(folder, train="i feel fine;joy\n", val="i am sad;sadness\n", test="so angry;anger\n", suffix=".txt"):
+def write_splits(folder, train="i feel fine;joy\ni am down;sadness\nso mad;anger\n", val="i am sad;sadness\n", test="so angry;anger\n", suffix=".txt"):
     for name, text in (("train", train), ("val", val), ("test", test)):
         (folder / f"{name}{suffix}").write_text(text)
     return folder
 
 
-def test_label_ids_are_the_hub_ids():
-    assert LABELS == ("sadness", "joy", "love", "anger", "fear", "surprise")
-    assert [label_id(name, "x") for name in LABELS] == list(range(6))
-    assert label_id("3", "x") == 3 and label_id(5, "x") == 5 and label_id(" Joy ", "x") == 1
+def test_given_labels_take_names_ids_and_names_in_other_case():
+    ids = label_ids(CARER_LABELS, given=True)
+    assert [ids[name] for name in CARER_LABELS] == list(range(6))
+    assert ids["3"] == 3 and ids["5"] == 5 and ids["joy"] == 1 and "6" not in ids
+    assert label_ids(["a", "b"], given=False) == {"a": 0, "b": 1}  # found names: no ids to give
 
 
-@pytest.mark.parametrize("bad", ["happy", "6", "-1", "", 1.5, "1.0", True, None, float("nan"), "²"])
-def test_unknown_label_names_the_place(bad):
-    with pytest.raises(DataFormatError, match=r"f\.txt:7: unknown label"):
-        label_id(bad, "f.txt:7")
+def test_found_labels_are_sorted_numbers_by_value():
+    assert names_in(["joy", "anger", "joy", "fear"]) == ["anger", "fear", "joy"]
+    assert names_in(["10", "2", "1"]) == ["1", "2", "10"]
+
+
+def as_read(labels: list[str]) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"text": ["t"] * len(labels), "label": labels,
+                                       "where": [f"f.txt:{i + 1}" for i in range(len(labels))]})  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", ["happy", "6", "-1", "1.0", "²"])
+def test_a_label_not_among_the_given_names_names_the_place(bad):
+    with pytest.raises(DataFormatError, match=rf"^f\.txt:2: unknown label '{re.escape(bad)}' \(expected one of sadness, .* or 0-5\)$"):
+        encode_splits({"train": as_read(["joy", bad])}, list(CARER_LABELS))
+
+
+def test_a_label_the_training_split_lacks_names_the_place():
+    with pytest.raises(DataFormatError, match=r"^f\.txt:1: unknown label 'calm' \(expected one of joy, sad: the training"):
+        encode_splits({"train": as_read(["joy", "sad"]), "validation": as_read(["calm"])}, None)
+
+
+@pytest.mark.parametrize("bad", ["", "  ", 1.5, True, None, float("nan"), pd.NA])
+def test_a_value_that_is_no_name_or_id_is_not_a_label(bad):
+    with pytest.raises(DataFormatError, match=r"f\.txt:7: unknown label .* \(a label is a name or an id\)"):
+        label_name(bad, "f.txt:7")
 
 
 def test_txt_skips_blank_lines_and_keeps_semicolons_in_text(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("\ni feel; torn apart;sadness\n\n  \nim so happy;joy\r\n")
     assert list(read_txt_examples(path)) == [
-        {"text": "i feel; torn apart", "label": 0},
-        {"text": "im so happy", "label": 1},
+        {"text": "i feel; torn apart", "label": "sadness", "where": f"{path}:2"},
+        {"text": "im so happy", "label": "joy", "where": f"{path}:5"},
     ]
 
 
@@ -59,7 +82,7 @@ def test_txt_skips_blank_lines_and_keeps_semicolons_in_text(tmp_path):
     "line, message",
     [
         ("no separator here", r"bad\.txt:2: expected '<text>;<label>'"),
-        ("i feel;happyish", r"bad\.txt:2: unknown label 'happyish'"),
+        ("i feel;", r"bad\.txt:2: unknown label '' \(a label is a name or an id\)"),
         ("   ;joy", r"bad\.txt:2: empty text"),
         (";joy", r"bad\.txt:2: empty text"),
     ],
@@ -77,9 +100,9 @@ def test_csv_jsonl_parquet_exports(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in frame.to_dict("records")))
     frame.astype({"label": str}).to_parquet(tmp_path / "a.parquet")
     for suffix in ("csv", "jsonl", "parquet"):
-        assert list(read_table_examples(tmp_path / f"a.{suffix}")) == [
-            {"text": "i feel calm", "label": 1},
-            {"text": "i am scared", "label": 4},
+        assert [{k: v for k, v in e.items() if k != "where"} for e in read_table_examples(tmp_path / f"a.{suffix}")] == [
+            {"text": "i feel calm", "label": "joy"},
+            {"text": "i am scared", "label": "4"},
         ]
 
 
@@ -88,8 +111,8 @@ def test_csv_errors_name_the_line(tmp_path):
     path.write_text("text,label\ngood text,joy\n,joy\n")
     with pytest.raises(DataFormatError, match=r"train\.csv: line 3: empty text"):
         list(read_table_examples(path))
-    path.write_text("text,label\ngood text,joy\nother,bliss\n")
-    with pytest.raises(DataFormatError, match=r"train\.csv: line 3: unknown label 'bliss'"):
+    path.write_text("text,label\ngood text,joy\nother,\n")
+    with pytest.raises(DataFormatError, match=r"train\.csv: line 3: unknown label ''"):
         list(read_table_examples(path))
     path.write_text("sentence,label\nx,joy\n")
     with pytest.raises(DataFormatError, match="missing column.*text"):
@@ -113,12 +136,15 @@ def test_local_splits_report_bad_lines_not_a_library_traceback(tmp_path):
         load_local_splits(str(tmp_path))
 
 
-def test_real_files_load_with_hub_labels(data_dir):
-    splits = load_local_splits(str(data_dir))
+def test_real_files_load_with_the_given_labels_or_their_own_sorted(data_dir):
+    splits = load_local_splits(str(data_dir), list(CARER_LABELS))
     assert {name: len(split) for name, split in splits.items()} == {"train": 16000, "validation": 2000, "test": 2000}
-    assert splits["train"].features["label"].names == list(LABELS)
+    assert splits["train"].features["label"].names == list(CARER_LABELS)
     text, label = (data_dir / "train.txt").read_text().splitlines()[0].rsplit(";", 1)
-    assert splits["train"][0] == {"text": text, "label": LABELS.index(label)}
+    assert splits["train"][0] == {"text": text, "label": CARER_LABELS.index(label)}
+    found = load_local_splits(str(data_dir))["train"]
+    assert found.features["label"].names == sorted(CARER_LABELS)
+    assert found[0] == {"text": text, "label": sorted(CARER_LABELS).index(label)}
 
 
 def test_digest_follows_content_not_files(tmp_path):
@@ -126,7 +152,7 @@ def test_digest_follows_content_not_files(tmp_path):
     a.mkdir(), b.mkdir()
     first, second = load_local_splits(str(write_splits(a))), load_local_splits(str(write_splits(b)))
     assert content_digest(first["train"]) == content_digest(second["train"])
-    (tmp_path / "b" / "train.txt").write_text("i feel fine;love\n")
+    (tmp_path / "b" / "train.txt").write_text("i feel fine;joy\ni am down;sadness\nso mad;anger\nso scared;fear\n")
     changed = load_local_splits(str(tmp_path / "b"))
     assert content_digest(changed["train"]) != content_digest(first["train"])
 
@@ -198,11 +224,12 @@ def test_length_buckets_cover_every_example_once_in_batches_of_one_length():
 
 
 def test_train_size_is_a_stratified_subset(data_dir, tiny_model_dir):
-    dm = EmotionDataModule(data_dir=str(data_dir), tokenizer_name_or_path=str(tiny_model_dir), train_size=1600)
+    dm = EmotionDataModule(data_dir=str(data_dir), labels=list(CARER_LABELS), tokenizer_name_or_path=str(tiny_model_dir),
+                           train_size=1600)  # fmt: skip
     dm.setup("fit")
     labels = pd.Series(dm.splits["train"]["label"]).value_counts()
     assert len(dm.splits["train"]) == 1600 and len(dm.splits["test"]) == 2000
-    assert labels[LABELS.index("joy")] == pytest.approx(5362 / 10, abs=2)  # class shares kept
+    assert labels[CARER_LABELS.index("joy")] == pytest.approx(5362 / 10, abs=2)  # class shares kept
 
 
 def test_predict_file(tmp_path, small_data_dir, tiny_model_dir):
@@ -247,6 +274,7 @@ GOOD = {
 }
 UTF8_HINT = "; save the file as UTF-8"
 UNKNOWN = " (expected one of sadness, joy, love, anger, fear, surprise or 0-5)"
+NOT_A_LABEL = " (a label is a name or an id)"
 
 
 def bad_split(name: str, content: bytes | None, message: str, id: str):
@@ -329,17 +357,17 @@ BAD_INPUTS = [
     bad_split("train.csv", b"text,label\na,joy\nb,1.0\n", "{d}/train.csv: line 3: unknown label '1.0'" + UNKNOWN,
               id="csv-float-text"),
     bad_split("train.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": true}\n',
-              "{d}/train.jsonl: line 2: unknown label 'True'" + UNKNOWN, id="jsonl-bool"),
+              "{d}/train.jsonl: line 2: unknown label 'True'" + NOT_A_LABEL, id="jsonl-bool"),
     bad_split("train.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": null}\n',
-              "{d}/train.jsonl: line 2: unknown label 'None'" + UNKNOWN, id="jsonl-null"),
+              "{d}/train.jsonl: line 2: unknown label 'None'" + NOT_A_LABEL, id="jsonl-null"),
     bad_split("train.json", b'[{"text": "a", "label": 1}, {"text": "b", "label": NaN}]',
-              "{d}/train.json: row 2: unknown label 'nan'" + UNKNOWN, id="json-nan"),
+              "{d}/train.json: row 2: unknown label 'nan'" + NOT_A_LABEL, id="json-nan"),
     bad_split("train.parquet", parquet_bytes(text=["a", "b"], label=[1.5, 2.0]),
-              "{d}/train.parquet: row 1: unknown label '1.5'" + UNKNOWN, id="parquet-float"),
+              "{d}/train.parquet: row 1: unknown label '1.5'" + NOT_A_LABEL, id="parquet-float"),
     bad_split("train.parquet", parquet_bytes(text=["a", "b"], label=[True, False]),
-              "{d}/train.parquet: row 1: unknown label 'True'" + UNKNOWN, id="parquet-bool"),
+              "{d}/train.parquet: row 1: unknown label 'True'" + NOT_A_LABEL, id="parquet-bool"),
     bad_split("train.parquet", parquet_bytes(text=["a", "b"], label=pd.array([1, None], dtype="Int64")),
-              "{d}/train.parquet: row 2: unknown label '<NA>'" + UNKNOWN, id="parquet-null-label"),
+              "{d}/train.parquet: row 2: unknown label '<NA>'" + NOT_A_LABEL, id="parquet-null-label"),
     bad_split("train.parquet", parquet_bytes(text=["a", None], label=[1, 2]),
               "{d}/train.parquet: row 2: expected text, got <NA>", id="parquet-null-text"),
     # Folders and files in each other's place.
@@ -367,7 +395,8 @@ def test_bad_inputs_stop_with_one_line_naming_file_and_line(tmp_path, files, inp
     data_dir, predict_file, stage = inputs
     message = message.format(d=tmp_path)
     with pytest.raises(DataFormatError, match=f"^{re.escape(message)}$"):
-        check_inputs(data_dir and str(tmp_path / data_dir), predict_file and str(tmp_path / predict_file), stage)
+        check_inputs(data_dir and str(tmp_path / data_dir), predict_file and str(tmp_path / predict_file), stage,
+                     list(CARER_LABELS))  # fmt: skip
 
 
 def test_check_inputs_reads_only_what_the_stage_uses(tmp_path):
@@ -383,7 +412,7 @@ def test_check_inputs_fills_the_cache_that_training_loads(data_dir, tmp_path, mo
     splits = load_local_splits(str(data_dir))
     assert {name: len(split) for name, split in splits.items()} == {"train": 16000, "validation": 2000, "test": 2000}
     cached = {Path(file["filename"]) for split in splits.values() for file in split.cache_files}
-    assert len(cached) == 3 and cached == set(written)  # the files check_inputs wrote, not new ones
+    assert len(cached) == 3 and cached <= set(written)  # files check_inputs wrote (as read, then labelled), not new ones
     assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.arrow")} == written
 
 
@@ -392,11 +421,11 @@ def test_an_exported_dataset_reads_back_as_the_same_examples(tmp_path):
 
     texts = {"train": ["i feel fine; really", "ça va très bien", "so angry"], "validation": ["i am sad"], "test": ["wow;"]}
     labels = {"train": [1, 1, 3], "validation": [0], "test": [5]}
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(LABELS))})
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(CARER_LABELS))})
     built = {split: datasets.Dataset.from_dict({"text": texts[split], "label": labels[split]}, features=features) for split in texts}
     export(built, tmp_path / "emotion")
     assert (tmp_path / "emotion" / "val.txt").read_text() == "i am sad;sadness\n"  # the authors' format
-    read = load_local_splits(str(tmp_path / "emotion"))
+    read = load_local_splits(str(tmp_path / "emotion"), list(CARER_LABELS))
     assert {split: (list(read[split]["text"]), list(read[split]["label"])) for split in texts} == {
         split: (texts[split], labels[split]) for split in texts
     }

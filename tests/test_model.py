@@ -3,20 +3,21 @@ import pytest
 import torch
 
 from emo.data import EmotionDataModule
+from emo.data.fetch import CARER_LABELS
 from emo.hardware import CpuDropout, use_cpu_kernels
-from emo.model import EmotionClassifier, class_weights, evaluation_metrics, parameter_groups
-from emo.spec import LABELS
+from emo.losses import class_weights
+from emo.model import EmotionClassifier, evaluation_metrics, parameter_groups
 
 
 def logits_for(predictions: list[int]) -> torch.Tensor:
-    return torch.nn.functional.one_hot(torch.tensor(predictions), len(LABELS)).float()
+    return torch.nn.functional.one_hot(torch.tensor(predictions), len(CARER_LABELS)).float()
 
 
 def test_metrics_on_a_known_confusion():
     # 10 examples: sadness 4 (3 right, 1 -> joy), joy 4 (all right), love 2 (1 right, 1 -> joy).
     target = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
     predicted = [0, 0, 0, 1, 1, 1, 1, 1, 2, 1]
-    metrics = evaluation_metrics(LABELS, "val")
+    metrics = evaluation_metrics(CARER_LABELS, "val")
     metrics.update(logits_for(predicted), torch.tensor(target))
     values = {k: v.item() for k, v in metrics.compute().items()}
     f1 = {"sadness": 2 * 3 / (2 * 3 + 1), "joy": 2 * 4 / (2 * 4 + 2), "love": 2 * 1 / (2 * 1 + 1)}
@@ -32,13 +33,13 @@ def test_metrics_on_a_known_confusion():
 
 @pytest.fixture(scope="module")
 def classifier(tiny_model_dir):
-    return EmotionClassifier(str(tiny_model_dir), learning_rate=1e-3, weight_decay=0.1, warmup_ratio=0.25)
+    return EmotionClassifier(str(tiny_model_dir), CARER_LABELS, learning_rate=1e-3, weight_decay=0.1, warmup_ratio=0.25)
 
 
 def test_head_has_the_label_mapping(classifier):
     config = classifier.model.config
     assert config.num_labels == 6
-    assert config.id2label == dict(enumerate(LABELS))
+    assert config.id2label == dict(enumerate(CARER_LABELS))
     assert config.label2id["surprise"] == 5
 
 
@@ -79,9 +80,9 @@ def test_class_balance_weighs_rare_classes_up():
 
 def test_training_loss_smooths_and_weighs(tiny_model_dir):
     logits, labels = torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.0, 0.0]]), torch.tensor([0])
-    plain = EmotionClassifier(str(tiny_model_dir)).training_loss(logits, labels)
+    plain = EmotionClassifier(str(tiny_model_dir), CARER_LABELS).loss(logits, labels)
     assert plain == pytest.approx(torch.nn.functional.cross_entropy(logits, labels))
-    smoothed = EmotionClassifier(str(tiny_model_dir), label_smoothing=0.1).training_loss(logits, labels)
+    smoothed = EmotionClassifier(str(tiny_model_dir), CARER_LABELS, label_smoothing=0.1).loss(logits, labels)
     assert smoothed > plain  # a confident right answer costs more when the target is not one-hot
 
 
@@ -113,7 +114,7 @@ def test_predict_step_gives_probabilities(classifier, tiny_model_dir):
 
 
 def test_frozen_embeddings_stay_as_pretrained_and_the_rest_trains(small_data_dir, tiny_model_dir):
-    model = EmotionClassifier(str(tiny_model_dir), learning_rate=1e-2, freeze_embeddings=True)
+    model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS, learning_rate=1e-2, freeze_embeddings=True)
     embeddings = model.model.get_input_embeddings().weight.detach().clone()
     head = model.model.classifier.weight.detach().clone()
     data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
@@ -126,14 +127,14 @@ def test_frozen_embeddings_stay_as_pretrained_and_the_rest_trains(small_data_dir
 
 
 def test_dropout_setting_reaches_every_dropout_layer(tiny_model_dir):
-    model = EmotionClassifier(str(tiny_model_dir), dropout=0.0)
+    model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS, dropout=0.0)
     layers = [m for m in model.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert layers and all(layer.p == 0.0 for layer in layers)
-    assert {m.p for m in EmotionClassifier(str(tiny_model_dir)).model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    assert {m.p for m in EmotionClassifier(str(tiny_model_dir), CARER_LABELS).model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
 
 
 def test_a_cpu_fit_draws_dropout_masks_the_fast_way_with_the_same_rate(small_data_dir, tiny_model_dir):
-    model = EmotionClassifier(str(tiny_model_dir))
+    model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS)
     data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
     L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
               accelerator="cpu").fit(model, datamodule=data)  # fmt: skip
@@ -153,12 +154,12 @@ def test_a_cpu_fit_draws_dropout_masks_the_fast_way_with_the_same_rate(small_dat
 
 
 def test_attention_kernel_is_a_setting(tiny_model_dir):
-    assert EmotionClassifier(str(tiny_model_dir), attn_implementation="eager").model.config._attn_implementation == "eager"
+    assert EmotionClassifier(str(tiny_model_dir), CARER_LABELS, attn_implementation="eager").model.config._attn_implementation == "eager"
 
 
 def test_cpu_attention_computes_what_sdpa_computes(tiny_model_dir):
-    reference = EmotionClassifier(str(tiny_model_dir)).model.eval()
-    swapped = EmotionClassifier(str(tiny_model_dir)).model.eval()
+    reference = EmotionClassifier(str(tiny_model_dir), CARER_LABELS).model.eval()
+    swapped = EmotionClassifier(str(tiny_model_dir), CARER_LABELS).model.eval()
     swapped.load_state_dict(reference.state_dict())
     use_cpu_kernels(swapped, attention=True)
     assert swapped.config._attn_implementation == "emo_cpu"
@@ -171,7 +172,7 @@ def test_cpu_attention_computes_what_sdpa_computes(tiny_model_dir):
 
 
 def test_a_chosen_attention_kernel_is_kept_on_the_cpu(small_data_dir, tiny_model_dir):
-    model = EmotionClassifier(str(tiny_model_dir), attn_implementation="sdpa")
+    model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS, attn_implementation="sdpa")
     data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
     L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
               accelerator="cpu").fit(model, datamodule=data)  # fmt: skip

@@ -12,7 +12,8 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from emo.cli import EmoCLI
-from emo.spec import LABELS, MODEL_URI_TAG
+from emo.data.fetch import CARER_LABELS
+from emo.spec import MODEL_URI_TAG
 from emo.store import register
 from emo_lab.data import ROOT, SMALL_SIZES, shrunk_args
 
@@ -112,7 +113,7 @@ def test_test_predictions_and_error_analysis(fitted, small_data_dir):
     assert [(row["text"], row["label"]) for row in rows] == [(text, label) for text, label in lines]  # the file's order
     assert [int(row["example"]) for row in rows] == list(range(len(lines)))
     for row in rows:
-        probabilities = {label: float(row[f"p_{label}"]) for label in LABELS}
+        probabilities = {label: float(row[f"p_{label}"]) for label in CARER_LABELS}
         assert row["predicted"] == max(probabilities, key=probabilities.get)
         assert float(row["confidence"]) == pytest.approx(max(probabilities.values()), abs=1e-5)
     accuracy = sum(row["predicted"] == row["label"] for row in rows) / len(rows)
@@ -152,7 +153,7 @@ def test_registered_champion_predicts_a_label(fitted):
     assert run.info.run_id in description and f"accuracy {run.data.metrics['test/acc']:.4f}" in description
     model = mlflow.pyfunc.load_model("models:/emotion-pipeline-test@champion")
     prediction = model.predict(["i can't stop smiling today"])
-    assert prediction["label"][0] in LABELS and 0 < prediction["score"][0] <= 1
+    assert prediction["label"][0] in CARER_LABELS and 0 < prediction["score"][0] <= 1
 
 
 def test_champion_moves_only_to_a_better_model(fitted, tracking_uri):
@@ -189,7 +190,7 @@ def test_predict_writes_labels_and_probabilities(fitted, tmp_path, tiny_model_di
     rows = predict(lines)
     assert [row["text"] for row in rows] == lines  # the file's order, although batches run sorted by length
     for row in rows:
-        probabilities = {label: float(row[f"p_{label}"]) for label in LABELS}
+        probabilities = {label: float(row[f"p_{label}"]) for label in CARER_LABELS}
         assert row["label"] == max(probabilities, key=probabilities.get)
         assert sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
     reversed_rows = predict(lines[::-1])  # each text keeps its own probabilities, whatever its place in the file

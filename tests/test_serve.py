@@ -15,7 +15,7 @@ import pytest
 
 from emo.cli import EmoCLI
 from emo.commands import main
-from emo.spec import LABELS
+from emo.data.fetch import CARER_LABELS
 from emo_lab.data import shrunk_args
 from emo_lab.server import free_port, wait_for_http
 
@@ -52,7 +52,7 @@ def predict(tmp_path: Path, tiny_model_dir, data_dir, ckpt_path: str) -> list[di
 
 
 def probabilities(rows: list[dict]) -> list[float]:
-    return [float(row[f"p_{label}"]) for row in rows for label in LABELS]
+    return [float(row[f"p_{label}"]) for row in rows for label in CARER_LABELS]
 
 
 def test_predict_from_a_registered_model_uri(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
@@ -124,7 +124,7 @@ def test_the_champion_serves_over_http(fitted, tmp_path, tiny_model_dir, small_d
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
     assert len(served) == len(TEXTS) and all(set(row) == {"label", "score"} for row in served), served
-    assert {row["label"] for row in served} <= set(LABELS)
+    assert {row["label"] for row in served} <= set(CARER_LABELS)
     rows = predict(tmp_path, tiny_model_dir, small_data_dir, f"models:/{NAME}@champion")
     assert [row["label"] for row in served] == [row["label"] for row in rows]
     assert [row["score"] for row in served] == pytest.approx([float(row[f"p_{row['label']}"]) for row in rows], abs=1e-4)

@@ -32,6 +32,11 @@ def predictions_frame(texts: Sequence[str], labels, probabilities, label_names: 
     return frame
 
 
+def frame_label_names(predictions: pd.DataFrame) -> list[str]:
+    """The class names of a predictions table, in id order: its `p_<label>` columns."""
+    return [column.removeprefix("p_") for column in predictions.columns if column.startswith("p_")]
+
+
 def confident_mistakes(predictions: pd.DataFrame, n: int = 30) -> pd.DataFrame:
     """The wrong predictions the model was surest of: label noise, or what the model has not learnt."""
     wrong = predictions[predictions["label"] != predictions["predicted"]]

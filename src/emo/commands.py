@@ -10,6 +10,11 @@ from emo import UserError
 
 
 def lightning(args: list[str]) -> None:
+    from emo.export.predict import exported_version, predict
+
+    exported = exported_version(args)  # `predict --ckpt_path models:/...` naming an ONNX export: no torch
+    if exported:
+        return predict(args, exported)
     from emo.cli import main
 
     main(args)
@@ -33,6 +38,12 @@ def data(args: list[str]) -> None:
     main(args)
 
 
+def export(args: list[str]) -> None:
+    from emo.export.command import main
+
+    main(args)
+
+
 def sync(args: list[str]) -> None:
     from emo.store.sync import main
 
@@ -46,6 +57,7 @@ COMMANDS = {
     "predict": (lightning, "label the lines of a text file (--data.predict_file, --ckpt_path)"),
     "sweep": (sweep, "an Optuna study whose trials are fits, nested in MLflow (configs/sweep.yaml)"),
     "report": (report, "compare runs, pick the best by validation; --compare A B"),
+    "export": (export, "a registered model as ONNX (int8 by default), checked on test, registered as NAME-onnx"),
     "sync": (sync, "send the records a tracking outage kept in run folders"),
     "data": (data, "put the emotion data in data/emotion: a link to ../shared/data/emotion, else the Hub's, checked"),
 }

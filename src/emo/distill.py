@@ -1,5 +1,5 @@
-"""Knowledge distillation: the teachers' class probabilities on the training texts, computed once and cached, and the
-loss that mixes them into the student's.
+"""Knowledge distillation: the teachers' class probabilities on the training texts, computed once and cached (the loss
+that mixes them into the student's is `emo.losses`).
 
 A teacher is a logged model (`models:/NAME@ALIAS`, `models:/NAME/VERSION` or the id of the run that
 logged it); with several, their probabilities are averaged (an ensemble teacher). The probabilities
@@ -16,12 +16,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from emo import UserError
 from emo.hardware import fast_precision
-from emo.spec import LABELS
 from emo.store import ModelSource, download_model, model_source
 
 BATCH_SIZE = 64
@@ -37,22 +35,15 @@ def cache_key(sources: list[ModelSource], data_digest: str, max_length: int) -> 
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) at `temperature`, times T² so its gradients keep their scale as T changes (Hinton et al.)."""
-    student = F.log_softmax(logits.float() / temperature, dim=-1)
-    target = teacher.float()
-    if temperature != 1:
-        target = F.softmax(target.clamp(min=1e-12).log() / temperature, dim=-1)  # the teacher's probabilities at T
-    return F.kl_div(student, target, reduction="batchmean") * temperature**2
-
-
 @torch.inference_mode()
-def predict_probabilities(model_dir: Path, tokenizer_dir: Path, texts: list[str], max_length: int, given: str) -> torch.Tensor:
-    """One teacher's class probabilities for `texts`, in their order: batches sorted by length, bf16 where it is fast."""
+def predict_probabilities(model_dir: Path, tokenizer_dir: Path, texts: list[str], max_length: int, given: str,
+                          label_names: list[str] | None = None) -> torch.Tensor:  # fmt: skip
+    """One teacher's class probabilities for `texts`, in their order: batches sorted by length, bf16 where it is fast.
+    A teacher whose classes (names and ids) are not `label_names` is refused."""
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if labels != list(LABELS):
-        raise UserError(f"--model.teacher {given}: its classes are {labels}, not the emotion labels {list(LABELS)}")
+    if label_names is not None and labels != list(label_names):
+        raise UserError(f"--model.teacher {given}: its classes are {labels}, the data's are {list(label_names)}")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -70,8 +61,10 @@ def predict_probabilities(model_dir: Path, tokenizer_dir: Path, texts: list[str]
 
 
 def teacher_probabilities(teachers: list[str], texts: list[str], data_digest: str, max_length: int,
-                          tracking_uri: str) -> tuple[torch.Tensor, Path, list[ModelSource]]:  # fmt: skip
+                          tracking_uri: str, label_names: list[str] | None = None,
+                          ) -> tuple[torch.Tensor, Path, list[ModelSource]]:  # fmt: skip
     """The mean of the teachers' class probabilities on `texts` (shape: texts x labels), from the cache when it has them.
+    Each teacher's classes must be `label_names` (the data's), when given.
 
     Returns them, the cache file that holds them, and the teachers as found.
     """
@@ -86,7 +79,7 @@ def teacher_probabilities(teachers: list[str], texts: list[str], data_digest: st
               file=sys.stderr)  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="emo-teacher-") as folder:
             model_dir, tokenizer_dir = download_model(source, tracking_uri, folder)
-            each.append(predict_probabilities(model_dir, tokenizer_dir, texts, max_length, source.given))
+            each.append(predict_probabilities(model_dir, tokenizer_dir, texts, max_length, source.given, label_names))
     probabilities = torch.stack(each).mean(dim=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")

@@ -1,10 +1,13 @@
-"""The classifier: a Hugging Face encoder with a classification head, fine-tuned with AdamW."""
+"""The classifier: a Hugging Face encoder with a classification head, fine-tuned with AdamW, evaluated with torchmetrics.
+
+Only the model: the loss is `emo.losses`, the teachers' targets are prepared by `emo.tracking.TeacherTargets`, and
+what a run keeps of an evaluation (predictions, confusion matrices) is `emo.tracking.EvaluationPredictions`.
+"""
 
 import contextlib
 import re
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -13,19 +16,17 @@ from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFl
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MetricCollection, classification
-from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.wrappers import ClasswiseWrapper
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_parameter_names
 
 from emo import UserError, hub, spec
-from emo.distill import distillation_loss, teacher_probabilities
 from emo.hardware import use_cpu_kernels
-from emo.spec import LABELS, LOSS, STAGE_SPLITS, TRAIN_LOSS, TRAIN_LR
-from emo.store import resolve_tracking_uri
+from emo.losses import TrainingLoss, class_weights
+from emo.spec import LOSS, STAGE_SPLITS, TRAIN_LOSS, TRAIN_LR
 
 EVAL_STAGES = tuple(STAGE_SPLITS)
-VAL_PREDICTIONS_KEY = "val_predictions"  # in a checkpoint: the predictions of the validation that scored it
+MODEL_INPUTS_EXCLUDE = ("labels", "example")  # batch columns that are not the encoder's inputs
 LayerDecay = restricted_number_type("LayerDecay", float, [(">", 0), ("<=", 1)])  # 1: one learning rate for all layers
 # Parameters that get no weight decay, as in transformers' Trainer: biases and normalisation weights.
 NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"layer_norm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
@@ -108,18 +109,12 @@ def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float
     return list(groups.values())
 
 
-def class_weights(labels: Sequence[int], num_classes: int, power: float) -> torch.Tensor:
-    """(n / (k * n_c)) ** power: 0 weighs every example alike, 1 gives every class the same total weight."""
-    counts = torch.bincount(torch.as_tensor(labels), minlength=num_classes).float().clamp(min=1)
-    return (counts.sum() / (num_classes * counts)) ** power
-
-
 class EmotionClassifier(L.LightningModule):
     """`AutoModelForSequenceClassification` with torchmetrics evaluation.
 
     Args:
         model_name_or_path: Hub id or local folder of a pretrained encoder.
-        label_names: Class names in id order; linked from the data module by the CLI.
+        label_names: Class names in id order; linked from the data module (`data.label_names`) by the CLI.
         learning_rate: Peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
         warmup_ratio: Share of the training steps with a linear warm-up; then linear decay to 0.
@@ -137,8 +132,9 @@ class EmotionClassifier(L.LightningModule):
             total weight as the common ones. Validation and test losses stay unweighted.
         layer_lr_decay: Layer-wise learning-rate decay: each layer below the head learns at this factor
             of the layer above it (1: one learning rate for all).
-        teacher: Distil from these logged models (`models:/NAME@ALIAS`, `models:/NAME/VERSION` or run ids): their
-            mean class probabilities on the training texts, computed once and cached (emo.distill).
+        teacher: Distil from this logged model or these (`models:/NAME@ALIAS`, `models:/NAME/VERSION` or run ids): their
+            mean class probabilities on the training texts, computed once and cached (emo.distill), before the fit
+            starts (emo.tracking.TeacherTargets).
         distill_alpha: With a teacher, the training loss is (1 - alpha) x cross-entropy on the labels + alpha x
             T² x KL divergence to the teacher at temperature T; 0 is plain cross-entropy.
         distill_temperature: T, which softens both distributions: the teacher's second choices weigh more.
@@ -147,7 +143,7 @@ class EmotionClassifier(L.LightningModule):
     def __init__(
         self,
         model_name_or_path: str = "distilbert-base-uncased",
-        label_names: Sequence[str] = LABELS,
+        label_names: Sequence[str] = (),
         learning_rate: PositiveFloat = 2e-5,
         weight_decay: NonNegativeFloat = 0.01,
         warmup_ratio: ClosedUnitInterval = 0.0,
@@ -158,11 +154,15 @@ class EmotionClassifier(L.LightningModule):
         label_smoothing: ClosedUnitInterval = 0.0,
         class_balance: ClosedUnitInterval = 0.0,
         layer_lr_decay: LayerDecay = 1.0,
-        teacher: list[str] | None = None,
+        teacher: str | list[str] | None = None,
         distill_alpha: ClosedUnitInterval = 0.5,
         distill_temperature: PositiveFloat = 2.0,
     ):
         super().__init__()
+        if len(label_names) < 2:
+            raise UserError(f"the model needs at least two class names (label_names: {list(label_names)})")
+        if isinstance(teacher, str):  # one teacher, as naturally written: --model.teacher models:/NAME/1
+            teacher = [teacher]
         self.save_hyperparameters(logger=False)  # every setting reaches MLflow from the resolved config instead
         self.model = load_classifier(model_name_or_path, label_names, attn_implementation)
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps a module's mode: dropout on
@@ -173,15 +173,7 @@ class EmotionClassifier(L.LightningModule):
                 if isinstance(module, nn.Dropout):
                     module.p = dropout  # attention layers read their dropout module's p too
         self.metrics = nn.ModuleDict({stage: evaluation_metrics(label_names, stage) for stage in EVAL_STAGES})
-        self.confusion = nn.ModuleDict({stage: MulticlassConfusionMatrix(len(label_names)) for stage in EVAL_STAGES})
-        self.confusion_matrices: dict[str, torch.Tensor] = {}  # of the last evaluation, for the run's artifacts
-        self.eval_outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {stage: [] for stage in EVAL_STAGES}  # per batch
-        # {stage: example, label, probabilities} of the last evaluation; a checkpoint keeps the validation's that chose it
-        self.predictions: dict[str, dict[str, torch.Tensor]] = {}
-        self.loss_weights: torch.Tensor | None = None  # per class, from the train split at fit time
-        self.teacher_probabilities: torch.Tensor | None = None  # per training example, computed at fit time
-        self.teacher_sources: list = []  # the teachers as found in MLflow
-        self.teacher_cache: Path | None = None  # the cache file of their probabilities
+        self.loss = TrainingLoss(label_smoothing, distill_alpha, distill_temperature)
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -191,72 +183,19 @@ class EmotionClassifier(L.LightningModule):
             use_cpu_kernels(self.model, attention=self.hparams.attn_implementation is None)
         if self.hparams.class_balance > 0:
             labels = self.trainer.datamodule.splits["train"]["label"]
-            self.loss_weights = class_weights(labels, len(self.hparams.label_names), self.hparams.class_balance)
-        if self.hparams.teacher:
-            datamodule = self.trainer.datamodule
-            tracking_uri = getattr(self.trainer.logger, "tracking_uri", None) or resolve_tracking_uri()
-            self.teacher_probabilities, self.teacher_cache, self.teacher_sources = teacher_probabilities(
-                self.hparams.teacher, list(datamodule.splits["train"]["text"]), datamodule.digests["train"],
-                datamodule.hparams.max_length, tracking_uri,
-            )  # fmt: skip
+            self.loss.weights = class_weights(labels, len(self.hparams.label_names), self.hparams.class_balance)
+        if self.hparams.teacher and self.loss.teacher is None:
+            raise UserError("model.teacher is set but no teacher targets were prepared: fit with the callback "
+                            "emo.tracking.TeacherTargets (emo fit adds it)")  # fmt: skip
 
-    def training_loss(self, logits: torch.Tensor, labels: torch.Tensor, examples: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy on the labels (weighted by class, smoothed); with a teacher, mixed with the distillation loss."""
-        weights = None if self.loss_weights is None else self.loss_weights.to(logits.device)
-        loss = F.cross_entropy(logits.float(), labels, weight=weights, label_smoothing=self.hparams.label_smoothing)
-        alpha = self.hparams.distill_alpha
-        if self.teacher_probabilities is None or alpha == 0:
-            return loss
-        teacher = self.teacher_probabilities[examples.cpu()].to(logits.device)
-        return (1 - alpha) * loss + alpha * distillation_loss(logits, teacher, self.hparams.distill_temperature)
-
-    def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
-        labels = batch.pop("labels")
-        examples = batch.pop("example", None)
-        logits = self.model(**batch).logits
-        if stage == "train":
-            loss = self.training_loss(logits, labels, examples)
-            self.log(TRAIN_LOSS, loss, prog_bar=True)
-            self.log(TRAIN_LR, self.lr_schedulers().get_last_lr()[-1])  # the head's: the peak under layer decay
-            return loss
-        loss = F.cross_entropy(logits.float(), labels)  # plain, whatever the training loss: comparable across runs
-        self.log(f"{stage}/{LOSS}", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
-        self.metrics[stage].update(logits, labels)
-        self.confusion[stage].update(logits, labels)
-        if examples is not None:
-            self.eval_outputs[stage].append((examples, labels, logits.float().softmax(dim=-1)))
-        return loss
-
-    def on_validation_epoch_start(self):
-        self.eval_outputs["val"] = []
-
-    def on_test_epoch_start(self):
-        self.eval_outputs["test"] = []
-
-    def gather_predictions(self, stage: str) -> dict[str, torch.Tensor]:
-        """Example line, true label and class probabilities of every example of the split, from all processes."""
-        columns = [torch.cat(column) for column in zip(*self.eval_outputs[stage], strict=True)]
-        if self.trainer.world_size > 1:  # the sampler pads with repeats: keep each example once
-            columns = [self.all_gather(column).flatten(0, 1) for column in columns]
-        examples, labels, probabilities = (column.cpu() for column in columns)
-        order = torch.argsort(examples)
-        keep = torch.ones_like(order, dtype=torch.bool)
-        keep[1:] = examples[order][1:] != examples[order][:-1]
-        order = order[keep]
-        return {"example": examples[order], "label": labels[order], "probabilities": probabilities[order]}
-
-    def log_evaluation(self, stage: str) -> None:
-        # compute() gathers the states of all processes: the metrics cover the whole split.
-        values = self.metrics[stage].compute()
-        shown = {name: values.pop(name) for name in [f"{stage}/{m.key}" for m in spec.METRICS if m.progress_bar]}
-        self.log_dict(shown, prog_bar=True, sync_dist=True)
-        self.log_dict(values, sync_dist=True)
-        self.confusion_matrices[stage] = self.confusion[stage].compute().cpu()
-        self.metrics[stage].reset()
-        self.confusion[stage].reset()
+    def forward(self, batch: dict) -> torch.Tensor:
+        """The logits of a batch (its labels and example indices are not inputs)."""
+        return self.model(**{key: value for key, value in batch.items() if key not in MODEL_INPUTS_EXCLUDE}).logits
 
     def training_step(self, batch, batch_idx):
-        loss = self.shared_step(batch, "train")
+        loss = self.loss(self(batch), batch["labels"], batch.get("example"))
+        self.log(TRAIN_LOSS, loss, prog_bar=True)
+        self.log(TRAIN_LR, self.lr_schedulers().get_last_lr()[-1])  # the head's: the peak under layer decay
         if self.checks_loss_now() and not torch.isfinite(loss):  # every later step would be NaN too: stop, with the reason
             raise TrainingDiverged(
                 f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
@@ -264,38 +203,40 @@ class EmotionClassifier(L.LightningModule):
             )
         return loss
 
+    def evaluation_step(self, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        """Logs the plain cross-entropy, updates the metrics; returns the class probabilities (for callbacks)."""
+        logits, labels = self(batch), batch["labels"]
+        loss = F.cross_entropy(logits.float(), labels)  # plain, whatever the training loss: comparable across runs
+        self.log(f"{stage}/{LOSS}", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
+        self.metrics[stage].update(logits, labels)
+        return {"loss": loss, "probabilities": logits.float().softmax(dim=-1)}
+
+    def log_evaluation(self, stage: str) -> None:
+        # compute() gathers the states of all processes: the metrics cover the whole split.
+        values = self.metrics[stage].compute()
+        shown = {name: values.pop(name) for name in [f"{stage}/{m.key}" for m in spec.METRICS if m.progress_bar]}
+        self.log_dict(shown, prog_bar=True, sync_dist=True)
+        self.log_dict(values, sync_dist=True)
+        self.metrics[stage].reset()
+
     def checks_loss_now(self) -> bool:
         """Every step on a CPU; on an accelerator only where Lightning logs anyway, as reading a value waits for the device."""
         return self.device.type == "cpu" or self.global_step % max(self.trainer.log_every_n_steps, 1) == 0
 
     def validation_step(self, batch, batch_idx):
-        self.shared_step(batch, "val")
+        return self.evaluation_step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self.shared_step(batch, "test")
+        return self.evaluation_step(batch, "test")
 
     def on_validation_epoch_end(self):
         self.log_evaluation("val")
-        self.keep_predictions("val")
 
     def on_test_epoch_end(self):
         self.log_evaluation("test")
-        self.keep_predictions("test")
-
-    def keep_predictions(self, stage: str) -> None:
-        if self.eval_outputs[stage] and not self.trainer.sanity_checking:
-            self.predictions[stage] = self.gather_predictions(stage)
-        self.eval_outputs[stage] = []
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # A checkpoint is saved right after the validation that scored it: its predictions travel with it, so
-        # the run can log the validation predictions of the checkpoint it keeps (for `emo report --compare_split val`).
-        if "val" in self.predictions:
-            checkpoint[VAL_PREDICTIONS_KEY] = self.predictions["val"]
 
     def predict_step(self, batch, batch_idx):
-        batch.pop("labels", None)
-        return self.model(**batch).logits.float().softmax(dim=-1)  # probabilities in fp32, also under bf16 autocast
+        return self(batch).float().softmax(dim=-1)  # probabilities in fp32, also under bf16 autocast
 
     def configure_optimizers(self):
         hp = self.hparams

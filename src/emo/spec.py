@@ -1,4 +1,4 @@
-"""The names every part of emo agrees on: labels, splits, metrics, tags, artifacts, and which settings define an experiment.
+"""The names every part of emo agrees on: splits, metrics, tags, artifacts, and which settings define an experiment.
 
 Defined once, here, and derived everywhere else: the model builds its torchmetrics from `METRICS`,
 the CLI offers their validation names as checkpoint monitors, reports and the run and model-version
@@ -10,7 +10,6 @@ import dataclasses
 
 DEFAULT_EXPERIMENT = "Emotion-Classification-FineTuning"
 DEFAULT_REGISTERED_MODEL = "distilbert-emotion-classifier"
-LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")  # ids as on the Hub
 SPLITS = ("train", "validation", "test")
 STAGE_SPLITS = {"val": "validation", "test": "test"}  # the evaluation stages (metric prefixes) and their splits
 
@@ -41,13 +40,22 @@ TRAIN_LOSS, TRAIN_LR = "train/loss", "train/lr"
 TRAIN_SPEED, TRAIN_SECONDS = "train/samples_per_sec", "train/seconds"
 
 
-def metric_names(stage: str, labels=LABELS) -> list[str]:
-    """Every metric an evaluation at `stage` logs: `val/loss`, `val/acc`, ..., `val/recall_surprise`."""
+def metric_names(stage: str, labels=()) -> list[str]:
+    """Every metric an evaluation at `stage` logs: `val/loss`, `val/acc`, ..., `val/recall_<label>` for each of `labels`
+    (the data's classes, `emo.data`)."""
     names = [f"{stage}/{LOSS}"]
     for metric in METRICS:
         keys = [f"{metric.key}_{label}" for label in labels] if metric.per_class else [metric.key]
         names += [f"{stage}/{key}" for key in keys]
     return names
+
+
+def is_metric_name(name: str, stage: str) -> bool:
+    """Whether an evaluation at `stage` logs `name` for some labels: `val/acc`, `val/loss`, `val/f1_<any label>`."""
+    key = name.removeprefix(f"{stage}/")
+    if key == name:
+        return False
+    return key == LOSS or any(key.startswith(f"{m.key}_") if m.per_class else key == m.key for m in METRICS)
 
 
 def headline_metrics(stage: str) -> dict[str, str]:
@@ -63,6 +71,7 @@ def is_maximized(name: str) -> bool:
 # Tags emo sets on runs ("emo.*"), and those of MLflow and Optuna it sets or reads.
 TASK_TAG, STAGE_TAG = "emo.task", "emo.stage"
 MODEL_TAG, DATASET_TAG, DATA_DIGEST_TAG = "emo.model", "emo.dataset", "emo.data_digest"
+LABELS_TAG = "emo.labels"  # the classes a run trained on, in id order (a JSON list)
 CONFIG_FILES_TAG, FAILURE_TAG = "emo.config_files", "emo.failure"
 TEACHER_TAG, TEACHER_VERSIONS_TAG, TEACHER_RUNS_TAG = "emo.teacher", "emo.teacher_versions", "emo.teacher_run_ids"  # distilled
 MODEL_URI_TAG = "emo.model_uri"  # where the run's logged model is, so a sweep can register its best trial later

@@ -16,24 +16,30 @@ from emo import UserError
 from emo.cli.checks import (
     check_checkpoint_fits,
     check_inputs,
+    check_labels_match,
     check_teachers,
     check_validation_interval,
+    checkpoint_labels,
     config_problem,
+    data_labels,
+    model_folder_labels,
 )
 from emo.cli.parser import EmoArgumentParser
 from emo.data import EmotionDataModule
 from emo.hardware import fast_precision
-from emo.model import VAL_PREDICTIONS_KEY, EmotionClassifier
+from emo.model import EmotionClassifier
 from emo.params import run_settings
 from emo.predict import PredictionWriter
 from emo.spec import MODEL_TAG
 from emo.store import download_registered_model, is_registered_model_uri, prepare_tracking, resolve_tracking_uri
 from emo.tracking import (
+    EvaluationPredictions,
+    EvaluationReport,
+    JournalLogger,
     LastCheckpoint,
     LogRunConfig,
-    JournalLogger,
     ModelRegistry,
-    EvaluationReport,
+    TeacherTargets,
     TrainingClock,
     journal_logger,
     plan_resume,
@@ -49,14 +55,17 @@ class EmoCLI(LightningCLI):
 
     def __init__(self, args=None, run: bool = True, callbacks=()):
         self.resume_step = None
+        self.model_labels = None  # (--ckpt_path, the classes of that checkpoint or registered model)
         torch.set_float32_matmul_precision("high")  # TF32 on recent GPUs; no effect on CPU
-        clock = TrainingClock()
+        clock, predictions = TrainingClock(), EvaluationPredictions()
         super().__init__(
             EmotionClassifier,
             EmotionDataModule,
             save_config_callback=LogRunConfig,
             save_config_kwargs={"save_to_log_dir": False},
-            trainer_defaults={"callbacks": [clock, EvaluationReport(clock), *callbacks]},
+            trainer_defaults={
+                "callbacks": [clock, predictions, EvaluationReport(clock, predictions), TeacherTargets(), *callbacks]
+            },
             parser_class=EmoArgumentParser,
             auto_configure_optimizers=False,  # the model builds AdamW with its own parameter groups
             args=args,
@@ -71,6 +80,7 @@ class EmoCLI(LightningCLI):
             self.use_registered_model(self.config[subcommand], subcommand)
         elif ckpt_path and ckpt_path not in ("last", "best", "hpc"):
             read_record(Path(ckpt_path))
+            self.model_labels = (ckpt_path, checkpoint_labels(ckpt_path))
         super()._parse_ckpt_path()
 
     def use_registered_model(self, config, subcommand: str) -> None:
@@ -83,6 +93,7 @@ class EmoCLI(LightningCLI):
         self.registered_model_dir = tempfile.TemporaryDirectory(prefix="emo-registered-")  # removed with the CLI
         model, tokenizer = download_registered_model(config.ckpt_path, uri, self.registered_model_dir.name)
         config.model.model_name_or_path, config.data.tokenizer_name_or_path = str(model), str(tokenizer)
+        self.model_labels = (config.ckpt_path, model_folder_labels(model))
         if getattr(logger, "class_path", None) == LOGGER_CLASS:  # the run names the model, not its temporary folder
             logger.init_args.tags = {**(logger.init_args.tags or {}), MODEL_TAG: config.ckpt_path}
         config.ckpt_path = None  # the registered weights are the model's
@@ -119,14 +130,18 @@ class EmoCLI(LightningCLI):
             config.weights_only = True  # checkpoints hold tensors and plain values: never run pickled code
         if subcommand == "predict":
             config.trainer.logger = False  # predictions go to a file, not to a new MLflow run
+            if self.model_labels and self.model_labels[1]:  # the model's classes name the columns; no training data read
+                config.data.labels = self.model_labels[1]
         check_inputs(subcommand, config)  # a problem is a UserError: one line, exit status 1
+        if self.model_labels and subcommand in ("validate", "test"):
+            check_labels_match(*self.model_labels, data_labels(config))
         logger = config.trainer.logger
         tracked = bool(logger) and getattr(logger, "class_path", None) == LOGGER_CLASS
         uri = (tracked and logger.init_args.tracking_uri) or resolve_tracking_uri()
         if self.subcommand and tracked:
             prepare_tracking(uri, logger.init_args.experiment_name)
         if subcommand == "fit":
-            check_teachers(config.model.teacher, uri)
+            check_teachers(config.model.teacher, uri, data_labels(config))
             if self.subcommand and tracked:
                 self.resume_step = plan_resume(config, run_settings(config), uri)
 
@@ -160,11 +175,8 @@ class EmoCLI(LightningCLI):
         if best:
             # The checkpoint's weights as saved: with weight averaging (EMAWeightAveraging) these are the average,
             # which Lightning would swap back to the raw weights when the checkpoint is loaded through `ckpt_path`.
-            saved = torch.load(best, map_location="cpu", weights_only=True)
+            saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
             self.model.load_state_dict(saved["state_dict"])
-            self.model.predictions.pop("val", None)  # the last epoch's: only the kept checkpoint's are logged
-            if VAL_PREDICTIONS_KEY in saved:
-                self.model.predictions["val"] = saved[VAL_PREDICTIONS_KEY]
         self.trainer.test(self.model, datamodule=self.datamodule, weights_only=True)
 
     def before_validate(self):

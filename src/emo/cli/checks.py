@@ -1,14 +1,17 @@
 """Everything a user can get wrong, checked before the model loads and before an MLflow run exists."""
 
+import json
 import math
 from pathlib import Path
 
+import mlflow
 import torch
 
 from emo import UserError
 from emo.data import check_inputs as check_data
+from emo.data import checked_names, load_local_splits
 from emo.hub import check_model_folder, max_positions
-from emo.spec import is_maximized, metric_names
+from emo.spec import LABELS_TAG, is_maximized, is_metric_name, metric_names
 from emo.store import model_source
 from emo.tracking import read_record
 
@@ -16,9 +19,9 @@ from emo.tracking import read_record
 def config_problem(subcommand: str, config) -> str | None:
     """Combinations that would fail late (or silently) are refused before anything loads."""
     monitor, mode = config.checkpoint.monitor, config.checkpoint.mode
-    choices = metric_names("val")
-    if monitor not in choices:
-        return f"--checkpoint.monitor {monitor!r}: choose a validation metric ({', '.join(sorted(choices)[:5])}, ...)"
+    if not is_metric_name(monitor, "val"):
+        choices = ", ".join(metric_names("val")[:5])
+        return f"--checkpoint.monitor {monitor!r}: choose a validation metric ({choices}, ..., val/f1_<label>, ...)"
     if (mode == "max") != is_maximized(monitor):
         return f"--checkpoint.mode {mode!r} is the wrong direction for {monitor!r}"
     if not config.registry.champion_metric.startswith("test/"):
@@ -34,7 +37,8 @@ def config_problem(subcommand: str, config) -> str | None:
 
 def check_inputs(subcommand: str, config) -> None:
     """Data files, the model folder and the checkpoint file, read and checked before any of them is used."""
-    check_data(config.data.data_dir if subcommand != "predict" else None, config.data.predict_file, subcommand)
+    data_dir = config.data.data_dir if subcommand != "predict" else None
+    check_data(data_dir, config.data.predict_file, subcommand, config.data.labels)
     check_model_folder(config.model.model_name_or_path)
     positions = max_positions(config.model.model_name_or_path)
     if positions and config.data.max_length > positions:
@@ -60,13 +64,45 @@ def check_validation_interval(trainer, datamodule) -> None:
                         f"{batches}, a share of the epoch (0.25), or set --trainer.check_val_every_n_epoch null")  # fmt: skip
 
 
-def check_teachers(teachers: list[str] | None, tracking_uri: str) -> None:
-    """Each teacher is a logged text-classification model in the store, before the student loads."""
-    for teacher in teachers or []:
+def data_labels(config) -> list[str] | None:
+    """The classes of the data (`emo.data.labels`), without the Hub: None for a Hub dataset without `data.labels`."""
+    if config.data.labels:
+        return checked_names(config.data.labels)
+    if config.data.data_dir:
+        return load_local_splits(config.data.data_dir)["train"].features["label"].names  # read once: cache hits
+    return None
+
+
+def checkpoint_labels(ckpt_path: str) -> list[str] | None:
+    """The classes a checkpoint of emo's model was trained on."""
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    names = saved.get("hyper_parameters", {}).get("label_names")
+    return list(names) if names else None
+
+
+def model_folder_labels(folder) -> list[str] | None:
+    """The classes of a fine-tuned Hugging Face model folder (its config's `id2label`)."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    return [id2label[str(i)] for i in range(len(id2label))] if id2label else None
+
+
+def check_labels_match(what: str, model_labels: list[str] | None, labels: list[str] | None) -> None:
+    """A model evaluated on data of other classes (or the same in another order) is refused in one line."""
+    if model_labels and labels and list(model_labels) != list(labels):
+        raise UserError(f"{what}: the model's classes are {list(model_labels)}, the data's are {list(labels)}")
+
+
+def check_teachers(teachers: str | list[str] | None, tracking_uri: str, labels: list[str] | None = None) -> None:
+    """Each teacher is a logged text-classification model in the store, of the data's classes (where its run says),
+    before the student loads."""
+    for teacher in [teachers] if isinstance(teachers, str) else teachers or []:
         try:
-            model_source(teacher, tracking_uri)
+            source = model_source(teacher, tracking_uri)
         except UserError as error:
             raise UserError(f"--model.teacher {error}") from None
+        recorded = mlflow.MlflowClient(tracking_uri).get_run(source.run_id).data.tags.get(LABELS_TAG)
+        check_labels_match(f"--model.teacher {teacher}", recorded and json.loads(recorded), labels)
 
 
 def check_checkpoint_fits(ckpt_path, model) -> None:

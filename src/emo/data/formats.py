@@ -1,8 +1,9 @@
-"""Emotion examples read from files: the authors' `text;label` lines and table exports, every example checked.
+"""Labelled texts read from files: the CARER authors' `text;label` lines and table exports, every example checked.
 
 A split file is `.txt` (the original `<text>;<label>` a line), `.csv`, `.jsonl` (an object a line),
-`.json` (a list of objects) or `.parquet`, with the columns `text` and `label` (label as a name or as
-the Hub's id), all text in UTF-8. A bad example stops the run with one `DataFormatError` line that
+`.json` (a list of objects) or `.parquet`, with the columns `text` and `label` (label as a name, or as
+an id into `data.labels`), all text in UTF-8. A reader yields `text`, `label` (as written) and `where`
+(file and line, for later messages). A bad example stops the run with one `DataFormatError` line that
 names its file and line. A new format is a reader function and a line in `READERS`.
 """
 
@@ -19,7 +20,6 @@ import pandas as pd
 import pyarrow as pa
 
 from emo import UserError
-from emo.spec import LABELS
 
 
 class DataFormatError(UserError, ValueError):
@@ -101,14 +101,13 @@ def split_text(path: Path) -> str:
     return decode_text(path, split_bytes(path))
 
 
-def label_id(value, where: str) -> int:
-    """The Hub id of a label given as a name (`joy`) or as an id (`1`); `1.0`, `true` or null are not labels."""
+def label_name(value, where: str) -> str:
+    """A label as the file gives it: a name (`joy`) or an id (`1`, an index into `data.labels`); `1.0`, `true`, null or
+    an empty value are not labels. Which names exist is the data's to say (`emo.data.labels`), not the reader's."""
     text = str(value).strip()
-    if text.lower() in LABELS:
-        return LABELS.index(text.lower())
-    if text.isascii() and text.isdigit() and int(text) < len(LABELS):
-        return int(text)
-    raise DataFormatError(f"{where}: unknown label {text!r} (expected one of {', '.join(LABELS)} or 0-5)")
+    if value is None or value is pd.NA or isinstance(value, bool | float) or not text:
+        raise DataFormatError(f"{where}: unknown label {str(value)!r} (a label is a name or an id)")
+    return text
 
 
 def checked_example(text, label, where: str) -> dict:
@@ -116,7 +115,7 @@ def checked_example(text, label, where: str) -> dict:
         raise DataFormatError(f"{where}: expected text, got {text!r}")
     if not text.strip():
         raise DataFormatError(f"{where}: empty text")
-    return {"text": text, "label": label_id(label, where)}
+    return {"text": text, "label": label_name(label, where), "where": where}
 
 
 def check_columns(columns, where: str) -> None:

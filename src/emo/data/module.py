@@ -1,4 +1,4 @@
-"""The LightningDataModule: the emotion splits, tokenized once (cached by `datasets`), padded per batch."""
+"""The LightningDataModule: labelled texts split three ways, tokenized once (cached by `datasets`), padded per batch."""
 
 import hashlib
 from functools import cached_property, partial
@@ -12,9 +12,10 @@ from transformers import AutoTokenizer, DataCollatorWithPadding
 
 from emo import hub
 from emo.data.formats import DataFormatError
+from emo.data.labels import checked_names
 from emo.data.sampler import EpochSampler, ResumableLoader
 from emo.data.splits import content_digest, load_hub_splits, load_local_splits, read_predict_texts
-from emo.spec import LABELS, SPLITS
+from emo.spec import SPLITS
 
 
 def batch_size_of(batch: dict) -> int:
@@ -26,12 +27,14 @@ def tokenize_texts(batch: dict, tokenizer, max_length: int) -> dict:
 
 
 class EmotionDataModule(L.LightningDataModule):
-    """The emotion splits, tokenized once (cached by `datasets`), padded per batch.
+    """Labelled texts (CARER's emotions by default) split three ways, tokenized once (cached by `datasets`), padded per batch.
 
     Args:
         dataset: Hub dataset id, used when `data_dir` is not set.
         dataset_config: Hub dataset configuration.
         data_dir: A local folder with train/val/test files; replaces the Hub.
+        labels: The class names in id order (a label in a file may then also be its id). `null`: from the data, the Hub
+            dataset's `ClassLabel` names or the sorted names in the training split.
         tokenizer_name_or_path: Linked to `model.model_name_or_path` by the CLI.
         max_length: Longer texts are truncated to this many tokens.
         batch_size: Training examples per batch (per device).
@@ -48,6 +51,7 @@ class EmotionDataModule(L.LightningDataModule):
         dataset: str = "dair-ai/emotion",
         dataset_config: str | None = "split",
         data_dir: str | None = None,
+        labels: list[str] | None = None,
         tokenizer_name_or_path: str = "distilbert-base-uncased",
         max_length: PositiveInt = 128,
         batch_size: PositiveInt = 16,
@@ -60,7 +64,6 @@ class EmotionDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
-        self.label_names = list(LABELS)
         self.splits: dict[str, datasets.Dataset] = {}
         self.digests: dict[str, str] = {}
         self.predict_texts: list[str] = []  # in the order of the predict file
@@ -70,6 +73,13 @@ class EmotionDataModule(L.LightningDataModule):
     def source(self) -> str:
         """Where the examples come from: the local folder or the Hub id."""
         return self.hparams.data_dir or self.hparams.dataset
+
+    @cached_property
+    def label_names(self) -> list[str]:
+        """The class names in id order: `labels` as given, else as the data says (read once, then from the cache)."""
+        if self.hparams.labels:
+            return checked_names(self.hparams.labels)
+        return self.raw_splits()["train"].features["label"].names
 
     @cached_property
     def tokenizer(self):
@@ -100,9 +110,9 @@ class EmotionDataModule(L.LightningDataModule):
 
     def raw_splits(self) -> datasets.DatasetDict:
         if self.hparams.data_dir:
-            splits = load_local_splits(self.hparams.data_dir)
+            splits = load_local_splits(self.hparams.data_dir, self.hparams.labels)
         else:
-            splits = load_hub_splits(self.hparams.dataset, self.hparams.dataset_config)
+            splits = load_hub_splits(self.hparams.dataset, self.hparams.dataset_config, self.hparams.labels)
         if self.hparams.train_size and self.hparams.train_size < len(splits["train"]):
             try:
                 splits["train"] = splits["train"].train_test_split(

@@ -1,4 +1,4 @@
-"""The emotion splits of a local folder or the Hub, checked and cached by `datasets`; the predict file's texts."""
+"""The splits of a local folder or the Hub, checked and cached by `datasets`, labels as ids; the predict file's texts."""
 
 import hashlib
 from pathlib import Path
@@ -15,10 +15,11 @@ from emo.data.formats import (
     read_text,
     text_lines,
 )
-from emo.spec import LABELS, SPLITS
+from emo.data.labels import align_hub_labels, encode_splits
+from emo.spec import SPLITS
 
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
-FEATURES = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(LABELS))})
+AS_READ = datasets.Features({name: datasets.Value("string") for name in ("text", "label", "where")})  # labels as written
 
 
 def find_split_file(data_dir: Path, split: str) -> Path:
@@ -47,7 +48,7 @@ def load_split(path: Path, split: str) -> datasets.Dataset:
         return datasets.Dataset.from_generator(
             read_examples,
             gen_kwargs={"path": str(path.resolve()), "sha256": sha256, "reader": READER_DIGEST},
-            features=FEATURES,
+            features=AS_READ,
             split=split,
         )
     except datasets.exceptions.DatasetGenerationError as error:
@@ -56,9 +57,10 @@ def load_split(path: Path, split: str) -> datasets.Dataset:
         raise
 
 
-def load_local_splits(data_dir: str) -> datasets.DatasetDict:
-    """Every example is checked while the cache is built; later loads of the same files are cache hits."""
-    return datasets.DatasetDict({split: load_split(path, split) for split, path in split_files(data_dir).items()})
+def load_local_splits(data_dir: str, labels: list[str] | None = None) -> datasets.DatasetDict:
+    """Every example is checked while the cache is built; later loads of the same files are cache hits.
+    Labels become ids of `labels`, else of the training split's names (`emo.data.labels`)."""
+    return encode_splits({split: load_split(path, split) for split, path in split_files(data_dir).items()}, labels)
 
 
 def read_predict_texts(predict_file: str | None) -> list[str]:
@@ -71,7 +73,7 @@ def read_predict_texts(predict_file: str | None) -> list[str]:
     return texts
 
 
-def check_inputs(data_dir: str | None, predict_file: str | None, stage: str) -> None:
+def check_inputs(data_dir: str | None, predict_file: str | None, stage: str, labels: list[str] | None = None) -> None:
     """Reads every input of a run without a tokenizer or model, so a bad file stops the CLI before anything loads.
 
     The splits are read by `load_local_splits` itself: the run then finds them in the datasets cache.
@@ -80,16 +82,13 @@ def check_inputs(data_dir: str | None, predict_file: str | None, stage: str) -> 
     if stage == "predict":
         read_predict_texts(predict_file)
     elif data_dir:
-        load_local_splits(data_dir)
+        load_local_splits(data_dir, labels)
 
 
-def load_hub_splits(name: str, config: str | None) -> datasets.DatasetDict:
+def load_hub_splits(name: str, config: str | None, labels: list[str] | None = None) -> datasets.DatasetDict:
     hub.require(name, what="dataset")
     splits = datasets.load_dataset(name, config)
-    names = splits["train"].features["label"].names
-    if tuple(names) != LABELS:
-        raise DataFormatError(f"{name}: labels {names} differ from the emotion labels {list(LABELS)}")
-    return datasets.DatasetDict({split: splits[split] for split in SPLITS})
+    return align_hub_labels(datasets.DatasetDict({split: splits[split] for split in SPLITS}), labels, name)
 
 
 def content_digest(split: datasets.Dataset) -> str:

@@ -6,8 +6,8 @@ import tempfile
 import mlflow
 import pandas as pd
 
-from emo.analysis import paired_bootstrap
-from emo.spec import LABELS, predictions_artifact
+from emo.analysis import frame_label_names, paired_bootstrap
+from emo.spec import predictions_artifact
 from emo.store import children_filter
 
 
@@ -34,7 +34,10 @@ def compare_runs(client, run_a: str, run_b: str, split: str = "test", draws: int
     """Prints A - B in accuracy and macro F1 on a split with a paired bootstrap 95 % interval."""
     name_a, group_a = group_predictions(client, run_a, split)
     name_b, group_b = group_predictions(client, run_b, split)
-    result = paired_bootstrap(group_a, group_b, LABELS, draws=draws)
+    labels = frame_label_names(group_a[0])
+    if any(frame_label_names(frame) != labels for frame in group_a + group_b):
+        raise ValueError(f"the runs predict different classes ({labels} in {run_a}): a paired comparison needs the same")
+    result = paired_bootstrap(group_a, group_b, labels, draws=draws)
     print(f"A: {name_a} [{run_a}]\nB: {name_b} [{run_b}]")
     print(f"paired bootstrap over the {len(group_a[0])} {split} examples, {draws} draws\n")
     print(f"{'metric':<14}{'A':>8}{'B':>8}{'A - B':>9}   95 % interval        P(B better)")

@@ -4,6 +4,7 @@ and a registered model found and downloaded again by its `models:/` URI."""
 import contextlib
 import dataclasses
 import importlib.metadata
+import json
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from emo.redact import redact
 from emo.spec import (
     DATA_DIGEST_TAG,
     DATASET_TAG,
+    LABELS_TAG,
     MODEL_ARTIFACT,
     MODEL_TAG,
     MODEL_URI_TAG,
@@ -74,6 +76,7 @@ def log_transformers_model(run_id: str, model, tokenizer) -> str:
             name=MODEL_ARTIFACT,
             input_example=INPUT_EXAMPLE,
             pip_requirements=pip_requirements(),
+            metadata={"labels": [model.config.id2label[i] for i in range(model.config.num_labels)]},  # in id order
         )
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     return info.model_uri
@@ -113,9 +116,10 @@ def version_description(run) -> str:
     scores = ", ".join(f"{label} {metrics[key]:.4f}" for key, label in headline_metrics("test").items() if key in metrics)
     settings = ", ".join(f"{key.split('.')[-1]} {params[key]}" for key in DESCRIBED_SETTINGS if key in params)
     teacher = f" Distilled from {tags[TEACHER_TAG]}." if TEACHER_TAG in tags else ""
+    classes = f" Classes: {', '.join(json.loads(tags[LABELS_TAG]))}." if LABELS_TAG in tags else ""
     return (f"{tags.get(MODEL_TAG, '?')} fine-tuned for text classification on {tags.get(DATASET_TAG, '?')}"
             f"{f' (data sha256 {digest[:12]})' if digest else ''} by run {run.info.run_id} ({run.info.run_name}); "
-            f"{settings}. Test: {scores or 'not tested'}.{teacher}")  # fmt: skip
+            f"{settings}.{classes} Test: {scores or 'not tested'}.{teacher}")  # fmt: skip
 
 
 def is_registered_model_uri(value) -> bool:

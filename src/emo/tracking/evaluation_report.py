@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from emo import spec
 from emo.analysis import (
@@ -27,7 +28,6 @@ from emo.spec import (
     CONFUSION_NORMALISED_ARTIFACT,
     DESCRIPTION_TAG,
     F1_PER_CLASS_ARTIFACT,
-    LABELS,
     MISTAKES_ARTIFACT,
     PER_CLASS_ARTIFACTS,
     STAGE_SPLITS,
@@ -37,6 +37,7 @@ from emo.spec import (
 )
 from emo.tracking.clock import TrainingClock
 from emo.tracking.logger import journal_logger
+from emo.tracking.predictions import EvaluationPredictions, confusion_matrix
 
 
 def peak_memory_mib() -> float:
@@ -44,11 +45,11 @@ def peak_memory_mib() -> float:
 
 
 class EvaluationReport(Callback):
-    """Logs the test's artifacts and the run's summary; the fit's timing comes from `clock`."""
+    """Logs the test's artifacts and the run's summary; the fit's timing comes from `clock`, the predictions (and so
+    the confusion matrices) from `predictions`."""
 
-
-    def __init__(self, clock: TrainingClock):
-        self.clock = clock
+    def __init__(self, clock: TrainingClock, predictions: EvaluationPredictions):
+        self.clock, self.predictions = clock, predictions
 
     def summary(self, trainer: Trainer, pl_module: LightningModule) -> dict:
         checkpoint = trainer.checkpoint_callback
@@ -77,8 +78,9 @@ class EvaluationReport(Callback):
             path.write_text(json.dumps(self.summary(trainer, pl_module), indent=2), encoding="utf-8")
             return
         label_names = list(pl_module.hparams.label_names)
-        confusion = pl_module.confusion_matrices["test"]
-        figure, _ = pl_module.confusion["test"].plot(val=confusion, labels=label_names)
+        kept = self.predictions.predictions  # test, and after a fit the kept checkpoint's validation
+        confusion = confusion_matrix(kept["test"], len(label_names))
+        figure, _ = MulticlassConfusionMatrix(len(label_names)).plot(val=confusion, labels=label_names)
         figure.set_size_inches(7, 6)
         logger.record_figure(figure, CONFUSION_ARTIFACT)
         logger.record_figure(normalised_confusion_figure(confusion, label_names), CONFUSION_NORMALISED_ARTIFACT)
@@ -87,7 +89,7 @@ class EvaluationReport(Callback):
         logger.record_text(json.dumps(report, indent=2), report_json)
         logger.record_text(report_markdown(report), report_md)
         logger.record_figure(per_class_f1_figure(report), F1_PER_CLASS_ARTIFACT)
-        for stage, predicted in pl_module.predictions.items():  # test, and after a fit the kept checkpoint's validation
+        for stage, predicted in kept.items():
             predictions = split_predictions(trainer.datamodule, stage, predicted, label_names)
             logger.record_text(predictions.to_csv(index=False), predictions_artifact(stage))
             if stage == "test":
@@ -124,7 +126,7 @@ def run_description(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def per_class_report(metrics: dict, confusion, label_names=LABELS) -> dict:
+def per_class_report(metrics: dict, confusion, label_names: list[str]) -> dict:
     """Per label: each per-class metric of `emo.spec.METRICS` on test, and the label's support."""
     support = confusion.sum(dim=1).tolist()
     keys = [metric.key for metric in spec.METRICS if metric.per_class]

@@ -5,8 +5,8 @@ Replaces LightningCLI's default callback, which writes into a log folder that sq
 stores do not have.
 """
 
+import json
 import os
-import shutil
 
 import mlflow
 from lightning.pytorch import LightningModule, Trainer
@@ -21,14 +21,11 @@ from emo.spec import (
     DATA_DIGEST_TAG,
     DATASET_TAG,
     GIT_COMMIT_TAG,
+    LABELS_TAG,
     MODEL_TAG,
     SPLITS,
     STAGE_TAG,
     TASK_TAG,
-    TEACHER_ARTIFACT,
-    TEACHER_RUNS_TAG,
-    TEACHER_TAG,
-    TEACHER_VERSIONS_TAG,
 )
 from emo.tracking.logger import journal_logger
 from emo.tracking.resume import RECORD_KEY, run_record
@@ -61,22 +58,6 @@ class LogRunConfig(SaveConfigCallback):
         checkpoint[RECORD_KEY] = run_record(logger.run_id, logger.experiment_id, trainer.global_step, run_settings(self.config))
         logger.checkpoint_saved(trainer.global_step)
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """A distilled run names its teachers (tags) and keeps their probabilities on the training texts (an artifact)."""
-        logger = journal_logger(trainer)
-        cache = getattr(pl_module, "teacher_cache", None)
-        if logger is None or cache is None or logger.resume_step is not None or not trainer.is_global_zero:
-            return
-        sources = pl_module.teacher_sources
-        logger.record_tags({
-            TEACHER_TAG: ", ".join(source.given for source in sources),
-            TEACHER_VERSIONS_TAG: ", ".join(source.pinned for source in sources),
-            TEACHER_RUNS_TAG: ", ".join(source.run_id for source in sources),
-        })  # fmt: skip
-        path = logger.artifact_file(TEACHER_ARTIFACT)
-        shutil.copyfile(cache, path)
-        logger.record_file(path, os.path.dirname(TEACHER_ARTIFACT))
-
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         logger = journal_logger(trainer)
         if logger is not None:
@@ -95,6 +76,7 @@ class LogRunConfig(SaveConfigCallback):
             STAGE_TAG: getattr(stage, "value", stage),
             MODEL_TAG: (logger.tags or {}).get(MODEL_TAG) or pl_module.hparams.model_name_or_path,
             DATASET_TAG: datamodule.source,
+            LABELS_TAG: json.dumps(list(pl_module.hparams.label_names)),
             CONFIG_FILES_TAG: ", ".join(str(path) for path in config_files),
         }
         commit = get_git_commit(os.path.dirname(__file__))  # the code that ran, whatever started it

@@ -1,0 +1,190 @@
+"""`python -m emo export`: a registered model as an ONNX graph with its tokenizer, checked against its source on the
+test split, logged as an MLflow model that `mlflow models serve` serves, and registered as `NAME-onnx`.
+
+    python -m emo export --model models:/NAME/VERSION        (or models:/NAME@ALIAS; int8 by default)
+    python -m emo export --model models:/NAME@champion --quantize none     (fp32)
+
+Everything is checked before a run exists: the model (a registered emo model: MLflow's transformers flavor,
+text classification), the test split, and the parity of the export. An export that loses more than its kind may
+(`emo.export.parity`) is one line and no run, unless `--force`. The export run is in the source run's
+experiment; its params are the settings, its metrics the parity figures; the version's tags name the source.
+"""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+import numpy as np
+from jsonargparse import auto_cli
+
+from emo import UserError
+from emo.arguments import OneLineParser
+from emo.export.parity import Parity, test_examples
+from emo.export.served import GRAPH_FILE, SETTINGS_FILE, OnnxTextClassifier
+from emo.store import is_registered_model_uri, model_source, resolve_tracking_uri
+from emo.store.registry import INPUT_EXAMPLE, download_model, tracking_store
+
+EXPORT_SOURCE_TAG = "emo.export.source"  # on an export's run and version: the registered version it came from
+QUANTIZE_TAG = "emo.export.quantize"
+TEMPERATURE_TAG = "emo.temperature"  # a calibrated model's temperature, copied from the source version
+SERVED_CODE = Path(__file__).with_name("served.py")
+DEFAULT_MAX_LENGTH = 128
+
+
+def export(
+    *,
+    model: str,
+    quantize: Literal["int8", "none"] = "int8",
+    data_dir: str | None = None,
+    force: bool = False,
+    registered_model_name: str | None = None,
+) -> None:
+    """Export a registered model to ONNX and register it as the next version of NAME-onnx.
+
+    Args:
+        model: The registered model: models:/NAME/VERSION or models:/NAME@ALIAS.
+        quantize: int8 (dynamic quantization of the weights) or none (fp32).
+        data_dir: The folder with the test split for the parity check; default: the source run's data.data_dir.
+        force: Register even if the export loses more than it may (int8: 0.5 points of accuracy; fp32: 1e-3).
+        registered_model_name: Register as this name; default NAME-onnx.
+    """
+    if not is_registered_model_uri(model):
+        raise UserError(f"--model {model}: name a registered model as models:/NAME@ALIAS or models:/NAME/VERSION")
+    tracking_uri = resolve_tracking_uri()
+    source = model_source(model, tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    run, version = client.get_run(source.run_id), client.get_model_version(source.name, source.version)
+    if EXPORT_SOURCE_TAG in version.tags:
+        raise UserError(
+            f"--model {model}: already an ONNX export (of {version.tags[EXPORT_SOURCE_TAG]}); export its source"
+        )
+    params = run.data.params
+    test_dir = Path(data_dir or params.get("data.data_dir") or "")
+    if not (data_dir or params.get("data.data_dir")) or not test_dir.is_dir():
+        raise UserError(f"--data_dir {test_dir if str(test_dir) != '.' else ''}: no folder with the test split "
+                        "(the source run's data.data_dir is not here); give one with --data_dir")  # fmt: skip
+    max_length = int(params.get("data.max_length", DEFAULT_MAX_LENGTH))
+    with tempfile.TemporaryDirectory(prefix="emo-export-") as folder:
+        folder = Path(folder)
+        model_dir, tokenizer_dir = download_model(source, tracking_uri, folder / "source")
+        print(f"Exporting {source.pinned} (run {source.run_id}) to ONNX, {'int8' if quantize == 'int8' else 'fp32'}")
+        graph, bundle, labels, source_probabilities, texts, ids = build(model_dir, tokenizer_dir, folder, quantize,
+                                                                        max_length, test_dir)  # fmt: skip
+        exported = OnnxTextClassifier().load(graph, bundle).probabilities(texts)
+        parity = Parity.of(ids, source_probabilities, exported)
+        print(f"Parity {parity.summary()}")
+        problem = parity.shortfall(quantize)
+        if problem and not force:
+            raise UserError(f"{problem}; not registered (--force registers it anyway)")
+        if problem:
+            print(f"emo: warning: {problem}; registered anyway (--force)", file=sys.stderr)
+        name = registered_model_name or f"{source.name}-onnx"
+        settings = {"source": source.pinned, "quantize": quantize, "max_length": max_length, "data_dir": str(test_dir)}
+        with tracking_store(tracking_uri):
+            registered = log_and_register(
+                run.info.experiment_id, source, version, graph, bundle, labels, settings, parity, name
+            )
+    print(f"Registered {name!r} version {registered.version} ({parity.summary()}): models:/{name}/{registered.version}")
+
+
+def build(model_dir: Path, tokenizer_dir: Path, folder: Path, quantize: str, max_length: int, test_dir: Path):
+    """The graph (quantized or not), the tokenizer folder the served model reads, and the source's test predictions."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from emo.export.graph import export_graph, quantize_int8
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    texts, ids = test_examples(test_dir, {label: i for i, label in enumerate(labels)})
+    bundle = folder / "tokenizer"
+    tokenizer.save_pretrained(bundle)
+    settings = {
+        "labels": labels,
+        "max_length": max_length,
+        "pad_id": tokenizer.pad_token_id,
+        "pad_token": tokenizer.pad_token,
+    }
+    (bundle / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+    (folder / "fp32").mkdir()
+    graph = export_graph(model, tokenizer, folder / "fp32" / GRAPH_FILE)
+    if quantize == "int8":
+        (folder / "int8").mkdir()
+        graph = quantize_int8(graph, folder / "int8" / GRAPH_FILE)
+    with torch.inference_mode():
+        probabilities = []
+        for start in range(0, len(texts), 64):
+            batch = tokenizer(
+                texts[start : start + 64], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+            probabilities.append(model(**batch).logits.float().softmax(-1).numpy())
+    return graph, bundle, labels, np.concatenate(probabilities), texts, ids
+
+
+def requirements() -> list[str]:
+    import importlib.metadata
+
+    return [
+        f"{name}=={importlib.metadata.version(name)}"
+        for name in ("mlflow", "onnxruntime", "tokenizers", "numpy", "pandas")
+    ]
+
+
+def log_and_register(
+    experiment_id, source, version, graph: Path, bundle: Path, labels, settings: dict, parity: Parity, name: str
+):
+    """The export run (params: settings; metrics: parity) with the served model, registered as a version of `name`."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.string)]),
+        outputs=Schema(
+            [
+                ColSpec(DataType.string, "label"),
+                ColSpec(DataType.double, "score"),
+                *(ColSpec(DataType.double, f"p_{label}") for label in labels),
+            ]
+        ),  # fmt: skip
+    )
+    run_name = f"export-{source.name}-v{source.version}-{'int8' if settings['quantize'] == 'int8' else 'fp32'}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.set_tags(
+            {
+                EXPORT_SOURCE_TAG: source.pinned,
+                QUANTIZE_TAG: settings["quantize"],
+                "emo.export.source_run": source.run_id,
+            }
+        )
+        mlflow.log_params({f"export.{key}": value for key, value in settings.items()})
+        mlflow.log_metrics(parity.metrics())
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(SERVED_CODE),
+                                       artifacts={"model": str(graph), "tokenizer": str(bundle)},
+                                       signature=signature, input_example=INPUT_EXAMPLE,
+                                       pip_requirements=requirements())  # fmt: skip
+    client = mlflow.MlflowClient()
+    registered = mlflow.register_model(info.model_uri, name)
+    tags = {
+        EXPORT_SOURCE_TAG: source.pinned,
+        QUANTIZE_TAG: settings["quantize"],
+        **{k: f"{v:.6g}" for k, v in parity.metrics().items()},
+    }
+    if TEMPERATURE_TAG in version.tags:
+        tags[TEMPERATURE_TAG] = version.tags[TEMPERATURE_TAG]
+    for key, value in tags.items():
+        client.set_model_version_tag(name, registered.version, key, value)
+    kind = "int8 (dynamic quantization)" if settings["quantize"] == "int8" else "fp32"
+    client.update_model_version(name, registered.version, description=(
+        f"ONNX export ({kind}) of {source.pinned} by run {run.info.run_id}, served without torch by onnxruntime. "
+        f"Parity {parity.summary()}."))  # fmt: skip
+    return registered
+
+
+def main(args=None) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    auto_cli(export, args=list(sys.argv[1:] if args is None else args), parser_class=OneLineParser)

@@ -1,0 +1,101 @@
+"""The exported classifier as MLflow serves it: an ONNX graph, its tokenizer and its labels, run by onnxruntime.
+
+Needs numpy, pandas, onnxruntime, tokenizers and MLflow only: no torch, no transformers, nothing of emo. This
+file is logged with the model (an MLflow "model from code"), so `mlflow models serve` runs it as it was exported.
+
+Requests and answers are the transformers flavor's: a list of texts in (`{"inputs": [...]}` or any request
+format of MLflow's scoring protocol with one text column), one row per text out, in order, with `label` (the
+most probable class) and `score` (its probability), plus `p_<label>`, the probability of every class. An empty
+list, or anything but a text, is refused with a message (HTTP 400).
+"""
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+GRAPH_FILE = "model.onnx"  # logged as artifacts/model.onnx, beside artifacts/tokenizer/
+SETTINGS_FILE = "classifier.json"  # labels (in id order), max_length, what was exported from
+BATCH_SIZE = 64  # texts per forward pass, sorted by length so that a batch holds texts of similar length
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def checked_texts(model_input) -> list[str]:
+    """The texts of a request: a list, array, Series or one-column DataFrame of strings, at least one."""
+    if isinstance(model_input, pd.DataFrame):
+        if model_input.shape[1] != 1:
+            raise MlflowException(f"expected one column of texts, got {model_input.shape[1]} columns",
+                                  INVALID_PARAMETER_VALUE)  # fmt: skip
+        model_input = model_input.iloc[:, 0]
+    if isinstance(model_input, str):
+        model_input = [model_input]
+    texts = list(model_input.tolist() if hasattr(model_input, "tolist") else model_input)
+    if not texts:
+        raise MlflowException('no texts: send at least one, as {"inputs": ["a text", ...]}', INVALID_PARAMETER_VALUE)
+    wrong = next(((i, text) for i, text in enumerate(texts) if not isinstance(text, str)), None)
+    if wrong:
+        raise MlflowException(f"input {wrong[0]} is {type(wrong[1]).__name__} {wrong[1]!r}, not a text",
+                              INVALID_PARAMETER_VALUE)  # fmt: skip
+    return texts
+
+
+class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
+    """Texts to class probabilities with an exported encoder classifier; `load` it from a folder or let MLflow."""
+
+    def load_context(self, context) -> None:
+        self.load(Path(context.artifacts["model"]), Path(context.artifacts["tokenizer"]))
+
+    def load(self, model_file: Path, tokenizer_dir: Path) -> "OnnxTextClassifier":
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        settings = json.loads((tokenizer_dir / SETTINGS_FILE).read_text())
+        self.labels: list[str] = settings["labels"]
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+        self.tokenizer.no_padding()  # each batch is padded to its longest text here
+        self.tokenizer.enable_truncation(max_length=settings["max_length"])
+        self.pad_id: int = settings["pad_id"]
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        self.session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        return self
+
+    def probabilities(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """One row of class probabilities per text, in the texts' order (computed in batches of similar length)."""
+        encoded = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+        order = np.argsort([len(ids) for ids in encoded], kind="stable")
+        result = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in rows)
+            input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+            attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+            for row, i in enumerate(rows):
+                input_ids[row, : len(encoded[i])] = encoded[i]
+                attention_mask[row, : len(encoded[i])] = 1
+            logits = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+            result[rows] = softmax(logits.astype(np.float64))
+        return result
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """`model_input`: the texts as MLflow passes them (a one-column DataFrame, or a list); see `checked_texts`."""
+        texts = checked_texts(model_input)
+        probabilities = self.probabilities(texts)
+        best = probabilities.argmax(axis=1)
+        frame = pd.DataFrame({"label": [self.labels[i] for i in best],
+                              "score": probabilities[np.arange(len(texts)), best].astype(float)})  # fmt: skip
+        for i, label in enumerate(self.labels):
+            frame[f"p_{label}"] = probabilities[:, i].astype(float)
+        return frame
+
+
+if __name__.startswith("code_model_"):  # run by MLflow as the logged model's code; an import by name is not
+    mlflow.models.set_model(OnnxTextClassifier())

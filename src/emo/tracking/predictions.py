@@ -1,0 +1,79 @@
+"""`EvaluationPredictions`: what a run keeps of an evaluation besides its metrics, for the test's artifacts.
+
+Every evaluated example's index in its split, true label and class probabilities, gathered from all
+processes. A checkpoint carries the predictions of the validation that scored it, so that after a fit
+the kept checkpoint's validation predictions are logged beside the test's (`emo report --compare_split
+val`), also when the fit was resumed from another process.
+"""
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+VAL_PREDICTIONS_KEY = "val_predictions"  # in a checkpoint: the predictions of the validation that scored it
+
+
+def confusion_matrix(predictions: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Counts, true label by row, predicted label by column."""
+    predicted = predictions["probabilities"].argmax(dim=1)
+    cells = predictions["label"] * num_classes + predicted
+    return torch.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+class EvaluationPredictions(Callback):
+    """`predictions[stage]`: `example`, `label` and `probabilities` of the last evaluation at `val` or `test`, in
+    example order; after a fit, `predictions["val"]` is the kept checkpoint's."""
+
+    def __init__(self):
+        self.batches: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
+        self.predictions: dict[str, dict[str, torch.Tensor]] = {}
+
+    def collect(self, stage: str, outputs, batch: dict) -> None:
+        if "example" in batch:
+            self.batches[stage].append((batch["example"], batch["labels"], outputs["probabilities"]))
+
+    def gather(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Every example once (a distributed sampler pads with repeats), in example order."""
+        batches, self.batches[stage] = self.batches[stage], []
+        if not batches or trainer.sanity_checking:
+            return
+        columns = [torch.cat(column) for column in zip(*batches, strict=True)]
+        if trainer.world_size > 1:
+            columns = [pl_module.all_gather(column).flatten(0, 1) for column in columns]
+        examples, labels, probabilities = (column.cpu() for column in columns)
+        order = torch.argsort(examples)
+        keep = torch.ones_like(order, dtype=torch.bool)
+        keep[1:] = examples[order][1:] != examples[order][:-1]
+        order = order[keep]
+        self.predictions[stage] = {"example": examples[order], "label": labels[order], "probabilities": probabilities[order]}
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.batches["val"] = []
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self.batches["test"] = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.collect("val", outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.collect("test", outputs, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self.gather(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self.gather(trainer, pl_module, "test")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # A checkpoint is saved right after the validation that scored it: its predictions travel with it.
+        if "val" in self.predictions:
+            checkpoint[VAL_PREDICTIONS_KEY] = self.predictions["val"]
+
+    def on_test_start(self, trainer, pl_module):
+        """The test after a fit: the validation predictions to log are those of the checkpoint kept, not the last."""
+        self.predictions.pop("val", None)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+            if VAL_PREDICTIONS_KEY in saved:
+                self.predictions["val"] = saved[VAL_PREDICTIONS_KEY]

@@ -1,0 +1,245 @@
+"""`emo export`: a registered model as ONNX (fp32, int8), checked against its source on test, registered as
+NAME-onnx, served by a real `mlflow models serve` with the transformers flavor's JSON, and read by `emo predict`
+without torch; each bad input one line, no run left RUNNING."""
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from emo.export.parity import FP32_TOLERANCE, INT8_ACCURACY_LOSS
+from emo.store import log_transformers_model, register
+from emo_lab.data import ROOT
+from emo_lab.server import free_port, wait_for_http
+from helpers.processes import run_emo
+
+NAME = "emotion-export-test"
+TEXTS = ["i feel so happy and loved", "this makes me furious", "i am scared of the dark", "what a surprise to see you"]
+
+
+def examples(data_dir: Path, split: str) -> tuple[list[str], list[str]]:
+    rows = [line.rsplit(";", 1) for line in (data_dir / f"{split}.txt").read_text().splitlines() if line.strip()]
+    return [text for text, _ in rows], [label for _, label in rows]
+
+
+@pytest.fixture(scope="module")
+def source(tiny_model_dir, small_data_dir, mlflow_server):
+    """Version 1 of NAME: the tiny BERT trained for a few steps on the small data, logged and registered by emo.store.
+
+    Its labels are the data's, in order of appearance: nothing here knows the six CARER names."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts, labels = examples(small_data_dir, "train")
+    names = list(dict.fromkeys(labels + examples(small_data_dir, "test")[1]))
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for step in range(40):  # enough to leave the uniform guess: the probabilities differ from class to class
+        rows = slice(step * 15 % len(texts), step * 15 % len(texts) + 15)
+        batch = tokenizer(texts[rows], truncation=True, max_length=128, padding=True, return_tensors="pt")
+        loss = model(**batch, labels=torch.tensor([names.index(label) for label in labels[rows]])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        mlflow.set_tracking_uri(mlflow_server)
+        experiment = mlflow.set_experiment("export-test").experiment_id
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_params({"data.data_dir": str(small_data_dir), "data.max_length": 128})
+            mlflow.log_metric("test/f1_weighted", 0.5)  # what `register` crowns a champion by
+        log_transformers_model(run.info.run_id, model, tokenizer)
+        version, _ = register(run.info.run_id, NAME)
+        mlflow.MlflowClient().set_model_version_tag(NAME, version.version, "emo.temperature", "1.37")
+    return model, tokenizer, names
+
+
+def source_probabilities(source, texts: list[str]) -> np.ndarray:
+    import torch
+
+    model, tokenizer, _ = source
+    with torch.inference_mode():
+        batch = tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="pt")
+        return model(**batch).logits.softmax(-1).numpy()
+
+
+def export(tmp_path: Path, tracking_uri: str, *args: str) -> tuple[int, str]:
+    """`python -m emo export ARGS` in its own process, from the project folder."""
+    log = tmp_path / f"export-{len(list(tmp_path.glob('export-*.log')))}.log"
+    return run_emo(["export", *args], log, env={"MLFLOW_TRACKING_URI": tracking_uri})
+
+
+@pytest.fixture(scope="module")
+def fp32(source, mlflow_server, tmp_path_factory):
+    """Version 1 of NAME-onnx: the fp32 export."""
+    code, output = export(
+        tmp_path_factory.mktemp("fp32"), mlflow_server, "--model", f"models:/{NAME}/1", "--quantize", "none"
+    )
+    assert code == 0, output
+    assert f"Registered '{NAME}-onnx' version 1" in output, output
+    return mlflow.MlflowClient(mlflow_server).get_model_version(f"{NAME}-onnx", "1")
+
+
+def test_an_fp32_export_matches_its_source_and_names_it(fp32, mlflow_server):
+    client = mlflow.MlflowClient(mlflow_server)
+    assert fp32.tags["emo.export.source"] == f"models:/{NAME}/1" and fp32.tags["emo.export.quantize"] == "none"
+    assert fp32.tags["emo.temperature"] == "1.37"  # the calibrated source's temperature travels with it
+    assert f"models:/{NAME}/1" in fp32.description and "Parity on 100 test examples" in fp32.description
+    run = client.get_run(fp32.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["export.quantize"] == "none"
+    metrics = run.data.metrics
+    assert metrics["parity/max_abs_diff"] <= FP32_TOLERANCE
+    assert metrics["parity/export_acc"] == metrics["parity/source_acc"]
+    assert metrics["parity/export_f1_macro"] == metrics["parity/source_f1_macro"]
+    assert metrics["parity/examples"] == 100
+
+
+def test_an_int8_export_registers_within_its_stated_loss_or_says_so(source, fp32, mlflow_server, tmp_path):
+    client = mlflow.MlflowClient(mlflow_server)
+    code, output = export(tmp_path, mlflow_server, "--model", f"models:/{NAME}@champion")  # int8 by default
+    if code != 0:  # refused: one line with the figures, and nothing registered
+        errors = [line for line in output.splitlines() if line.startswith("emo: error:")]
+        assert len(errors) == 1 and "points of accuracy" in errors[0] and "--force" in errors[0], output
+        assert len(client.search_model_versions(f"name='{NAME}-onnx'")) == 1
+        code, output = export(tmp_path, mlflow_server, "--model", f"models:/{NAME}@champion", "--force", "true")
+        assert code == 0 and "registered anyway (--force)" in output, output
+    int8 = client.get_model_version(f"{NAME}-onnx", "2")
+    assert int8.tags["emo.export.quantize"] == "int8"
+    metrics = client.get_run(int8.run_id).data.metrics
+    refused = metrics["parity/source_acc"] - metrics["parity/export_acc"] > INT8_ACCURACY_LOSS
+    assert refused == ("--force" in output), metrics
+    assert 0 < metrics["parity/max_abs_diff"] < 0.2, metrics  # quantized: close, not equal
+    sizes = {v: sum(f.file_size or 0 for f in client.list_artifacts(client.get_model_version(f"{NAME}-onnx", v).run_id,
+                                                                     "model/artifacts")) for v in ("1", "2")}  # fmt: skip
+    assert sizes["2"] < sizes["1"], sizes  # int8 weights
+
+
+def predict_onnx(tmp_path: Path, uri: str, tracking_uri: str) -> list[dict]:
+    """`emo predict` from an ONNX version, in a process of its own that must not import torch."""
+    texts, output = tmp_path / "texts.txt", tmp_path / "predictions.csv"
+    texts.write_text("\n".join(TEXTS) + "\n\n")
+    args = ["predict", "--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml"),
+            "--ckpt_path", uri, "--data.predict_file", str(texts), f"--prediction.output_file={output}"]  # fmt: skip
+    code = ("import sys\nfrom emo.commands import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+            "    assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Wrote {len(TEXTS)} predictions to {output}" in done.stdout
+    return list(csv.DictReader(open(output)))
+
+
+def test_emo_predict_reads_the_onnx_version_without_torch(source, fp32, tmp_path, tracking_uri):
+    rows = predict_onnx(tmp_path, f"models:/{NAME}-onnx/1", tracking_uri)
+    _, _, names = source
+    assert list(rows[0]) == ["text", "label", *(f"p_{name}" for name in names)]  # the model's labels, in id order
+    assert [row["text"] for row in rows] == TEXTS
+    expected = source_probabilities(source, TEXTS)
+    assert [row["label"] for row in rows] == [names[i] for i in expected.argmax(axis=1)]
+    got = np.array([[float(row[f"p_{name}"]) for name in names] for row in rows])
+    assert np.abs(got - expected).max() < FP32_TOLERANCE
+
+
+def post(url: str, payload) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def process_tree(pid: int) -> list[int]:
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root.pid, *(child.pid for child in root.children(recursive=True))]
+
+
+def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source, fp32, tmp_path, tracking_uri):
+    port, log = free_port(), tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    bin_dir = str(Path(sys.executable).parent)  # the venv's: `mlflow` and the `uvicorn` it starts
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+    }
+    command = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{NAME}-onnx/1",
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_http(server, f"{url}/ping", 240, log)
+        answers = {
+            "texts": post(f"{url}/invocations", {"inputs": TEXTS}),
+            "split": post(
+                f"{url}/invocations", {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
+            ),
+            "empty": post(f"{url}/invocations", {"inputs": []}),
+            "numbers": post(f"{url}/invocations", {"inputs": [1, 2]}),
+            "mixed": post(f"{url}/invocations", {"inputs": ["a text", None]}),
+        }
+        maps = "".join(Path(f"/proc/{pid}/maps").read_text() for pid in process_tree(server.pid))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # mlflow and the uvicorn it started
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+    assert "libtorch" not in maps and "onnxruntime" in maps  # the served processes run onnxruntime, not torch
+    _, _, names = source
+    status, body = answers["texts"]
+    assert status == 200, body
+    served = body["predictions"]
+    assert [set(row) for row in served] == [{"label", "score", *(f"p_{name}" for name in names)}] * len(TEXTS)
+    expected = source_probabilities(source, TEXTS)
+    assert [row["label"] for row in served] == [names[i] for i in expected.argmax(axis=1)]
+    assert [row["score"] for row in served] == pytest.approx(expected.max(axis=1), abs=FP32_TOLERANCE)
+    assert [row[f"p_{name}"] for row in served for name in names] == pytest.approx(expected.ravel(), abs=FP32_TOLERANCE)
+    assert answers["split"] == answers["texts"]  # another request format of MLflow's scoring protocol
+    for case, needle in (("empty", "no texts"), ("numbers", "not a text"), ("mixed", "not a text")):
+        status, body = answers[case]
+        assert 400 <= status < 500 and needle in body["message"], (case, status, body)
+
+
+@pytest.mark.parametrize(("args", "status", "expected"), [
+    (["--model", f"models:/{NAME}-onnx/1"], 1, "already an ONNX export (of models:/emotion-export-test/1)"),
+    (["--model", "0123456789abcdef0123456789abcdef"], 1, "name a registered model as models:/NAME@ALIAS or models:/NAME/VERSION"),
+    (["--model", f"models:/{NAME}/7"], 1, f"registered model '{NAME}' has no version 7 (latest: 1)"),
+    (["--model", "models:/no-such-model@champion"], 1, "no registered model 'no-such-model'"),
+    (["--model", f"models:/{NAME}/1", "--quantize", "int4"], 2, "--quantize: Expected a typing.Literal['int8', 'none']. Got value: int4"),
+    (["--model", f"models:/{NAME}/1", "--data_dir", "/no/such/folder"], 1, "--data_dir /no/such/folder: no folder with the test split"),
+], ids=["an-onnx-export", "a-run-id", "a-missing-version", "a-missing-model", "an-unknown-quantization", "no-test-data"])  # fmt: skip
+def test_a_bad_export_is_one_line_and_leaves_no_run(args, status, expected, fp32, tmp_path, mlflow_server):
+    client = mlflow.MlflowClient(mlflow_server)
+    versions = len(client.search_model_versions(f"name='{NAME}-onnx'"))
+    code, output = export(tmp_path, mlflow_server, *args)
+    assert code == status, output
+    errors = [line for line in output.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("emo: error: ") and expected in errors[0], output
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
+    assert len(client.search_model_versions(f"name='{NAME}-onnx'")) == versions
