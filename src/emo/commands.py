@@ -26,6 +26,12 @@ def sweep(args: list[str]) -> None:
     main(args)
 
 
+def audit(args: list[str]) -> None:
+    from emo.audit import main
+
+    main(args)
+
+
 def report(args: list[str]) -> None:
     from emo.report import main
 
@@ -56,6 +62,7 @@ COMMANDS = {
     "test": (lightning, "test a checkpoint or a registered model (--ckpt_path)"),
     "predict": (lightning, "label the lines of a text file (--data.predict_file, --ckpt_path)"),
     "sweep": (sweep, "an Optuna study whose trials are fits, nested in MLflow (configs/sweep.yaml)"),
+    "audit": (audit, "which training labels are likely wrong: K folds, out-of-fold probabilities, cleanlab"),
     "report": (report, "compare runs, pick the best by validation; --compare A B"),
     "export": (export, "a registered model as ONNX (int8 by default), checked on test, registered as NAME-onnx"),
     "sync": (sync, "send the records a tracking outage kept in run folders"),

@@ -77,6 +77,8 @@ TEACHER_TAG, TEACHER_VERSIONS_TAG, TEACHER_RUNS_TAG = "emo.teacher", "emo.teache
 MODEL_URI_TAG = "emo.model_uri"  # where the run's logged model is, so a sweep can register its best trial later
 HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG, ENDED_BY_TAG = "emo.heartbeat", "emo.heartbeat_interval_s", "emo.ended_by"
 SWEEP_TAG, WORKER_TAG = "emo.sweep", "emo.worker"  # a sweep's parent run; which sweep process ran a trial
+AUDIT_TAG, AUDITED_DIGEST_TAG = "emo.audit", "emo.audited_digest"  # an audit's parent run; the training split it audited
+AUDIT_RUN_TAG = "emo.audit_run"  # a fit on audited data: the audit it followed
 BEST_RUN_TAG, BEST_TRIAL_TAG = "emo.best_run_id", "emo.best_trial"
 REGISTERED_VERSION_TAG, AGGREGATED_RUNS_TAG = "emo.registered_version", "emo.aggregated_runs"
 STUDY_TAG, TRIAL_TAG, TRIAL_STATE_TAG = "optuna.study", "optuna.trial", "optuna.trial.state"
@@ -97,6 +99,15 @@ F1_PER_CLASS_ARTIFACT = "test/f1_per_class.png"
 MISTAKES_ARTIFACT = "test/confident_mistakes.md"
 TEACHER_ARTIFACT = "teacher/train_probabilities.pt"  # the teachers' mean class probabilities on the training examples
 TRIAL_TEMPLATE_ARTIFACT, REPORT_ARTIFACTS = "trial_template.yaml", "report"  # of a sweep's parent run
+SWEEP_ANALYSIS_ARTIFACTS = "sweep"  # of a sweep's parent run: what the sweep learnt (emo.report.importance)
+PARAM_IMPORTANCES_ARTIFACTS = ("sweep/param_importances.json", "sweep/param_importances.md", "sweep/param_importances.png")
+PARALLEL_COORDINATE_ARTIFACT, OPTIMIZATION_HISTORY_ARTIFACT = "sweep/parallel_coordinate.png", "sweep/optimization_history.png"
+
+
+HELDOUT_ARTIFACT = "audit/heldout_probabilities.csv"  # of an audit's fold: the held-out examples' probabilities
+LABEL_ISSUES_ARTIFACT = "audit/label_issues.csv"  # of an audit: the flagged examples, most likely wrong first
+OUT_OF_FOLD_ARTIFACT = "audit/out_of_fold_probabilities.csv"  # of an audit: every training example's
+NOISE_MATRIX_ARTIFACTS = ("audit/noise_matrix.csv", "audit/noise_matrix.png")  # given x suggested, counts
 
 
 def predictions_artifact(stage: str) -> str:

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from emo import UserError
 from emo.cli.checks import (
+    check_audit,
     check_checkpoint_fits,
     check_inputs,
     check_labels_match,
@@ -35,6 +36,7 @@ from emo.store import download_registered_model, is_registered_model_uri, prepar
 from emo.tracking import (
     EvaluationPredictions,
     EvaluationReport,
+    HeldOutPredictions,
     JournalLogger,
     LastCheckpoint,
     LogRunConfig,
@@ -64,7 +66,8 @@ class EmoCLI(LightningCLI):
             save_config_callback=LogRunConfig,
             save_config_kwargs={"save_to_log_dir": False},
             trainer_defaults={
-                "callbacks": [clock, predictions, EvaluationReport(clock, predictions), TeacherTargets(), *callbacks]
+                "callbacks": [clock, predictions, EvaluationReport(clock, predictions), HeldOutPredictions(),
+                              TeacherTargets(), *callbacks]
             },
             parser_class=EmoArgumentParser,
             auto_configure_optimizers=False,  # the model builds AdamW with its own parameter groups
@@ -140,6 +143,8 @@ class EmoCLI(LightningCLI):
         uri = (tracked and logger.init_args.tracking_uri) or resolve_tracking_uri()
         if self.subcommand and tracked:
             prepare_tracking(uri, logger.init_args.experiment_name)
+        if subcommand != "predict":
+            check_audit(config, uri)
         if subcommand == "fit":
             check_teachers(config.model.teacher, uri, data_labels(config))
             if self.subcommand and tracked:

@@ -9,10 +9,10 @@ import torch
 
 from emo import UserError
 from emo.data import check_inputs as check_data
-from emo.data import checked_names, load_local_splits
+from emo.data import checked_names, content_digest, load_local_splits
 from emo.hub import check_model_folder, max_positions
 from emo.spec import LABELS_TAG, is_maximized, is_metric_name, metric_names
-from emo.store import model_source
+from emo.store import model_source, read_audit
 from emo.tracking import read_record
 
 
@@ -28,6 +28,11 @@ def config_problem(subcommand: str, config) -> str | None:
         return f"--registry.champion_metric {config.registry.champion_metric!r}: compare models on a test/ metric"
     if subcommand == "fit" and config.trainer.limit_val_batches == 0:
         return "--trainer.limit_val_batches 0 leaves no validation to pick the best checkpoint"
+    holdout = config.data.get("holdout_fold")
+    if holdout is not None and holdout >= config.data.folds:
+        return f"--data.holdout_fold {holdout}: the folds are 0 to {config.data.folds - 1} (--data.folds {config.data.folds})"
+    if holdout is not None and config.data.train_size:
+        return "--data.holdout_fold with --data.train_size: a fold is of the whole training split; choose one"
     if subcommand == "predict" and not config.data.predict_file:
         return "predict needs --data.predict_file (a text file, one text a line)"
     if subcommand in ("validate", "test", "predict") and config.get("ckpt_path") in ("last", "best"):
@@ -117,3 +122,15 @@ def check_checkpoint_fits(ckpt_path, model) -> None:
         example = (missing or resized)[0]
         raise UserError(f"--ckpt_path {ckpt_path} is not a checkpoint of model {model.hparams.model_name_or_path!r}: "
                         f"{len(missing)} weights missing, {len(resized)} of another shape (e.g. {example})")  # fmt: skip
+
+
+def check_audit(config, tracking_uri: str) -> None:
+    """`--data.audit_run`: a finished audit of these very training examples (local data: checked here)."""
+    if not config.data.get("audit_run"):
+        return
+    _, audited = read_audit(config.data.audit_run, tracking_uri)
+    if config.data.data_dir:
+        digest = content_digest(load_local_splits(config.data.data_dir, config.data.labels)["train"])
+        if digest != audited:
+            raise UserError(f"--data.audit_run {config.data.audit_run} audited other training examples (digest "
+                            f"{audited[:12]}, these are {digest[:12]}): audit this data first")  # fmt: skip

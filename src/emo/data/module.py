@@ -2,20 +2,25 @@
 
 import hashlib
 from functools import cached_property, partial
+from typing import Literal
 
 import datasets
 import lightning as L
+import numpy as np
 import torch
-from jsonargparse.typing import NonNegativeInt, PositiveInt
+from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_type
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
 from emo import hub
+from emo.data.folds import audited, stratified_folds
 from emo.data.formats import DataFormatError
 from emo.data.labels import checked_names
 from emo.data.sampler import EpochSampler, ResumableLoader
 from emo.data.splits import content_digest, load_hub_splits, load_local_splits, read_predict_texts
 from emo.spec import SPLITS
+
+Folds = restricted_number_type("Folds", int, [(">=", 2)])  # an audit needs a fold to hold out and one to train on
 
 
 def batch_size_of(batch: dict) -> int:
@@ -44,6 +49,12 @@ class EmotionDataModule(L.LightningDataModule):
         subset_seed: Seed of that subset.
         num_workers: DataLoader worker processes.
         predict_file: A text file with one text a line, for `predict`.
+        holdout_fold: Train on the other folds of the training split and keep this one aside (`emo audit` sets it).
+        folds: How many stratified folds the training split is dealt into (with `holdout_fold`).
+        fold_seed: The seed of that deal.
+        audit_run: Train on the training split as this `emo audit` run (its MLflow run id) audited it: the examples
+            it flagged dropped, or relabelled (`audit_action`). The audit must be of these examples (their digest).
+        audit_action: `drop` the flagged examples, or `relabel` them with the class the audit suggests.
     """
 
     def __init__(
@@ -61,11 +72,18 @@ class EmotionDataModule(L.LightningDataModule):
         subset_seed: int = 0,
         num_workers: NonNegativeInt = 0,
         predict_file: str | None = None,
+        holdout_fold: NonNegativeInt | None = None,
+        folds: Folds = 5,
+        fold_seed: int = 0,
+        audit_run: str | None = None,
+        audit_action: Literal["drop", "relabel"] = "drop",
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.splits: dict[str, datasets.Dataset] = {}
         self.digests: dict[str, str] = {}
+        self.train_as_read_digest: str | None = None  # of the training split before a fold or an audit changed it
+        self.audit_changed = 0  # training examples the audit run dropped or relabelled
         self.predict_texts: list[str] = []  # in the order of the predict file
         self.predict_lines: list[int] = []  # for each example, in the sorted order it runs in, its index in predict_texts
 
@@ -102,7 +120,7 @@ class EmotionDataModule(L.LightningDataModule):
             return  # the test after a fit reuses the splits the fit loaded
         self.splits = self.tokenized_splits()
         # Of the examples in file order (validation and test run sorted by length, which depends on the tokenizer).
-        self.digests = {split: content_digest(examples.sort("example")) for split, examples in self.splits.items()}
+        self.digests = {split: content_digest(self.splits[split].sort("example")) for split in SPLITS}
 
     @property
     def data_digest(self) -> str:
@@ -113,6 +131,15 @@ class EmotionDataModule(L.LightningDataModule):
             splits = load_local_splits(self.hparams.data_dir, self.hparams.labels)
         else:
             splits = load_hub_splits(self.hparams.dataset, self.hparams.dataset_config, self.hparams.labels)
+        self.train_as_read_digest = content_digest(splits["train"])
+        if self.hparams.audit_run:
+            splits["train"], self.audit_changed = audited(splits["train"], self.hparams.audit_run, self.hparams.audit_action,
+                                                          self.train_as_read_digest)  # fmt: skip
+        if self.hparams.holdout_fold is not None:
+            fold = stratified_folds(splits["train"]["label"], self.hparams.folds, self.hparams.fold_seed)
+            indexed = splits["train"].add_column("index", list(range(len(fold))))  # its place in the split as read
+            splits["heldout"] = indexed.select(np.flatnonzero(fold == self.hparams.holdout_fold))
+            splits["train"] = splits["train"].select(np.flatnonzero(fold != self.hparams.holdout_fold))
         if self.hparams.train_size and self.hparams.train_size < len(splits["train"]):
             try:
                 splits["train"] = splits["train"].train_test_split(
@@ -133,7 +160,15 @@ class EmotionDataModule(L.LightningDataModule):
         for split in ("validation", "test"):
             splits[split] = splits[split].add_column("example", list(range(len(splits[split])))).sort("length")
         splits["train"] = splits["train"].add_column("example", list(range(len(splits["train"]))))  # a teacher's row
+        if "heldout" in splits:
+            splits["heldout"] = splits["heldout"].sort("length")
         return dict(splits)
+
+    def heldout_loader(self) -> DataLoader:
+        """The held-out fold (`holdout_fold`), its `index` column kept: the examples' places in the split as read."""
+        examples = self.splits["heldout"]
+        return DataLoader(examples.remove_columns(["text", "length"]), batch_size=self.hparams.eval_batch_size,
+                          collate_fn=self.collator, num_workers=self.hparams.num_workers)  # fmt: skip
 
     def tokenized_predict_texts(self) -> datasets.Dataset:
         self.predict_texts = read_predict_texts(self.hparams.predict_file)
@@ -145,7 +180,7 @@ class EmotionDataModule(L.LightningDataModule):
 
     def model_inputs(self, split: str) -> datasets.Dataset:
         examples = self.splits[split]
-        return examples.remove_columns([c for c in ("text", "length", "line") if c in examples.column_names])
+        return examples.remove_columns([c for c in ("text", "length", "line", "index") if c in examples.column_names])
 
     def eval_loader(self, split: str) -> DataLoader:
         return DataLoader(

@@ -1,6 +1,7 @@
 """MLflow without Lightning: where runs are recorded, each run's journal and its sender, whether a run's process
 lives, `emo sync`, the Model Registry and direct run queries. Commands that do not train use this alone."""
 
+from emo.store.audits import read_audit
 from emo.store.experiment import find_or_create_experiment, mark_as_model_training, prepare_tracking, run_url, ui_url
 from emo.store.journal import Journal, JournalBusyError, in_use, last_sent_step, pending_journals, read_entries
 from emo.store.liveness import is_stale, mark_stale_runs, silence_s
@@ -55,6 +56,7 @@ __all__ = [
     "model_source",
     "patiently",
     "pending_journals",
+    "read_audit",
     "prepare_tracking",
     "read_entries",
     "register",

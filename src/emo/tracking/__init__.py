@@ -5,6 +5,7 @@ run resumes."""
 from emo.tracking.checkpoints import LastCheckpoint
 from emo.tracking.clock import TrainingClock
 from emo.tracking.evaluation_report import EvaluationReport
+from emo.tracking.heldout import HeldOutPredictions
 from emo.tracking.logger import JournalLogger, journal_logger, run_name
 from emo.tracking.predictions import VAL_PREDICTIONS_KEY, EvaluationPredictions
 from emo.tracking.registration import ModelRegistry
@@ -16,6 +17,7 @@ __all__ = [
     "VAL_PREDICTIONS_KEY",
     "EvaluationPredictions",
     "EvaluationReport",
+    "HeldOutPredictions",
     "JournalLogger",
     "LastCheckpoint",
     "LogRunConfig",

@@ -15,6 +15,7 @@ from mlflow.utils.git_utils import get_git_commit
 
 from emo.params import run_settings
 from emo.spec import (
+    AUDIT_RUN_TAG,
     CONFIG_ARTIFACT,
     CONFIG_FILES_TAG,
     DATA_CONTEXT_TAG,
@@ -82,6 +83,10 @@ class LogRunConfig(SaveConfigCallback):
         commit = get_git_commit(os.path.dirname(__file__))  # the code that ran, whatever started it
         if commit:
             tags[GIT_COMMIT_TAG] = commit
+        if datamodule.hparams.get("audit_run"):  # trained on audited data: which audit, and what it changed
+            tags[AUDIT_RUN_TAG] = datamodule.hparams.audit_run
+            changed = {"drop": "data.audit_dropped", "relabel": "data.audit_relabelled"}[datamodule.hparams.audit_action]
+            logger.record_params({changed: datamodule.audit_changed})
         if datamodule.digests:
             tags[DATA_DIGEST_TAG] = datamodule.data_digest
             logger.record_inputs(dataset_inputs(datamodule))

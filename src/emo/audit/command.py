@@ -1,0 +1,162 @@
+"""`python -m emo audit`: which training labels are likely wrong, by confident learning on out-of-fold probabilities.
+
+    python -m emo audit --config configs/base.yaml --config configs/offline.yaml [--audit.folds 5] [--audit.name NAME]
+
+The training split is dealt into K stratified, seeded folds; each fold is an ordinary `emo fit` on
+the other folds (`--data.holdout_fold k`), nested under the audit's MLflow parent run, which then
+predicts the fold it never saw (`emo.tracking.HeldOutPredictions`). The folds are the trials of an
+Optuna study (`emo.sweep`): processes sharing its storage share them, a killed audit continues where
+it stopped, no fold runs twice. When every fold is in, the parent run gets the out-of-fold
+probabilities, `audit/label_issues.csv` (`emo.audit.issues`), the noise matrix, counts per class,
+and the digest of the training split it audited; `--data.audit_run RUN_ID` trains on the result.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from optuna.trial import TrialState
+
+from emo import UserError
+from emo.analysis import frame_label_names
+from emo.arguments import check_config_files
+from emo.audit.issues import label_issues, noise_figure, noise_matrix
+from emo.audit.settings import AuditSettings
+from emo.cli import LOGGER_CLASS, lightning_errors
+from emo.data import load_local_splits
+from emo.data.folds import check_folds
+from emo.quiet import quiet_libraries
+from emo.spec import (
+    AUDIT_TAG,
+    AUDITED_DIGEST_TAG,
+    HELDOUT_ARTIFACT,
+    LABEL_ISSUES_ARTIFACT,
+    NOISE_MATRIX_ARTIFACTS,
+    OUT_OF_FOLD_ARTIFACT,
+)
+from emo.store import log_params, prepare_tracking, resolve_tracking_uri
+from emo.sweep import RUN_ATTR, Sweep, SweepCLI, SweepSettings
+
+FOLD_RUNS_TAG = "emo.fold_runs"
+
+
+class AuditCLI(SweepCLI):
+    """The `fit` options plus an `audit:` section; the folds are a sweep over `data.holdout_fold`."""
+
+    def add_arguments_to_parser(self, parser):
+        super(SweepCLI, self).add_arguments_to_parser(parser)
+        parser.add_class_arguments(AuditSettings, "audit", instantiate=False)
+
+    def before_instantiate_classes(self):
+        super(SweepCLI, self).before_instantiate_classes()
+        config = self.config
+        problem = audit_problem(config, LOGGER_CLASS)
+        if problem:
+            self.parser.error(problem)
+        if config.data.data_dir:  # a Hub dataset is checked when its folds are dealt
+            train = load_local_splits(config.data.data_dir, config.data.labels)["train"]
+            check_folds(train["label"], config.audit.folds, train.features["label"].names)
+
+    def instantiate_classes(self):
+        self.settings = AuditSettings(**self.config.audit.as_dict())
+
+    def trial_template(self) -> dict:
+        template = super().trial_template()
+        template.pop("audit", None)
+        template["data"].update(folds=self.settings.folds, fold_seed=self.settings.seed, holdout_fold=None)
+        return template
+
+
+def audit_problem(config, logger_class: str) -> str | None:
+    """An audit that cannot run as asked, in one line (exit status 2)."""
+    if config.audit.folds < 2:
+        return f"--audit.folds {config.audit.folds}: an audit needs at least 2 folds (one held out, one to train on)"
+    if config.data.holdout_fold is not None:
+        return "--data.holdout_fold: the audit chooses each fold itself; leave it unset"
+    if config.data.train_size:
+        return "--data.train_size: an audit covers every training example; leave it unset"
+    logger = config.trainer.logger
+    if not logger or getattr(logger, "class_path", None) != logger_class:
+        return f"an audit nests its folds in MLflow: --trainer.logger must be {logger_class}"
+    return None
+
+
+def sweep_of(settings: AuditSettings, template: dict) -> SweepSettings:
+    return SweepSettings(study_name=settings.name, storage=settings.storage,
+                         params={"data.holdout_fold": list(range(settings.folds))},
+                         metric=template["checkpoint"]["monitor"],
+                         direction="maximize" if template["checkpoint"]["mode"] == "max" else "minimize",
+                         register_best=False, report=False, trial_heartbeat_s=settings.trial_heartbeat_s,
+                         trial_grace_s=settings.trial_grace_s)  # fmt: skip
+
+
+def out_of_fold(client, run_ids: list[str]) -> tuple[pd.DataFrame, str]:
+    """Every training example's probabilities from the fold that held it out, in the split's order; and the digest of
+    the split the folds were dealt from."""
+    frames, digests = [], set()
+    with tempfile.TemporaryDirectory() as folder:
+        for run_id in run_ids:
+            frames.append(pd.read_csv(client.download_artifacts(run_id, HELDOUT_ARTIFACT, folder), keep_default_na=False))
+            digests.add(client.get_run(run_id).data.tags.get(AUDITED_DIGEST_TAG))
+    if len(digests) != 1:
+        raise UserError(f"the folds were dealt from different training splits ({len(digests)} digests): audit again "
+                        "under a new --audit.name")  # fmt: skip
+    frame = pd.concat(frames).sort_values("index").reset_index(drop=True)
+    if not np.array_equal(frame["index"].to_numpy(), np.arange(len(frame))):
+        raise UserError("the folds' held-out examples do not cover the training split once each")
+    return frame, digests.pop()
+
+
+def finish(sweep: Sweep, settings: AuditSettings) -> None:
+    """Once, when every fold is in: the audit's tables, picture, metrics and tags on the parent run."""
+    trials = sweep.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+    if not sweep.queue.claims.claim(f"audit-{len(trials)}", str(os.getpid())):
+        return
+    client, run_id = sweep.client, sweep.parent_run_id
+    fold_runs = [trial.user_attrs[RUN_ATTR] for trial in sorted(trials, key=lambda t: t.params["data.holdout_fold"])]
+    frame, digest = out_of_fold(client, fold_runs)
+    names = frame_label_names(frame)
+    given = frame["label"].map({name: i for i, name in enumerate(names)}).to_numpy()
+    probabilities = frame[[f"p_{name}" for name in names]].to_numpy()
+    issues = label_issues(list(frame["text"]), given, probabilities, names)
+    matrix = noise_matrix(given, probabilities, names)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        issues.to_csv(folder / "label_issues.csv", index=False)
+        frame.to_csv(folder / "out_of_fold_probabilities.csv", index=False)
+        matrix.to_csv(folder / "noise_matrix.csv")
+        noise_figure(matrix).savefig(folder / "noise_matrix.png", dpi=120)
+        for name, artifact in (("label_issues.csv", LABEL_ISSUES_ARTIFACT), ("out_of_fold_probabilities.csv",
+                               OUT_OF_FOLD_ARTIFACT), ("noise_matrix.csv", NOISE_MATRIX_ARTIFACTS[0]),
+                               ("noise_matrix.png", NOISE_MATRIX_ARTIFACTS[1])):  # fmt: skip
+            client.log_artifact(run_id, str(folder / name), os.path.dirname(artifact))
+    flagged = issues["given"].value_counts()
+    client.log_metric(run_id, "audit/flagged", len(issues))
+    client.log_metric(run_id, "audit/flagged_share", len(issues) / len(frame))
+    for name in names:
+        client.log_metric(run_id, f"audit/flagged_{name}", int(flagged.get(name, 0)))
+    log_params(client, run_id, {"audit.folds": settings.folds, "audit.seed": settings.seed, "audit.examples": len(frame)})
+    client.set_tag(run_id, FOLD_RUNS_TAG, ", ".join(fold_runs))
+    client.set_tag(run_id, AUDITED_DIGEST_TAG, digest)  # last: the audit is complete (emo.store.read_audit)
+    print(f"emo: audit {settings.name}: {len(issues)} of {len(frame)} training labels flagged "
+          f"({len(issues) / len(frame):.1%}); run {run_id}, {LABEL_ISSUES_ARTIFACT}", file=sys.stderr)  # fmt: skip
+
+
+def main(args: list[str]) -> None:
+    quiet_libraries()
+    check_config_files(args)
+    with lightning_errors():
+        cli = AuditCLI(args)
+        template = cli.trial_template()
+        prepare_tracking(resolve_tracking_uri(), template["trainer"]["logger"]["init_args"]["experiment_name"])
+        sweep = Sweep(sweep_of(cli.settings, template), template)
+        sweep.client.set_tag(sweep.parent_run_id, AUDIT_TAG, f"{cli.settings.folds} folds, seed {cli.settings.seed}")
+        try:
+            sweep.run()
+        except KeyboardInterrupt:
+            raise SystemExit("emo: audit interrupted; run the same command again to continue it") from None
+        if sweep.queue.complete():
+            finish(sweep, cli.settings)
