@@ -33,8 +33,44 @@ def one_line(message: str) -> str:
         choices = [choice for line in expected for choice in re.findall(r"Literal\[([^\]]*)\]", line)]
         if choices:
             return f"{prefix}{given} is not one of {', '.join(choices)}" + (", null" if "NoneType" in body else "")
+        subtypes = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Subtypes:")), "")
+        expected = [what for subtype in top_level(subtypes.strip("[]")) if (what := describe_type(subtype, given))]
+        if expected:
+            listed = f"{', '.join(expected[:-1])} or {expected[-1]}" if len(expected) > 1 else expected[0]
+            return f"{prefix}expected {listed} (given {given})"
         return f"{prefix}{lines[0]} (given {given})"
     return prefix + " ".join(lines)
+
+
+def top_level(text: str) -> list[str]:
+    """`list[str], dict[str, int], <class 'NoneType'>` -> its items, commas inside brackets kept."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i].strip())
+            start = i + 1
+    return [item for item in [*items, text[start:].strip()] if item]
+
+
+PLAIN_TYPES = {"bool": "true/false", "int": "an integer", "float": "a number", "str": "a text", "NoneType": "null",
+               "dict": "a mapping", "list": "a list", "Path": "a path"}  # fmt: skip
+
+
+def describe_type(subtype: str, given: str) -> str:
+    """One of a union's types as a person would name it; a list shows the value given as one item."""
+    name = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>$", r"\1", subtype)
+    if name.startswith(("list[", "List[", "tuple[", "Sequence[")) or name == "list":
+        return f"a list (e.g. [{given}])" if given and not given.startswith("[") else "a list"
+    if name.startswith(("dict[", "Dict[", "Mapping[")):
+        return "a mapping"
+    if name in PLAIN_TYPES:
+        return PLAIN_TYPES[name]
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower().replace(" int", " integer").replace(" float", " number")
+    return f"a {words}" if re.fullmatch(r"[a-z ]+", words) else name
 
 
 def known_options(parser) -> list[str]:

@@ -1,6 +1,7 @@
 """Bad inputs, one per case, each built in a scratch folder: what a user gets wrong and the line emo must answer.
 
-Used by `tests/test_bad_inputs.py` (through `emo.commands.main`, in-process) and by `scripts/bad_inputs_table.py`
+Used by `tests/test_bad_inputs.py` (every case through `emo.commands.main`, in-process; one case of every kind,
+`ONE_OF_EVERY_KIND`, as a real `python -m emo` process, everything it prints seen) and by `scripts/bad_inputs_table.py`
 (each case as a real `python -m emo` process, timed, as a Markdown table).
 """
 
@@ -79,6 +80,8 @@ CASES = [
     Case("wrong type", "--model.learning_rate: Not of type PositiveFloat", plain(lambda c: fit(c, "--model.learning_rate", "abc")), status=2),
     Case("out of range", "--data.batch_size: Not of type PositiveInt", plain(lambda c: fit(c, "--data.batch_size", "0")), status=2),
     Case("not one of the choices", "--trainer.precision: 17 is not one of", plain(lambda c: fit(c, "--trainer.precision", "17")), status=2),
+    Case("a setting given none of its types", "--seed_everything: expected true/false or an integer (given abc)",
+         plain(lambda c: fit(c, "--seed_everything", "abc")), status=2),
     Case("trainer value Lightning refuses", "`max_epochs` must be a non-negative integer", plain(lambda c: fit(c, "--trainer.max_epochs", "-2"))),
     Case("trainer value Lightning refuses mid-fit", "val_check_interval",
          plain(lambda c: fit(c, "--trainer.val_check_interval", "1000"))),
@@ -163,6 +166,25 @@ CASES = [
     Case("loss becomes NaN", "the training loss became nan", plain(lambda c: fit(c, "--model.learning_rate", "1e30")),
          runs_left=1),
 ]
+
+
+# A case of every kind of input (and of both exit statuses), run as real processes by the tests.
+ONE_OF_EVERY_KIND = (
+    "wrong type",  # a value on the command line
+    "a setting given none of its types",
+    "unreadable YAML",  # a config file
+    "trainer value Lightning refuses",  # a value that parses, refused by what uses it
+    "not UTF-8",  # data files
+    "model folder without weights",  # model folders
+    "not a checkpoint",  # checkpoints
+    "predict file empty",  # predict files
+    "server not running",  # tracking
+    "sweep storage not a URL",  # sweeps
+    "sync of a folder that is not there",  # sync
+    "report by a test metric",  # report
+    "teacher not a model",  # teachers
+    "loss becomes NaN",  # training itself
+)
 
 
 def foreign_checkpoint(ctx: Context) -> Path:
