@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from emo import report, sweep
@@ -76,9 +77,12 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(tmp_path, tiny_mode
     assert client.get_model_version_by_alias(name, "champion").run_id == best.info.run_id
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/metric_vs_params.png", "report/learning_curves.png"} <= report
-    # each trial's config is a plain fit config
-    trial_config = tmp_path / "outputs/sweeps" / name / "trial-0.yaml"
-    assert "learning_rate" in trial_config.read_text()
+    # each trial's config is the plain fit config that reruns it: the trial's own settings, not the template's
+    trial = next(c for c in children if c.info.run_name == f"{name}-trial-0")
+    rerun = yaml.safe_load((tmp_path / "outputs/sweeps" / name / "trial-0.yaml").read_text())
+    assert "sweep" not in rerun and rerun["model"]["learning_rate"] == float(trial.data.params["model.learning_rate"])
+    assert rerun["data"]["data_dir"] == trial.data.params["data.data_dir"] == str(small_data_dir)
+    assert rerun["trainer"]["max_epochs"] == int(trial.data.params["trainer.max_epochs"]) == 8
 
 
 def test_a_seed_sweep_holds_mean_and_std_and_compares(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch, capsys):
@@ -210,15 +214,21 @@ def test_a_killed_worker_s_trial_runs_again_once_its_heartbeat_is_stale(tmp_path
     learning_rates = [1e-3, 3e-3]
     gate = tmp_path / "gate"
     args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null",
-                      "--sweep.trial_heartbeat_s", "1", "--sweep.trial_grace_s", "3",
+                      "--sweep.trial_heartbeat_s", "2", "--sweep.trial_grace_s", "20",  # margins for 2 busy cores
                       "--last_checkpoint.every_n_train_steps", "2", "--trainer.log_every_n_steps", "1",
                       *gate_callback(gate, at_step=5, run_suffix="trial-0", once_per_folder=True))  # fmt: skip
     killed = start_sweep(args, tmp_path / "killed.log")
     wait_for_reached(gate, processes=1, watch=(killed,))
+    other = start_sweep(args, tmp_path / "other.log")  # another worker on the same study, while trial 0 runs
+    # It runs trial 1, then has nothing to take while the first worker runs trial 0: it waits for it, not leaves.
+    deadline = time.monotonic() + 600
+    while not [t for t in optuna.load_study(study_name=name, storage=storage).trials if t.state == TrialState.COMPLETE]:
+        assert other.poll() is None, (tmp_path / "other.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "trial 1 did not complete within 600 s"
+        time.sleep(0.5)
     killed.kill()  # the worker dies in the middle of its trial: nobody marks the trial as stopped
     killed.wait(timeout=60)
-    time.sleep(3 + 1)  # past the grace period: the trial's heartbeat is stale, which is how the study learns it died
-    other = start_sweep(args, tmp_path / "other.log")  # another worker on the same study
+    # The waiting worker sees trial 0's heartbeat go stale (that is how the study learns its worker died) and runs it.
     assert other.wait(timeout=600) == 0, (tmp_path / "other.log").read_text()[-3000:]
 
     trials = optuna.load_study(study_name=name, storage=storage).trials
