@@ -21,7 +21,7 @@ TEST_WORKERS ?= 2
 # A stamp: any target below, run as the first command after a clone (make demo, make test), installs first.
 INSTALLED  := $(VENV)/.installed
 
-.PHONY: help install lock teacher-model data fit demo sweep seeds report test test-slow test-all ui server benchmark lint clean
+.PHONY: help install lock teacher-model data fit demo sweep seeds audit report test test-slow test-all ui server benchmark lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ sweep: $(INSTALLED) ## learning-rate grid, nested MLflow runs; offline: make swe
 
 seeds: $(INSTALLED) data ## the offline config on 3 seeds; the parent run holds mean and std; ARGS="--sweep.study_name NAME ..."
 	$(BIN)/python -m emo sweep --config configs/seeds.yaml $(OFFLINE_LAYER) $(ARGS)
+
+audit: $(INSTALLED) data ## which training labels are likely wrong: 5 folds, out-of-fold probabilities, cleanlab; ARGS="--audit.name NAME"
+	$(BIN)/python -m emo audit $(OFFLINE) $(ARGS)
 
 report: $(INSTALLED) ## table of runs, best run by val/f1_weighted, reports/<name>/report.md; ARGS="--sweep lr-grid"
 	$(BIN)/python -m emo report $(ARGS)

@@ -225,7 +225,7 @@ def test_weight_averaging_is_what_gets_tested_and_registered(tmp_path, tiny_mode
     """Lightning's EMAWeightAveraging: the test, and the model logged after it, use the averaged weights of the best checkpoint."""
     cli = fit(tmp_path, tiny_model_dir, small_data_dir, "ema-test", "",
               "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.9",
-              "--trainer.max_epochs", "1")  # fmt: skip
+              "--trainer.max_epochs", "1", "--calibration.temperature_scaling", "false")  # fmt: skip
     checkpoint = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)
     averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
     name = "model.classifier.weight"
@@ -234,3 +234,22 @@ def test_weight_averaging_is_what_gets_tested_and_registered(tmp_path, tiny_mode
     logged = mlflow.MlflowClient().get_run(cli.trainer.logger.run_id).data.tags[MODEL_URI_TAG]
     registered = mlflow.transformers.load_model(logged, return_type="components")["model"]
     assert torch.equal(registered.state_dict()["classifier.weight"], averaged[name])
+
+
+def test_the_registered_model_is_calibrated_on_validation_with_the_record_of_it(fitted, tmp_path):
+    cli, client, run = fitted
+    metrics, tags = run.data.metrics, run.data.tags
+    temperature = metrics["calibration/temperature"]
+    assert float(tags["emo.temperature"]) == pytest.approx(temperature, rel=1e-5) and temperature > 0
+    for split, when in (("val", "before"), ("val", "after"), ("test", "before"), ("test", "after")):
+        low, ece, high = (metrics[f"calibration/{split}_{when}_ece{end}"] for end in ("_low", "", "_high"))
+        assert 0 <= low < high and ece >= 0  # an interval from resampling the split (ECE's is biased upwards)
+    assert metrics["calibration/val_after_nll"] <= metrics["calibration/val_before_nll"] + 1e-9  # fitted there
+    assert metrics["test/ece"] == pytest.approx(metrics["calibration/test_after_ece"], abs=0.02)  # torchmetrics' and emo's
+    assert "test/reliability_diagram.png" in {a.path for a in client.list_artifacts(run.info.run_id, "test")}
+    # The kept checkpoint's weights, scaled: the model that was tested and registered gives logits / T.
+    saved = torch.load(cli.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
+    head = saved["state_dict"]["model.classifier.weight"]
+    assert torch.allclose(cli.model.model.classifier.weight, head / temperature, atol=1e-6)
+    [version] = client.search_model_versions(f"run_id='{run.info.run_id}'")
+    assert float(version.tags["emo.temperature"]) == pytest.approx(temperature, rel=1e-5)

@@ -23,6 +23,7 @@ class Metric:
     torchmetric: str  # its class in `torchmetrics.classification`, built with the number of classes
     options: tuple[tuple[str, object], ...] = ()  # further arguments of that class
     per_class: bool = False  # one value per label
+    lower_is_better: bool = False  # an error, not a score
     headline: bool = False  # in reports, the run's and the registered version's description
     progress_bar: bool = False  # shown while training
 
@@ -34,6 +35,7 @@ METRICS = (
     Metric("precision", "precision", "MulticlassPrecision", (("average", None),), per_class=True),
     Metric("recall", "recall", "MulticlassRecall", (("average", None),), per_class=True),
     Metric("f1", "F1", "MulticlassF1Score", (("average", None),), per_class=True),
+    Metric("ece", "expected calibration error", "MulticlassCalibrationError", (("n_bins", 15), ("norm", "l1")), lower_is_better=True),
 )
 LOSS = "loss"  # `<stage>/loss`: plain cross-entropy at every stage, whatever the training loss
 TRAIN_LOSS, TRAIN_LR = "train/loss", "train/lr"
@@ -64,8 +66,9 @@ def headline_metrics(stage: str) -> dict[str, str]:
 
 
 def is_maximized(name: str) -> bool:
-    """Larger is better for every metric but a loss."""
-    return not name.endswith(LOSS)
+    """Larger is better for every metric but a loss and an error (`lower_is_better`)."""
+    key = name.rsplit("/", 1)[-1]
+    return not name.endswith(LOSS) and not any(m.lower_is_better and key == m.key for m in METRICS)
 
 
 # Tags emo sets on runs ("emo.*"), and those of MLflow and Optuna it sets or reads.
@@ -74,6 +77,7 @@ MODEL_TAG, DATASET_TAG, DATA_DIGEST_TAG = "emo.model", "emo.dataset", "emo.data_
 LABELS_TAG = "emo.labels"  # the classes a run trained on, in id order (a JSON list)
 CONFIG_FILES_TAG, FAILURE_TAG = "emo.config_files", "emo.failure"
 TEACHER_TAG, TEACHER_VERSIONS_TAG, TEACHER_RUNS_TAG = "emo.teacher", "emo.teacher_versions", "emo.teacher_run_ids"  # distilled
+TEMPERATURE_TAG = "emo.temperature"  # a calibrated run and its registered version: the temperature in its head
 MODEL_URI_TAG = "emo.model_uri"  # where the run's logged model is, so a sweep can register its best trial later
 HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG, ENDED_BY_TAG = "emo.heartbeat", "emo.heartbeat_interval_s", "emo.ended_by"
 SWEEP_TAG, WORKER_TAG = "emo.sweep", "emo.worker"  # a sweep's parent run; which sweep process ran a trial
@@ -97,6 +101,7 @@ CONFUSION_NORMALISED_ARTIFACT = "test/confusion_matrix_normalised.png"
 PER_CLASS_ARTIFACTS = ("test/per_class_report.json", "test/per_class_report.md")
 F1_PER_CLASS_ARTIFACT = "test/f1_per_class.png"
 MISTAKES_ARTIFACT = "test/confident_mistakes.md"
+RELIABILITY_ARTIFACT = "test/reliability_diagram.png"  # confidence against accuracy, after temperature scaling
 TEACHER_ARTIFACT = "teacher/train_probabilities.pt"  # the teachers' mean class probabilities on the training examples
 TRIAL_TEMPLATE_ARTIFACT, REPORT_ARTIFACTS = "trial_template.yaml", "report"  # of a sweep's parent run
 SWEEP_ANALYSIS_ARTIFACTS = "sweep"  # of a sweep's parent run: what the sweep learnt (emo.report.importance)

@@ -67,6 +67,9 @@ class AuditCLI(SweepCLI):
         template = super().trial_template()
         template.pop("audit", None)
         template["data"].update(folds=self.settings.folds, fold_seed=self.settings.seed, holdout_fold=None)
+        # A fold's model serves the audit only: its probabilities are logged, its weights neither uploaded nor registered.
+        template["trainer"]["logger"]["init_args"]["log_model"] = False
+        template["registry"].update(log_model=False, registered_model_name=None)
         return template
 
 
@@ -113,6 +116,11 @@ def out_of_fold(client, run_ids: list[str]) -> tuple[pd.DataFrame, str]:
 def finish(sweep: Sweep, settings: AuditSettings) -> None:
     """Once, when every fold is in: the audit's tables, picture, metrics and tags on the parent run."""
     trials = sweep.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+    if len(trials) < settings.folds:
+        failed = sorted(t.params.get("data.holdout_fold") for t in sweep.study.get_trials(deepcopy=False) if t.state == TrialState.FAIL)
+        raise UserError(f"audit {settings.name}: fold(s) {', '.join(map(str, failed))} failed (see above), so "
+                        f"{settings.folds - len(trials)} of {settings.folds} folds are missing; audit again under a new "
+                        "--audit.name")  # fmt: skip
     if not sweep.queue.claims.claim(f"audit-{len(trials)}", str(os.getpid())):
         return
     client, run_id = sweep.client, sweep.parent_run_id

@@ -42,6 +42,7 @@ from emo.tracking import (
     LogRunConfig,
     ModelRegistry,
     TeacherTargets,
+    TemperatureScaling,
     TrainingClock,
     journal_logger,
     plan_resume,
@@ -112,6 +113,7 @@ class EmoCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(TemperatureScaling, "calibration")
         parser.add_lightning_class_args(ModelRegistry, "registry")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.add_argument("--resume_new_run", type=bool, default=False,

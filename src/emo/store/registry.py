@@ -22,6 +22,7 @@ from emo.spec import (
     MODEL_TAG,
     MODEL_URI_TAG,
     TEACHER_TAG,
+    TEMPERATURE_TAG,
     headline_metrics,
 )
 
@@ -105,6 +106,8 @@ def register(run_id: str, name: str, alias: str = "champion", metric: str = "tes
     if promoted:
         client.set_registered_model_alias(name, alias, version.version)
     client.set_model_version_tag(name, version.version, metric, str(score))
+    if TEMPERATURE_TAG in run.data.tags:  # calibrated: the temperature folded into its head (emo export copies it)
+        client.set_model_version_tag(name, version.version, TEMPERATURE_TAG, run.data.tags[TEMPERATURE_TAG])
     client.update_model_version(name, version.version, description=version_description(run))
     return version, promoted
 

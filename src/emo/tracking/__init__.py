@@ -2,6 +2,7 @@
 teachers' targets, the evaluations' predictions, the test report and the model, the last checkpoint, and how a killed
 run resumes."""
 
+from emo.tracking.calibration import TemperatureScaling
 from emo.tracking.checkpoints import LastCheckpoint
 from emo.tracking.clock import TrainingClock
 from emo.tracking.evaluation_report import EvaluationReport
@@ -24,6 +25,7 @@ __all__ = [
     "ModelRegistry",
     "ResumeError",
     "TeacherTargets",
+    "TemperatureScaling",
     "TrainingClock",
     "journal_logger",
     "plan_resume",
