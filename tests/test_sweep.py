@@ -1,6 +1,7 @@
 """`emo sweep` against a real MLflow server: nested runs, best-trial registration, pruning, workers, resume."""
 
 import json
+import math
 import signal
 import threading
 import time
@@ -10,9 +11,11 @@ import mlflow
 import optuna
 import pytest
 import yaml
+from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 
 from emo import report, sweep
+from emo.report.importance import importances_lines, write_sweep_analysis
 from emo.spec import MODEL_URI_TAG
 from emo.store import mark_as_model_training
 from emo_lab.data import DATA_DIR, ROOT, SHIPPED_SWEEP_CONFIGS, shrunk_args
@@ -370,3 +373,90 @@ def test_workers_tagging_a_new_experiment_at_once(tracking_uri):
         experiment_id = client.create_experiment(f"tagged-at-once-{round_}")
         race(4, lambda i, experiment_id=experiment_id: mark_as_model_training(mlflow.MlflowClient(), experiment_id))
         assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def synthetic_study(n_trials: int, settings: tuple[str, ...] = ("lr", "batch"), pruned: int = 0) -> optuna.Study:
+    """A study whose score depends on lr only: lr near 1e-3 is best; batch, when swept, is noise."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for number in range(n_trials + pruned):
+        trial = study.ask()
+        lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        if "batch" in settings:
+            trial.suggest_categorical("batch", [8, 16, 32])
+        if number >= n_trials:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, 0.9 - abs(math.log10(lr) + 3) / 10 + 0.001 * (number % 2))
+    return study
+
+
+def test_importances_of_a_small_sweep_rank_the_setting_that_decides_the_score(tmp_path):
+    record = write_sweep_analysis(synthetic_study(20), tmp_path, "val/f1_weighted")
+    assert list(record["importances"]) == ["lr", "batch"] and record["importances"]["lr"] > 0.8
+    assert sum(record["importances"].values()) == pytest.approx(1)
+    assert record["finished_trials"] == 20 and record["direction"] == "maximize"
+    assert json.loads((tmp_path / "param_importances.json").read_text()) == record
+    table = (tmp_path / "param_importances.md").read_text()
+    assert f"| lr | {record['importances']['lr']:.3f} |" in table and "| batch |" in table
+    for picture in ("param_importances.png", "parallel_coordinate.png", "optimization_history.png"):
+        assert (tmp_path / picture).read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    "study, why",
+    [
+        (lambda: synthetic_study(5, settings=("lr",)), "one swept setting (lr): importances rank two or more"),
+        (lambda: synthetic_study(2, pruned=3), "2 finished trials: importances need at least 3"),
+    ],
+    ids=["one setting", "two finished trials"],
+)
+def test_a_sweep_without_importances_says_why_in_one_line(tmp_path, study, why):
+    record = write_sweep_analysis(study(), tmp_path, "val/f1_weighted")
+    assert "importances" not in record and record["reason"].startswith(why)
+    assert (tmp_path / "param_importances.md").read_text().strip().splitlines() == [f"No parameter importances: {record['reason']}."]
+    assert importances_lines(record) == [f"parameter importances: none: {record['reason']}"]
+    assert not (tmp_path / "param_importances.png").exists()
+    assert (tmp_path / "optimization_history.png").read_bytes().startswith(b"\x89PNG")  # the trials there are, still
+
+
+def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    name = "importances-test"
+    args = shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
+                       "--trainer.logger.init_args.experiment_name", name, "--registry.registered_model_name", name,
+                       "--sweep.study_name", name, "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db", "--sweep.pruner", "null",
+                       "--sweep.params", json.dumps({"data.eval_batch_size": [50, 25], "model.learning_rate": [1e-3, 1e-2]}),
+                       "--trainer.max_epochs", "8", "--data.batch_size", "8",  # steps enough to tell the rates apart
+                       configs=SWEEP_CONFIGS)  # fmt: skip
+    # The grid's third point trains as its first (the eval batch size changes nothing learnt): the best trial stays,
+    # as a continued sweep needs (a best trial that changes would need its parent's best.* params, fixed, to change).
+    report_args = ["--experiment", name, "--sweep", name, "--output_dir", str(tmp_path / "reports")]
+    # Two trials of the grid's four: too few for importances, which the parent run and the report say in one line.
+    sweep.main([*args, "--sweep.n_trials", "2"])
+    client = mlflow.MlflowClient()
+    parent = the_parent(client, name)
+    record = json.loads(Path(client.download_artifacts(parent.info.run_id, "sweep/param_importances.json", str(tmp_path))).read_text())
+    assert record["reason"] == "2 finished trials: importances need at least 3"
+    report.main(report_args)
+    assert "parameter importances: none: 2 finished trials: importances need at least 3" in capsys.readouterr().out.splitlines()
+    # The same sweep continued to a third trial: the parent run now holds the importances, and the report prints them.
+    sweep.main([*args, "--sweep.n_trials", "3"])
+    parent = client.get_run(parent.info.run_id)
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {f"sweep/{f}" for f in ("param_importances.json", "param_importances.md", "param_importances.png",
+                                   "parallel_coordinate.png", "optimization_history.png")} <= logged  # fmt: skip
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    importances = {k.removeprefix("importance/"): v for k, v in parent.data.metrics.items() if k.startswith("importance/")}
+    assert set(importances) == {"model.learning_rate", "data.eval_batch_size"} and sum(importances.values()) == pytest.approx(1)
+    assert importances == pytest.approx(get_param_importances(optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db"),
+                                                              evaluator=PedAnovaImportanceEvaluator()))  # fmt: skip
+    report.main(report_args)
+    printed = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(printed) if line.startswith("parameter importances of val/f1_weighted"))
+    assert "PED-ANOVA, 3 finished trials" in printed[head]
+    width = max(len(setting) for setting in importances)
+    assert sorted(printed[head + 1 : head + 3]) == sorted(f"  {setting:<{width}}  {value:.3f}" for setting, value in importances.items())
+    text = (tmp_path / "reports" / name / "report.md").read_text()
+    assert "## What the sweep learnt" in text and "](param_importances.png)" in text
+    assert (tmp_path / "reports" / name / "param_importances.png").read_bytes().startswith(b"\x89PNG")

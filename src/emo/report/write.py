@@ -8,9 +8,10 @@ from typing import Literal
 import mlflow
 import pandas as pd
 
+from emo.report.importance import importances_lines, logged_sweep_analysis, sweep_analysis_markdown
 from emo.report.plots import plot_learning_curves, plot_metric_vs_params
 from emo.report.table import load_runs, markdown_table, seed_groups, select_best, summary_table, varying_params
-from emo.spec import CONFUSION_ARTIFACT, DEFAULT_EXPERIMENT, REPORT_ARTIFACTS
+from emo.spec import CONFUSION_ARTIFACT, DEFAULT_EXPERIMENT, REPORT_ARTIFACTS, SWEEP_TAG
 from emo.store import resolve_tracking_uri
 
 
@@ -28,6 +29,7 @@ def write_report(
     best = select_best(runs, metric, maximize)
     swept = []
     name = experiment_name
+    parent = None
     if parent_run_id:
         parent = client.get_run(parent_run_id)
         swept = [k.removeprefix("sweep.params.") for k in parent.data.params if k.startswith("sweep.params.")]
@@ -45,6 +47,8 @@ def write_report(
     except Exception:  # a run without a test (pruned, interrupted) has none
         confusion = None
     table = summary_table(runs, params, metric, maximize)
+    is_sweep = parent is not None and SWEEP_TAG in parent.data.tags
+    learnt = logged_sweep_analysis(client, parent_run_id, folder) if is_sweep else None
     text = [
         f"# {name}: {len(runs)} runs in experiment `{experiment_name}`\n",
         f"Best by `{metric}` (validation, at the kept checkpoint): **{best['run_name']}** (run `{best['run_id']}`), "
@@ -54,6 +58,8 @@ def write_report(
         f"\n## {metric} against the hyperparameters\n\n![](metric_vs_params.png)\n",
         "\n## Learning curves\n\n![](learning_curves.png)\n",
     ]
+    if learnt:
+        text.append(sweep_analysis_markdown(learnt, folder))
     if confusion:
         text.append("\n## Confusion matrix of the best run (test split)\n\n![](best_confusion_matrix.png)\n")
     groups = seed_groups(runs)
@@ -64,6 +70,9 @@ def write_report(
     if not groups.empty and (groups["runs"] > 1).any():
         print("\nmean ± std (sample std) over the runs of each config:")
         print(groups.to_string(index=False))
+    if is_sweep:
+        lines = importances_lines(learnt) if learnt else ["parameter importances: none yet: a sweep logs them as it ends"]
+        print("\n" + "\n".join(lines))
     print(f"\nbest run by {metric}: {best['run_id']} ({best['run_name']})")
     print(f"report: {folder / 'report.md'}")
     if parent_run_id:

@@ -1,8 +1,11 @@
 """A sweep's MLflow parent run: created once per study, it holds the sweep's settings, the best trial, the mean and
-std over the trials (for seeds), the registered version and the report."""
+std over the trials (for seeds), what the sweep learnt (parameter importances), the registered version and the report."""
 
 import os
 import statistics
+import sys
+import tempfile
+from pathlib import Path
 
 import optuna
 import yaml
@@ -10,11 +13,13 @@ from optuna.trial import TrialState
 
 from emo.redact import redact
 from emo.report import write_report
+from emo.report.importance import write_sweep_analysis
 from emo.spec import (
     AGGREGATED_RUNS_TAG,
     BEST_RUN_TAG,
     BEST_TRIAL_TAG,
     REGISTERED_VERSION_TAG,
+    SWEEP_ANALYSIS_ARTIFACTS,
     SWEEP_TAG,
     TRIAL_TEMPLATE_ARTIFACT,
 )
@@ -86,9 +91,11 @@ class ParentRun:
         self.client.set_terminated(self.run_id, status="KILLED")
 
     def finish(self) -> None:
-        """Once per study and best trial: record the best trial, the mean and std, register its model, report."""
+        """Once per best trial and number of finished trials (a rerun that adds trials updates them): record the best
+        trial, the mean and std, what the sweep learnt, register the best model, report."""
         best = self.study.best_trial
-        if self.claims.claim(f"finish-{best.number}", str(os.getpid())):
+        finished = len(self.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]))
+        if self.claims.claim(f"finish-{best.number}-{finished}", str(os.getpid())):
             best_run_id = best.user_attrs[RUN_ATTR]
             self.client.set_tag(self.run_id, BEST_RUN_TAG, best_run_id)
             self.client.set_tag(self.run_id, BEST_TRIAL_TAG, str(best.number))
@@ -98,6 +105,7 @@ class ParentRun:
                     self.client.log_metric(self.run_id, f"best/{name}", value)
             if self.settings.aggregate:
                 self.log_mean_and_std()
+            self.log_what_the_sweep_learnt()
             registry = self.template["registry"]
             if self.settings.register_best and registry["registered_model_name"]:
                 name = registry["registered_model_name"]
@@ -109,6 +117,17 @@ class ParentRun:
                 self.patiently(write_report, self.experiment_name, parent_run_id=self.run_id, metric=self.settings.metric,
                                client=self.client.client, what="writing the report")  # fmt: skip
         self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def log_what_the_sweep_learnt(self) -> None:
+        """`sweep/`: the parameter importances (json, md, png; or the line why there are none), the parallel
+        coordinates and the optimisation history; each importance also as the metric `importance/<setting>`."""
+        with tempfile.TemporaryDirectory() as folder:
+            record = write_sweep_analysis(self.study, Path(folder), self.settings.metric)
+            self.client.log_artifacts(self.run_id, folder, SWEEP_ANALYSIS_ARTIFACTS)
+        for name, value in record.get("importances", {}).items():
+            self.client.log_metric(self.run_id, f"importance/{name}", value)
+        if "reason" in record:
+            print(f"emo: sweep {self.settings.study_name}: no parameter importances: {record['reason']}", file=sys.stderr)
 
     def scores(self, run_id: str) -> dict[str, float | None]:
         """Validation at the run's kept checkpoint, and test."""
