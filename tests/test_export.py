@@ -197,7 +197,6 @@ def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source,
                 f"{url}/invocations", {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
             ),
             "empty": post(f"{url}/invocations", {"inputs": []}),
-            "numbers": post(f"{url}/invocations", {"inputs": [1, 2]}),
             "mixed": post(f"{url}/invocations", {"inputs": ["a text", None]}),
         }
         maps = "".join(Path(f"/proc/{pid}/maps").read_text() for pid in process_tree(server.pid))
@@ -220,9 +219,14 @@ def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source,
     assert [row["score"] for row in served] == pytest.approx(expected.max(axis=1), abs=FP32_TOLERANCE)
     assert [row[f"p_{name}"] for row in served for name in names] == pytest.approx(expected.ravel(), abs=FP32_TOLERANCE)
     assert answers["split"] == answers["texts"]  # another request format of MLflow's scoring protocol
-    for case, needle in (("empty", "no texts"), ("numbers", "not a text"), ("mixed", "not a text")):
+    # MLflow's schema check (the signature: one text column) or the model's own, each with a message
+    for case, needles in (
+        ("empty", ("no texts", "only has 0 inputs")),
+        ("numbers", ("not a text",)),
+        ("mixed", ("not a text",)),
+    ):
         status, body = answers[case]
-        assert 400 <= status < 500 and needle in body["message"], (case, status, body)
+        assert 400 <= status < 500 and any(n in body["message"] for n in needles), (case, status, body)
 
 
 @pytest.mark.parametrize(("args", "status", "expected"), [
