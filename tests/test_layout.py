@@ -68,3 +68,27 @@ def test_a_fit_prints_only_what_the_readme_shows_before_training(tmp_path, tiny_
     expected = [line for line in readme_start_up_lines() if cpu_has_fast_bf16() or "bfloat16" not in line]
     assert [line for line in before if line not in data_bars] == expected
     assert "INFO" not in output and "system metrics" not in output  # nor at the end
+
+
+TRACKING_DOC = ROOT / "docs/tracking.md"
+METRICS_START = "<!-- the metrics of spec.METRICS: tests/test_layout.py checks this table against the spec -->"
+METRICS_END = "<!-- end of the metrics -->"
+
+
+def metrics_table() -> str:
+    """The table of docs/tracking.md, from `spec.METRICS` (and the loss every stage logs)."""
+    rows = ["| logged as | what | computed by | headline |", "|---|---|---|---|",
+            f"| `<stage>/{spec.LOSS}` | cross-entropy (plain, whatever the training loss) | `torch.nn.functional.cross_entropy` | |"]  # fmt: skip
+    for metric in spec.METRICS:
+        name = f"<stage>/{metric.key}_<label>" if metric.per_class else f"<stage>/{metric.key}"
+        options = ", ".join(f"{key}={value!r}" for key, value in metric.options)
+        what = f"{metric.label} (one per class)" if metric.per_class else metric.label
+        rows.append(f"| `{name}` | {what} | `{metric.torchmetric}({options})` | {'yes' if metric.headline else ''} |")
+    return "\n".join(rows)
+
+
+def test_the_metrics_in_docs_are_the_spec_s():
+    text = TRACKING_DOC.read_text()
+    assert METRICS_START in text and METRICS_END in text
+    documented = text.split(METRICS_START, 1)[1].split(METRICS_END, 1)[0].strip()
+    assert documented == metrics_table(), f"docs/tracking.md: put this table between its markers:\n{metrics_table()}"
