@@ -65,7 +65,9 @@ audit: $(INSTALLED) data ## which training labels are likely wrong: 5 folds, out
 report: $(INSTALLED) ## table of runs, best run by val/f1_weighted, reports/<name>/report.md; ARGS="--sweep lr-grid"
 	$(BIN)/python -m emo report $(ARGS)
 
-test: $(INSTALLED) ## the layer contract (pyproject.toml), then the default test suite (no slow or GPU tests)
+test: $(INSTALLED) ## style (ruff), the layer contract (pyproject.toml), then the default test suite (no slow or GPU tests)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -m "not slow and not gpu" -n $(TEST_WORKERS) $(ARGS)
 
@@ -95,8 +97,9 @@ lock: $(INSTALLED) ## refresh requirements.lock (uv) from pyproject.toml; then m
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --find-links $(LOCK_FIND_LINKS) \
 		--override $(VENV)/torch-override.txt --no-emit-package torch --no-header --annotation-style line -o requirements.lock
 
-lint: $(INSTALLED) ## ruff
-	$(BIN)/ruff check src tests scripts
+lint: $(INSTALLED) ## ruff: fix what it can, format
+	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts
 
 clean: ## remove checkpoints and reports (keeps the MLflow and Optuna stores)
 	rm -rf outputs reports

@@ -20,9 +20,9 @@ import mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from emo_lab.bad_inputs import CASES, Context
-from emo_lab.data import write_small_data, write_tiny_model
-from emo_lab.server import MlflowServer
+from emo_lab.bad_inputs import CASES, Context  # noqa: E402
+from emo_lab.data import write_small_data, write_tiny_model  # noqa: E402
+from emo_lab.server import MlflowServer  # noqa: E402
 
 
 def run_case(case, scratch: Path, model: Path, data: Path, server: MlflowServer) -> tuple[int, float, list[str], int]:
@@ -31,7 +31,9 @@ def run_case(case, scratch: Path, model: Path, data: Path, server: MlflowServer)
     args, env = case.build(ctx)
     environment = {**__import__("os").environ, "MLFLOW_TRACKING_URI": server.url, **env}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "emo", *args], cwd=scratch, capture_output=True, text=True, env=environment)
+    done = subprocess.run(
+        [sys.executable, "-m", "emo", *args], cwd=scratch, capture_output=True, text=True, env=environment
+    )
     seconds = time.monotonic() - started
     lines = [line for line in (done.stdout + "\n" + done.stderr).splitlines() if line.strip()]
     client = mlflow.MlflowClient(server.url)
@@ -60,7 +62,9 @@ def main() -> None:
                 as_promised = (code == case.status and case.expected in line and line.startswith("emo: error:")
                                and runs == case.runs_left and (len(lines) == 1 or case.runs_left))  # fmt: skip
                 flag = "" if as_promised else " **(unexpected)**"
-                print(f"| {case.name} | {code} ({case.status}) | {runs} | {seconds:.1f} | `{shown}`{flag} |", flush=True)
+                print(
+                    f"| {case.name} | {code} ({case.status}) | {runs} | {seconds:.1f} | `{shown}`{flag} |", flush=True
+                )
         finally:
             server.kill()
 

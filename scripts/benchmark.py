@@ -32,8 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from emo_lab.data import DATA_DIR
-from emo_lab.server import MlflowServer
+from emo_lab.data import DATA_DIR  # noqa: E402
+from emo_lab.server import MlflowServer  # noqa: E402
 
 MODEL_DIR = ROOT / "models/all-MiniLM-L6-v2"
 OFFLINE = ["--config", "configs/base.yaml", "--config", "configs/offline.yaml"]
@@ -55,7 +55,9 @@ def run(command: list[str], env: dict | None = None) -> tuple[str, float, float]
     """stdout, wall seconds and peak RSS (MiB) of a command that must succeed."""
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+        process = subprocess.Popen(
+            command, stdout=stdout, stderr=stderr, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+        )
         _, status, usage = os.wait4(process.pid, 0)  # this child's own resource use
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -120,7 +122,9 @@ def training(data: Path, steps: int, rounds: int, server: MlflowServer, work: Pa
 
 def median_of(runs: list[dict]) -> dict:
     numbers = {k for run in runs for k, v in run.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    return {k: statistics.median(run[k] for run in runs if run.get(k) is not None) for k in numbers} | {"runs": len(runs)}
+    return {k: statistics.median(run[k] for run in runs if run.get(k) is not None) for k in numbers} | {
+        "runs": len(runs)
+    }
 
 
 def time_to_92(data: Path, server: MlflowServer, work: Path) -> dict:
@@ -133,9 +137,13 @@ def time_to_92(data: Path, server: MlflowServer, work: Path) -> dict:
 
 def predict(data: Path, fitted: dict, work: Path) -> dict:
     texts = work / "texts.txt"
-    texts.write_text("\n".join(line.rsplit(";", 1)[0] for line in (data / "train.txt").read_text().splitlines() if line) + "\n")
+    texts.write_text(
+        "\n".join(line.rsplit(";", 1)[0] for line in (data / "train.txt").read_text().splitlines() if line) + "\n"
+    )
     n = len(texts.read_text().splitlines())
-    _, pipeline_wall, pipeline_peak = run([sys.executable, "-c", PIPELINE_SCRIPT, fitted["model_folder"], str(texts), str(work / "pipeline.csv")])
+    _, pipeline_wall, pipeline_peak = run(
+        [sys.executable, "-c", PIPELINE_SCRIPT, fitted["model_folder"], str(texts), str(work / "pipeline.csv")]
+    )
     print(f"pipeline: {n} texts in {pipeline_wall:.1f} s", flush=True)
     command = [sys.executable, "-m", "emo", "predict", *OFFLINE, "--ckpt_path", fitted["best_checkpoint"],
                "--data.predict_file", str(texts), "--prediction.output_file", str(work / "emo.csv")]  # fmt: skip
@@ -151,7 +159,9 @@ def ratios(results: dict) -> dict:
     found = {}
     if "training" in results:
         t = results["training"]
-        best_trainer = max(t["Trainer, grouped, fp32"]["samples_per_sec"], t["Trainer, grouped, bf16"]["samples_per_sec"])
+        best_trainer = max(
+            t["Trainer, grouped, fp32"]["samples_per_sec"], t["Trainer, grouped, bf16"]["samples_per_sec"]
+        )
         found["training: emo / best Trainer (samples/s, >= 1.3)"] = t["emo default"]["samples_per_sec"] / best_trainer
         no_tracking = t["emo default, no tracking"]["samples_per_sec"]
         found["tracking overhead (%, <= 3)"] = 100 * (1 - t["emo default"]["samples_per_sec"] / no_tracking)
@@ -201,14 +211,31 @@ def log_to_mlflow(found: dict, folder: Path, options) -> None:
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}")
     mlflow.set_experiment("benchmarks")
     with mlflow.start_run(run_name=f"benchmark-{time.strftime('%Y%m%d-%H%M')}"):
-        mlflow.log_params({"steps": options.steps, "rounds": options.rounds, "cores": os.cpu_count(), "sections": ",".join(options.only)})
-        mlflow.log_metrics({name.split(" (")[0].replace(":", "").replace("%", "pct").replace(",", ""): value for name, value in found.items()})
+        mlflow.log_params(
+            {
+                "steps": options.steps,
+                "rounds": options.rounds,
+                "cores": os.cpu_count(),
+                "sections": ",".join(options.only),
+            }
+        )
+        mlflow.log_metrics(
+            {
+                name.split(" (")[0].replace(":", "").replace("%", "pct").replace(",", ""): value
+                for name, value in found.items()
+            }
+        )
         mlflow.log_artifacts(str(folder))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=["training", "time_to_92", "predict"], default=["training", "time_to_92", "predict"])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["training", "time_to_92", "predict"],
+        default=["training", "time_to_92", "predict"],
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data", type=Path, default=DATA_DIR)

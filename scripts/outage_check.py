@@ -22,8 +22,8 @@ import mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from emo_lab.data import DATA_DIR
-from emo_lab.server import MlflowServer
+from emo_lab.data import DATA_DIR  # noqa: E402
+from emo_lab.server import MlflowServer  # noqa: E402
 
 
 def train_points(journal: Path) -> list[tuple[int, int]]:
@@ -85,7 +85,9 @@ def run_with_outage(server: MlflowServer, folder: Path, options) -> None:
     print(f"run {run.info.run_id}: status {run.info.status}")
     print(f"train/loss points logged by training {len(logged)}, recorded by the server {len(recorded)}, "
           f"lost {len(set(logged) - set(recorded))}, repeated {len(recorded) - len(set(recorded))}")  # fmt: skip
-    print(f"steps/s before the outage {before:.3f}, during {during:.3f} ({during / before - 1:+.1%}), after {after:.3f}")
+    print(
+        f"steps/s before the outage {before:.3f}, during {during:.3f} ({during / before - 1:+.1%}), after {after:.3f}"
+    )
     versions = [v.version for v in client.search_model_versions("name='outage-check'")]
     print(f"registered versions: {versions}")
 
@@ -106,8 +108,6 @@ def main() -> None:
             run_with_outage(server, folder, options)
         finally:
             server.kill()
-
-
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def plant(data_dir: Path, out: Path, share: float, seed: int) -> None:
     planted = list(labels)
     for i in flipped:
         planted[i] = generator.choice([name for name in names if name != labels[i]])
-    (out / "train.txt").write_text("".join(f"{t};{label}\n" for t, label in zip(texts, planted, strict=True)), encoding="utf-8")
+    (out / "train.txt").write_text(
+        "".join(f"{t};{label}\n" for t, label in zip(texts, planted, strict=True)), encoding="utf-8"
+    )
     pd.DataFrame({"index": flipped, "text": [texts[i] for i in flipped], "true": [labels[i] for i in flipped],
                   "planted": [planted[i] for i in flipped]}).to_csv(out / "flips.csv", index=False)  # fmt: skip
     print(f"{len(flipped)} of {len(lines)} training labels flipped ({share:.0%}): {out}")
@@ -47,7 +49,11 @@ def score(flips: Path, audit: str) -> dict:
               "recall": len(found) / len(planted), "precision": len(found) / max(len(flagged), 1)}  # fmt: skip
     corrected = issues[issues["index"].isin(planted)].merge(pd.read_csv(flips), on="index")
     result["suggested_is_true"] = float((corrected["suggested"] == corrected["true"]).mean()) if len(corrected) else 0.0
-    print(" ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}" for key, value in result.items()))
+    print(
+        " ".join(
+            f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}" for key, value in result.items()
+        )
+    )
     mlflow.MlflowClient(resolve_tracking_uri()).log_dict(audit, result, "audit/planted_noise_score.json")
     return result
 

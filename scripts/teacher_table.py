@@ -47,7 +47,10 @@ def main() -> None:
     for split in SPLITS:
         texts, labels = list(splits[split]["text"]), np.array(list(splits[split]["label"]))
         digest = content_digest(splits[split])  # of the examples in file order, the order of `texts`
-        each = {t: teacher_probabilities([t], texts, digest, args.max_length, uri, label_names=label_names)[0].numpy() for t in teachers}
+        each = {
+            t: teacher_probabilities([t], texts, digest, args.max_length, uri, label_names=label_names)[0].numpy()
+            for t in teachers
+        }
         for teacher in teachers:
             rows[teacher] += scores(labels, each[teacher])
         for name, members in groups.items():

@@ -32,7 +32,11 @@ LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 
 def read_split(data_dir: Path, split: str, tokenizer, max_length: int) -> list[dict]:
-    rows = [line.rsplit(";", 1) for line in (data_dir / f"{split}.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        line.rsplit(";", 1)
+        for line in (data_dir / f"{split}.txt").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     encoded = tokenizer([text for text, _ in rows], truncation=True, max_length=max_length)
     return [{"input_ids": ids, "attention_mask": mask, "labels": LABELS.index(label.strip())}
             for ids, mask, (_, label) in zip(encoded["input_ids"], encoded["attention_mask"], rows, strict=True)]  # fmt: skip
@@ -55,7 +59,12 @@ def main():
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--warmup-ratio", type=float, default=0.0, help="share of the steps (transformers 5 reads a warmup_steps < 1 so)")
+    parser.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=0.0,
+        help="share of the steps (transformers 5 reads a warmup_steps < 1 so)",
+    )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--group-by-length", action="store_true")
@@ -84,7 +93,9 @@ def main():
         return batch
 
     first_step = FirstStep()
-    trainer = Trainer(model=model, args=training, train_dataset=train, data_collator=counting_collator, callbacks=[first_step])
+    trainer = Trainer(
+        model=model, args=training, train_dataset=train, data_collator=counting_collator, callbacks=[first_step]
+    )
     result = trainer.train()
     seconds = result.metrics["train_runtime"]
     report = {

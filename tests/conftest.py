@@ -16,9 +16,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: a process per core, so
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import emo.cli  # noqa: E402,F401 - Lightning binds its log handler to sys.stderr on import: here, not in a test's captured one
-from emo_lab.data import DATA_DIR, write_small_data, write_tiny_model
-from helpers.processes import STARTED
-from emo_lab.server import MlflowServer
+from emo_lab.data import DATA_DIR, write_small_data, write_tiny_model  # noqa: E402
+from emo_lab.server import MlflowServer  # noqa: E402
+from helpers.processes import STARTED  # noqa: E402
 
 
 @pytest.fixture(scope="session")

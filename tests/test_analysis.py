@@ -18,7 +18,9 @@ from emo.data.fetch import CARER_LABELS
 def frame(truth: list[int], predicted: list[int], confidence: float = 0.9) -> pd.DataFrame:
     probabilities = np.full((len(truth), len(CARER_LABELS)), (1 - confidence) / (len(CARER_LABELS) - 1))
     probabilities[np.arange(len(truth)), predicted] = confidence
-    return predictions_frame([f"text {i}" for i in range(len(truth))], truth, probabilities, CARER_LABELS, range(len(truth)))
+    return predictions_frame(
+        [f"text {i}" for i in range(len(truth))], truth, probabilities, CARER_LABELS, range(len(truth))
+    )
 
 
 def test_macro_f1_and_accuracy_match_scikit_learn():

@@ -35,7 +35,9 @@ def test_bad_input_is_one_line(case, tmp_path, tiny_model_dir, small_data_dir, t
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
     if case.runs_left:
         [run] = runs
-        assert run.info.status == "FAILED" and run.data.tags["emo.failure"].startswith("TrainingDiverged: the training loss became nan")
+        assert run.info.status == "FAILED" and run.data.tags["emo.failure"].startswith(
+            "TrainingDiverged: the training loss became nan"
+        )
     else:
         assert runs == []
     assert not client.search_model_versions(f"name='{ctx.name}'")
@@ -60,7 +62,11 @@ NOT_YET_ONE_LINE = {
 def process_cases():
     for case in CASES:
         if case.name in ONE_OF_EVERY_KIND:
-            marks = [pytest.mark.xfail(strict=True, reason=NOT_YET_ONE_LINE[case.name])] if case.name in NOT_YET_ONE_LINE else []
+            marks = (
+                [pytest.mark.xfail(strict=True, reason=NOT_YET_ONE_LINE[case.name])]
+                if case.name in NOT_YET_ONE_LINE
+                else []
+            )
             yield pytest.param(case, marks=marks, id=case.name)
 
 
@@ -75,7 +81,9 @@ def test_bad_input_as_a_real_command_prints_its_one_line_and_nothing_else(case, 
     assert code == case.status, output[-3000:]
     assert lines and lines[-1].startswith("emo: error: ") and case.expected in lines[-1], output[-3000:]
     if case.runs_left:  # training started: what it printed before, but no other error, warning or traceback
-        assert not [line for line in lines[:-1] if re.search(r"(?i)error|warning|traceback|exception", line)], output[-3000:]
+        assert not [line for line in lines[:-1] if re.search(r"(?i)error|warning|traceback|exception", line)], output[
+            -3000:
+        ]
     else:
         assert lines == lines[-1:], output[-3000:]
 

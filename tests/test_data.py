@@ -29,7 +29,13 @@ from emo.data.fetch import CARER_LABELS
 from emo.data.labels import encode_splits, label_ids, names_in
 
 
-def write_splits(folder, train="i feel fine;joy\ni am down;sadness\nso mad;anger\n", val="i am sad;sadness\n", test="so angry;anger\n", suffix=".txt"):
+def write_splits(
+    folder,
+    train="i feel fine;joy\ni am down;sadness\nso mad;anger\n",
+    val="i am sad;sadness\n",
+    test="so angry;anger\n",
+    suffix=".txt",
+):
     for name, text in (("train", train), ("val", val), ("test", test)):
         (folder / f"{name}{suffix}").write_text(text)
     return folder
@@ -54,12 +60,16 @@ def as_read(labels: list[str]) -> datasets.Dataset:
 
 @pytest.mark.parametrize("bad", ["happy", "6", "-1", "1.0", "²"])
 def test_a_label_not_among_the_given_names_names_the_place(bad):
-    with pytest.raises(DataFormatError, match=rf"^f\.txt:2: unknown label '{re.escape(bad)}' \(expected one of sadness, .* or 0-5\)$"):
+    with pytest.raises(
+        DataFormatError, match=rf"^f\.txt:2: unknown label '{re.escape(bad)}' \(expected one of sadness, .* or 0-5\)$"
+    ):
         encode_splits({"train": as_read(["joy", bad])}, list(CARER_LABELS))
 
 
 def test_a_label_the_training_split_lacks_names_the_place():
-    with pytest.raises(DataFormatError, match=r"^f\.txt:1: unknown label 'calm' \(expected one of joy, sad: the training"):
+    with pytest.raises(
+        DataFormatError, match=r"^f\.txt:1: unknown label 'calm' \(expected one of joy, sad: the training"
+    ):
         encode_splits({"train": as_read(["joy", "sad"]), "validation": as_read(["calm"])}, None)
 
 
@@ -100,7 +110,9 @@ def test_csv_jsonl_parquet_exports(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in frame.to_dict("records")))
     frame.astype({"label": str}).to_parquet(tmp_path / "a.parquet")
     for suffix in ("csv", "jsonl", "parquet"):
-        assert [{k: v for k, v in e.items() if k != "where"} for e in read_table_examples(tmp_path / f"a.{suffix}")] == [
+        assert [
+            {k: v for k, v in e.items() if k != "where"} for e in read_table_examples(tmp_path / f"a.{suffix}")
+        ] == [
             {"text": "i feel calm", "label": "joy"},
             {"text": "i am scared", "label": "4"},
         ]
@@ -206,7 +218,9 @@ def test_length_grouped_batches_pad_less(small_data_dir, tiny_model_dir):
         dm.setup("fit")
         batches = list(dm.train_dataloader())
         assert sum(len(b["labels"]) for b in batches) == 300
-        return sum((b["attention_mask"] == 0).sum().item() for b in batches) / sum(b["attention_mask"].numel() for b in batches)
+        return sum((b["attention_mask"] == 0).sum().item() for b in batches) / sum(
+            b["attention_mask"].numel() for b in batches
+        )
 
     torch.manual_seed(0)
     assert padding_share(True) < padding_share(False) / 2
@@ -218,7 +232,9 @@ def test_length_buckets_cover_every_example_once_in_batches_of_one_length():
     assert sorted(order) == list(range(len(lengths)))
     batches = [[lengths[i] for i in order[k : k + 3]] for k in range(0, len(order), 3)]
     by_shortest = [length for batch in sorted(batches, key=lambda b: (min(b), max(b))) for length in sorted(batch)]
-    assert by_shortest == sorted(lengths)  # each batch a run of the length-sorted examples: padding only where a length runs out
+    assert by_shortest == sorted(
+        lengths
+    )  # each batch a run of the length-sorted examples: padding only where a length runs out
     again = length_buckets(lengths, 3, torch.Generator().manual_seed(2))
     assert again != order  # another epoch, another order
 
@@ -244,7 +260,9 @@ def test_predict_file(tmp_path, small_data_dir, tiny_model_dir):
 def test_predict_batches_are_sorted_by_length_and_know_their_lines(tmp_path, tiny_model_dir):
     texts = ["a much longer text than the others, with many more words in it", "short", "a medium text here"]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
-    dm = EmotionDataModule(tokenizer_name_or_path=str(tiny_model_dir), predict_file=str(tmp_path / "texts.txt"), eval_batch_size=1)
+    dm = EmotionDataModule(
+        tokenizer_name_or_path=str(tiny_model_dir), predict_file=str(tmp_path / "texts.txt"), eval_batch_size=1
+    )
     dm.setup("predict")
     assert dm.predict_lines == [1, 2, 0]
     lengths = [int(batch["attention_mask"].sum()) for batch in dm.predict_dataloader()]
@@ -412,17 +430,28 @@ def test_check_inputs_fills_the_cache_that_training_loads(data_dir, tmp_path, mo
     splits = load_local_splits(str(data_dir))
     assert {name: len(split) for name, split in splits.items()} == {"train": 16000, "validation": 2000, "test": 2000}
     cached = {Path(file["filename"]) for split in splits.values() for file in split.cache_files}
-    assert len(cached) == 3 and cached <= set(written)  # files check_inputs wrote (as read, then labelled), not new ones
+    assert len(cached) == 3 and cached <= set(
+        written
+    )  # files check_inputs wrote (as read, then labelled), not new ones
     assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.arrow")} == written
 
 
 def test_an_exported_dataset_reads_back_as_the_same_examples(tmp_path):
     from emo.data.fetch import data_digest, export
 
-    texts = {"train": ["i feel fine; really", "ça va très bien", "so angry"], "validation": ["i am sad"], "test": ["wow;"]}
+    texts = {
+        "train": ["i feel fine; really", "ça va très bien", "so angry"],
+        "validation": ["i am sad"],
+        "test": ["wow;"],
+    }
     labels = {"train": [1, 1, 3], "validation": [0], "test": [5]}
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(CARER_LABELS))})
-    built = {split: datasets.Dataset.from_dict({"text": texts[split], "label": labels[split]}, features=features) for split in texts}
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(CARER_LABELS))}
+    )
+    built = {
+        split: datasets.Dataset.from_dict({"text": texts[split], "label": labels[split]}, features=features)
+        for split in texts
+    }
     export(built, tmp_path / "emotion")
     assert (tmp_path / "emotion" / "val.txt").read_text() == "i am sad;sadness\n"  # the authors' format
     read = load_local_splits(str(tmp_path / "emotion"), list(CARER_LABELS))

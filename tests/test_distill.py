@@ -31,7 +31,10 @@ def test_a_student_learns_from_a_registered_teacher_computed_once(tmp_path, tiny
     uri = "models:/tiny-teacher@champion"
     student = fit(tmp_path / "student", tiny_model_dir, small_data_dir, "tiny-student", "--model.teacher", f"[{uri}]",
                   "--model.distill_alpha", "0.7", "--model.distill_temperature", "3")  # fmt: skip
-    assert "computing the probabilities of teacher models:/tiny-teacher@champion (models:/tiny-teacher/1)" in capsys.readouterr().err
+    assert (
+        "computing the probabilities of teacher models:/tiny-teacher@champion (models:/tiny-teacher/1)"
+        in capsys.readouterr().err
+    )
     client = mlflow.MlflowClient()
     run = client.get_run(student.trainer.logger.run_id)
     tags = run.data.tags
@@ -60,7 +63,9 @@ def test_a_student_learns_from_a_registered_teacher_computed_once(tmp_path, tiny
     # table runs the teacher in the precision emo's teachers run in)
     table_test = [float(cell.strip(" |")) for cell in rows[0][4:7]]
     logged = client.get_run(teacher.trainer.logger.run_id).data.metrics
-    assert table_test == pytest.approx([logged["test/acc"], logged["test/f1_weighted"], logged["test/f1_macro"]], abs=0.02)
+    assert table_test == pytest.approx(
+        [logged["test/acc"], logged["test/f1_weighted"], logged["test/f1_macro"]], abs=0.02
+    )
 
 
 def test_the_loss_is_plain_cross_entropy_at_alpha_zero_and_the_kl_at_one():
@@ -68,7 +73,11 @@ def test_the_loss_is_plain_cross_entropy_at_alpha_zero_and_the_kl_at_one():
     teacher = torch.softmax(torch.randn(8, 6), dim=-1)
     plain = F.cross_entropy(logits, labels)
     for alpha, temperature in ((0.0, 2.0), (1.0, 1.0), (0.5, 4.0)):
-        loss = TrainingLoss(distill_alpha=alpha, distill_temperature=temperature, teacher=teacher)(logits, labels, torch.arange(8))
-        kl = F.kl_div(F.log_softmax(logits / temperature, -1), F.softmax(teacher.log() / temperature, -1), reduction="batchmean")
+        loss = TrainingLoss(distill_alpha=alpha, distill_temperature=temperature, teacher=teacher)(
+            logits, labels, torch.arange(8)
+        )
+        kl = F.kl_div(
+            F.log_softmax(logits / temperature, -1), F.softmax(teacher.log() / temperature, -1), reduction="batchmean"
+        )
         assert loss == pytest.approx(float((1 - alpha) * plain + alpha * temperature**2 * kl), rel=1e-5)
     assert distillation_loss(teacher.log(), teacher, 1.0) == pytest.approx(0.0, abs=1e-6)  # the teacher itself

@@ -46,10 +46,18 @@ def test_gpu_check_rehearses_on_the_cpu(tmp_path, tiny_model_dir, small_data_dir
            "PYTHON": str(Path(os.sys.executable)), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}  # fmt: skip
     done = subprocess.run([str(ROOT / "scripts/gpu_check.sh")], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in done.stdout.splitlines() if line.startswith("| ")]
+    cells = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in done.stdout.splitlines()
+        if line.startswith("| ")
+    ]
     rows = {row[0]: row[1:] for row in cells[1:]}
     assert set(rows) == {"emo", "Trainer (grouped, bf16)"}
-    for wall, speed, accuracy, _ in rows.values():
-        assert float(wall) > 0 and float(speed) > 0 and 0 <= float(accuracy) <= 1
+    for wall, speed, accuracy, _ in rows.values():  # accuracy: the share of the 100 test examples right
+        assert (
+            float(wall) > 0
+            and float(speed) > 0
+            and float(accuracy) * 100 == pytest.approx(round(float(accuracy) * 100), abs=0.01)
+        )
     assert rows["emo"][3] == "1 x cpu"
     assert "emo / Trainer samples/s:" in done.stdout

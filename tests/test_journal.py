@@ -50,7 +50,11 @@ def test_the_sender_delivers_every_line_in_order(journal, tmp_path):
     assert send_all(journal, client)
     run = client.runs[RUN]
     assert run.params == {"model.learning_rate": "0.0001"} and run.tags["emo.stage"] == "fit"
-    assert [(key, value, step) for key, value, _, step in run.metrics] == [("train/loss", 2.0, 0), ("train/loss", 1.5, 1), ("train/lr", 0.1, 1)]
+    assert [(key, value, step) for key, value, _, step in run.metrics] == [
+        ("train/loss", 2.0, 0),
+        ("train/loss", 1.5, 1),
+        ("train/lr", 0.1, 1),
+    ]
     assert run.artifacts == [(str(journal.folder / "notes.md"), None)] and run.status == "FINISHED"
     assert journal.unsent == 0 and (journal.folder / "journal.sent").read_text() == str(len(journal.entries))
     assert client.calls == 5  # the two metric lines went in one request
@@ -112,7 +116,10 @@ def test_what_a_killed_process_did_not_send_is_there_for_the_next_one(tmp_path):
     assert second.unsent == 1 and second.entries[-1]["step"] == 5
     assert last_sent_step(tmp_path / "run") == 0
     assert second.drop_unsent_after(3) == 1 and second.unsent == 0  # a resume from step 4 repeats step 5
-    assert [json.loads(line)["op"] for line in (tmp_path / "run" / JOURNAL).read_text().splitlines()] == ["run", "metrics"]
+    assert [json.loads(line)["op"] for line in (tmp_path / "run" / JOURNAL).read_text().splitlines()] == [
+        "run",
+        "metrics",
+    ]
     second.close()
 
 
@@ -175,10 +182,14 @@ def test_a_journal_keeps_where_to_send_without_the_credentials(tmp_path, monkeyp
     from emo.store.sync import sending_uri
 
     journal = Journal(tmp_path / "run", RUN, "http://researcher:pw-123@127.0.0.1:5000")
-    assert journal.entries[0]["tracking_uri"] == "http://127.0.0.1:5000" and journal.tracking_uri.endswith("pw-123@127.0.0.1:5000")
+    assert journal.entries[0]["tracking_uri"] == "http://127.0.0.1:5000" and journal.tracking_uri.endswith(
+        "pw-123@127.0.0.1:5000"
+    )
     journal.close()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert sending_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"  # credentials from MLFLOW_TRACKING_USERNAME/_PASSWORD
+    assert (
+        sending_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    )  # credentials from MLFLOW_TRACKING_USERNAME/_PASSWORD
     assert sending_uri("http://***@127.0.0.1:5000") == "http://127.0.0.1:5000"  # a journal of an earlier version
     given = "http://researcher:pw-123@127.0.0.1:5000"
     assert sending_uri("http://127.0.0.1:5000", given) == given

@@ -25,7 +25,14 @@ FOUR_FROM_CARER = {"sadness": "sadness", "joy": "joy", "love": "optimism", "ange
 FOUR = ["anger", "joy", "optimism", "sadness"]
 # ISEAR-like, in ISEAR's order (not sorted): the files hold ids into these names, given as --data.labels.
 SEVEN = ["joy", "fear", "anger", "sadness", "disgust", "shame", "guilt"]
-SEVEN_FROM_CARER = {"joy": "joy", "fear": "fear", "anger": "anger", "sadness": "sadness", "surprise": "disgust", "love": "guilt"}
+SEVEN_FROM_CARER = {
+    "joy": "joy",
+    "fear": "fear",
+    "anger": "anger",
+    "sadness": "sadness",
+    "surprise": "disgust",
+    "love": "guilt",
+}
 SPLIT_FILES = {"train": "train", "val": "val", "test": "test"}
 NOT_FOUR = sorted(set(CARER_LABELS) - set(FOUR))  # love, fear, surprise
 
@@ -38,7 +45,11 @@ def write_four(small_data_dir: Path, folder: Path) -> Path:
     """.csv files with label names; fear and surprise dropped."""
     folder.mkdir(parents=True)
     for split in SPLIT_FILES:
-        rows = [(text, FOUR_FROM_CARER[label]) for text, label in carer_examples(small_data_dir, split) if label in FOUR_FROM_CARER]
+        rows = [
+            (text, FOUR_FROM_CARER[label])
+            for text, label in carer_examples(small_data_dir, split)
+            if label in FOUR_FROM_CARER
+        ]
         with open(folder / f"{split}.csv", "w", newline="") as file:
             csv.writer(file).writerows([("text", "label"), *rows])
     return folder
@@ -49,7 +60,10 @@ def write_seven(small_data_dir: Path, folder: Path) -> Path:
     folder.mkdir(parents=True)
     for split in SPLIT_FILES:
         examples = carer_examples(small_data_dir, split)
-        ids = [SEVEN.index("shame") if i % 7 == 6 else SEVEN.index(SEVEN_FROM_CARER[label]) for i, (_, label) in enumerate(examples)]
+        ids = [
+            SEVEN.index("shame") if i % 7 == 6 else SEVEN.index(SEVEN_FROM_CARER[label])
+            for i, (_, label) in enumerate(examples)
+        ]
         lines = [json.dumps({"text": text, "label": id_}) for (text, _), id_ in zip(examples, ids, strict=True)]
         (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return folder
@@ -62,8 +76,9 @@ def file_labels(folder: Path, split: str) -> list[str]:
     return [SEVEN[json.loads(line)["label"]] for line in (folder / f"{split}.jsonl").read_text().splitlines()]
 
 
-def fit_args(tmp_path: Path, model_dir: Path, data: Path, experiment: str, model_name: str, *extra: str,
-             configs=TRAINING_CONFIGS) -> list[str]:
+def fit_args(
+    tmp_path: Path, model_dir: Path, data: Path, experiment: str, model_name: str, *extra: str, configs=TRAINING_CONFIGS
+) -> list[str]:
     return shrunk_args(tmp_path, model_dir, data, "--trainer.max_epochs", "1", "--model.learning_rate", "5e-3",
                        "--trainer.logger.init_args.experiment_name", experiment,
                        "--registry.registered_model_name", model_name, *extra, configs=configs)  # fmt: skip
@@ -140,11 +155,14 @@ def test_a_fit_on_four_labels_found_in_the_files_logs_each_class_s_metrics_and_n
     assert not [name for name in metrics if name.endswith(tuple(f"_{label}" for label in NOT_FOUR))]
     assert json.loads(run.data.tags["emo.labels"]) == FOUR
     assert run.data.params["data.labels"] == "None"
-    report = json.loads(open(mlflow.MlflowClient().download_artifacts(run.info.run_id, "test/per_class_report.json")).read())
+    report = json.loads(
+        open(mlflow.MlflowClient().download_artifacts(run.info.run_id, "test/per_class_report.json")).read()
+    )
     truth = file_labels(four_data, "test")
     assert {label: row["support"] for label, row in report.items()} == {label: truth.count(label) for label in FOUR}
     assert {label: row["f1"] for label, row in report.items()} == pytest.approx(
-        {label: run.data.metrics[f"test/f1_{label}"] for label in FOUR}, abs=1e-4)
+        {label: run.data.metrics[f"test/f1_{label}"] for label in FOUR}, abs=1e-4
+    )
 
 
 def test_the_four_label_test_predictions_have_a_probability_column_per_class(four, four_data, tracking_uri):
@@ -183,13 +201,17 @@ def predict(tmp_path, model_dir, data, ckpt_path: str, *extra: str) -> tuple[lis
 def test_predict_from_the_checkpoint_and_the_registered_model_writes_the_model_s_classes(four, four_data, tiny_model_dir,
                                                                                       tmp_path, tracking_uri):  # fmt: skip
     cli, _, _ = four
-    columns, rows = predict(tmp_path / "ckpt", tiny_model_dir, four_data, cli.trainer.checkpoint_callback.best_model_path)
+    columns, rows = predict(
+        tmp_path / "ckpt", tiny_model_dir, four_data, cli.trainer.checkpoint_callback.best_model_path
+    )
     assert columns == ["text", "label", *(f"p_{label}" for label in FOUR)]
     for row in rows:
         probabilities = {label: float(row[f"p_{label}"]) for label in FOUR}
         assert row["label"] == max(probabilities, key=probabilities.get)
         assert sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
-    registered_columns, registered_rows = predict(tmp_path / "registered", tiny_model_dir, four_data, "models:/labels-four@champion")
+    registered_columns, registered_rows = predict(
+        tmp_path / "registered", tiny_model_dir, four_data, "models:/labels-four@champion"
+    )
     assert registered_columns == columns
     assert [row["label"] for row in registered_rows] == [row["label"] for row in rows]  # the same weights
 

@@ -60,7 +60,9 @@ def test_a_fit_prints_only_what_the_readme_shows_before_training(tmp_path, tiny_
     log = tmp_path / "fit.log"
     args = ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
                                 "--trainer.enable_progress_bar", "true", "--registry.registered_model_name", "quiet")]  # fmt: skip
-    code, output = run_emo(args, log, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/new-store.db"})  # a new store too
+    code, output = run_emo(
+        args, log, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/new-store.db"}
+    )  # a new store too
     assert code == 0, output[-3000:]
     output = log.read_bytes().decode()  # as written: a progress bar redraws itself after \r
     before = output[: output.index("┏")].rstrip("\n").split("\n")  # the model summary's table comes next

@@ -34,7 +34,11 @@ def locked() -> dict[str, str]:
 
 def test_the_installed_packages_are_the_locked_ones():
     """What the tests run on is what `make install` installs on a fresh machine (torch aside: TORCH_SPEC)."""
-    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in importlib.metadata.distributions()}
+    installed = {
+        re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in importlib.metadata.distributions()
+    }
     lock = locked()
     assert "torch" not in lock and {"lightning", "mlflow", "transformers", "datasets"} <= set(lock)
-    assert {name: (version, installed.get(name)) for name, version in lock.items() if installed.get(name) != version} == {}
+    assert {
+        name: (version, installed.get(name)) for name, version in lock.items() if installed.get(name) != version
+    } == {}

@@ -107,7 +107,9 @@ def test_linear_warmup_then_decay(classifier, small_data_dir, tiny_model_dir):
 def test_predict_step_gives_probabilities(classifier, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    batch = dict(AutoTokenizer.from_pretrained(tiny_model_dir)(["i am glad", "so sad"], padding=True, return_tensors="pt"))
+    batch = dict(
+        AutoTokenizer.from_pretrained(tiny_model_dir)(["i am glad", "so sad"], padding=True, return_tensors="pt")
+    )
     probabilities = classifier.predict_step(batch, 0)
     assert probabilities.shape == (2, 6)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
@@ -118,7 +120,9 @@ def test_frozen_embeddings_stay_as_pretrained_and_the_rest_trains(small_data_dir
     embeddings = model.model.get_input_embeddings().weight.detach().clone()
     head = model.model.classifier.weight.detach().clone()
     data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
-    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0
+    )
     trainer.fit(model, datamodule=data)
     assert torch.equal(model.model.get_input_embeddings().weight, embeddings)
     assert not torch.equal(model.model.classifier.weight, head)
@@ -130,7 +134,11 @@ def test_dropout_setting_reaches_every_dropout_layer(tiny_model_dir):
     model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS, dropout=0.0)
     layers = [m for m in model.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert layers and all(layer.p == 0.0 for layer in layers)
-    assert {m.p for m in EmotionClassifier(str(tiny_model_dir), CARER_LABELS).model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    assert {
+        m.p
+        for m in EmotionClassifier(str(tiny_model_dir), CARER_LABELS).model.modules()
+        if isinstance(m, torch.nn.Dropout)
+    } == {0.1}
 
 
 def test_a_cpu_fit_draws_dropout_masks_the_fast_way_with_the_same_rate(small_data_dir, tiny_model_dir):
@@ -154,7 +162,12 @@ def test_a_cpu_fit_draws_dropout_masks_the_fast_way_with_the_same_rate(small_dat
 
 
 def test_attention_kernel_is_a_setting(tiny_model_dir):
-    assert EmotionClassifier(str(tiny_model_dir), CARER_LABELS, attn_implementation="eager").model.config._attn_implementation == "eager"
+    assert (
+        EmotionClassifier(
+            str(tiny_model_dir), CARER_LABELS, attn_implementation="eager"
+        ).model.config._attn_implementation
+        == "eager"
+    )
 
 
 def test_cpu_attention_computes_what_sdpa_computes(tiny_model_dir):

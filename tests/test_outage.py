@@ -7,10 +7,10 @@ import mlflow
 import pytest
 
 from emo_lab.data import ROOT, shrunk_args
+from emo_lab.server import MlflowServer
 from helpers.gates import open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo, wait_for_output
 from helpers.records import STEPS, assert_complete_record, outage_fit_args
-from emo_lab.server import MlflowServer
 
 
 @pytest.fixture
@@ -41,7 +41,9 @@ def test_a_minute_without_the_server_loses_nothing(tmp_path, tiny_model_dir, sma
 
 def test_a_longer_outage_keeps_the_records_for_emo_sync(tmp_path, tiny_model_dir, small_data_dir, server):
     name = "long-outage-test"
-    args = outage_fit_args(tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.flush_timeout_s", "2")
+    args = outage_fit_args(
+        tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.flush_timeout_s", "2"
+    )
     process = start_emo(args, tmp_path / "fit.log")
     wait_for_reached(tmp_path / "down", processes=1, watch=(process,))
     server.kill()
@@ -64,7 +66,9 @@ def test_a_longer_outage_keeps_the_records_for_emo_sync(tmp_path, tiny_model_dir
 def test_an_absent_server_is_one_line_before_anything_loads(tmp_path, tiny_model_dir, small_data_dir, server):
     server.kill()
     started = time.monotonic()
-    code, output = run_emo(outage_fit_args(tmp_path, tiny_model_dir, small_data_dir, "absent-test"), tmp_path / "fit.log")
+    code, output = run_emo(
+        outage_fit_args(tmp_path, tiny_model_dir, small_data_dir, "absent-test"), tmp_path / "fit.log"
+    )
     elapsed = time.monotonic() - started
     assert code != 0 and "Traceback" not in output
     assert output.strip().splitlines()[-1] == (
@@ -78,7 +82,10 @@ def test_an_absent_server_is_one_line_before_anything_loads(tmp_path, tiny_model
 def test_a_sweep_waits_out_an_outage_between_trials(tmp_path, tiny_model_dir, small_data_dir, server):
     """The server dies during the first trial and stays away over the trial boundary: nothing is lost, nothing doubled."""
     name = "sweep-outage-test"
-    gate = {"class_path": "helpers.gates.Gate", "init_args": {"folder": str(tmp_path / "down"), "at_step": 5, "run_suffix": "trial-0"}}
+    gate = {
+        "class_path": "helpers.gates.Gate",
+        "init_args": {"folder": str(tmp_path / "down"), "at_step": 5, "run_suffix": "trial-0"},
+    }
     args = ["sweep", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
                                   "--trainer.logger.init_args.experiment_name", name, "--registry.registered_model_name", name,
                                   "--sweep.study_name", name, "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db",

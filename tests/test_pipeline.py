@@ -205,7 +205,9 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_model_dir, small_data_dir, trac
                        "--trainer.logger.init_args.experiment_name", experiment,
                        "--registry.registered_model_name", name,
                        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp")  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "emo", "fit", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "emo", "fit", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -245,7 +247,9 @@ def test_the_registered_model_is_calibrated_on_validation_with_the_record_of_it(
         low, ece, high = (metrics[f"calibration/{split}_{when}_ece{end}"] for end in ("_low", "", "_high"))
         assert 0 <= low < high and ece >= 0  # an interval from resampling the split (ECE's is biased upwards)
     assert metrics["calibration/val_after_nll"] <= metrics["calibration/val_before_nll"] + 1e-9  # fitted there
-    assert metrics["test/ece"] == pytest.approx(metrics["calibration/test_after_ece"], abs=0.02)  # torchmetrics' and emo's
+    assert metrics["test/ece"] == pytest.approx(
+        metrics["calibration/test_after_ece"], abs=0.02
+    )  # torchmetrics' and emo's
     assert "test/reliability_diagram.png" in {a.path for a in client.list_artifacts(run.info.run_id, "test")}
     # The kept checkpoint's weights, scaled: the model that was tested and registered gives logits / T.
     saved = torch.load(cli.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)

@@ -10,14 +10,16 @@ import pytest
 from optuna.trial import TrialState
 
 from emo_lab.data import ROOT, shrunk_args
+from emo_lab.server import MlflowServer
 from helpers.gates import gate_callback, wait_for_reached
 from helpers.postgres import PostgresServer, bindir
 from helpers.processes import start_emo
 from helpers.secrets import file_texts, leaks, run_texts
-from emo_lab.server import MlflowServer
 
-pytestmark = pytest.mark.skipif(bindir() is None and not os.environ.get("EMO_CI"),
-                                reason="no PostgreSQL (pg_config): .ci/run installs Debian's postgresql; in CI this fails")
+pytestmark = pytest.mark.skipif(
+    bindir() is None and not os.environ.get("EMO_CI"),
+    reason="no PostgreSQL (pg_config): .ci/run installs Debian's postgresql; in CI this fails",
+)
 LEARNING_RATES = [1e-3, 2e-3, 3e-3, 4e-3]
 # Passwords in the sweep's storage URL and in the tracking URL (the trust-authenticated cluster and the plain server
 # ignore them): neither may reach the store, the run folders, the trial configs or what the workers print.
@@ -69,11 +71,17 @@ def test_two_workers_share_a_postgres_study_and_one_finishes_it_when_the_other_d
         assert parent.info.status == "FINISHED"
         runs = client.search_runs([experiment_id])
         assert len(runs) == 1 + len(LEARNING_RATES) and not [r for r in runs if r.info.status == "RUNNING"]
-        assert [v.run_id for v in client.search_model_versions(f"name='{name}'")] == [parent.data.tags["emo.best_run_id"]]
+        assert [v.run_id for v in client.search_model_versions(f"name='{name}'")] == [
+            parent.data.tags["emo.best_run_id"]
+        ]
 
         places = [place for run in runs for place in run_texts(client, run, tmp_path / "downloads")]
-        places += file_texts(tmp_path / "outputs") + [(log.name, log.read_text()) for log in tmp_path.glob("worker-*.log")]
-        assert any(where.endswith(".ckpt") for where, _ in places) and any("sweep.storage" in text for _, text in places)
+        places += file_texts(tmp_path / "outputs") + [
+            (log.name, log.read_text()) for log in tmp_path.glob("worker-*.log")
+        ]
+        assert any(where.endswith(".ckpt") for where, _ in places) and any(
+            "sweep.storage" in text for _, text in places
+        )
         assert leaks(SECRETS, places) == []
     finally:
         tracking.kill()

@@ -18,7 +18,9 @@ def histories(run) -> dict[str, list[tuple[int, float]]]:
     return {name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)] for name in COMPARED}
 
 
-def test_same_seed_same_metrics_and_a_logged_config_refits_its_run(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+def test_same_seed_same_metrics_and_a_logged_config_refits_its_run(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
     def shrunk(folder: str, seed: str) -> list[str]:
         return shrunk_args(tmp_path / folder, tiny_model_dir, small_data_dir, "--seed_everything", seed,
                            "--trainer.logger.init_args.experiment_name", "reproducible-test",
@@ -26,7 +28,9 @@ def test_same_seed_same_metrics_and_a_logged_config_refits_its_run(tmp_path, tin
 
     first = fit(shrunk("first", "7"))
     # The README's way to refit a run: its config.yaml, downloaded, is a complete `emo fit --config`.
-    config = mlflow.artifacts.download_artifacts(run_id=first.info.run_id, artifact_path="config.yaml", dst_path=str(tmp_path))
+    config = mlflow.artifacts.download_artifacts(
+        run_id=first.info.run_id, artifact_path="config.yaml", dst_path=str(tmp_path)
+    )
     again = fit(["--config", config])
     assert again.info.run_id != first.info.run_id and again.data.params == first.data.params
     assert histories(again) == histories(first)  # every point, exactly
@@ -34,6 +38,8 @@ def test_same_seed_same_metrics_and_a_logged_config_refits_its_run(tmp_path, tin
     assert histories(other_seed)["train/loss"] != histories(first)["train/loss"]  # the seed matters: this test can fail
     # Same seed, yet names a person can tell apart (MLflow's own come from the freshly seeded `random`).
     names = [run.info.run_name for run in (first, again, other_seed)]
-    assert len(set(names)) == 3 and all(name.startswith(f"{tiny_model_dir.name.lower()}-lr5e-3-") for name in names), names
+    assert len(set(names)) == 3 and all(name.startswith(f"{tiny_model_dir.name.lower()}-lr5e-3-") for name in names), (
+        names
+    )
     named = fit([*shrunk("named", "7"), "--trainer.logger.init_args.run_name", "my-own-name"])
     assert named.info.run_name == "my-own-name"  # a name given wins

@@ -91,7 +91,10 @@ def test_a_killed_fit_continues_its_own_run_and_ends_as_if_never_stopped(tmp_pat
     open_gate(straight / "gate")  # the same callbacks, never held
     code, output = run_emo(fit_args(straight, tiny_model_dir, small_data_dir, f"{name}-straight"), straight / "fit.log")
     assert code == 0, output[-3000:]
-    resumed, never_stopped = results(client, killed.info.run_id), results(client, the_run(client, f"{name}-straight").info.run_id)
+    resumed, never_stopped = (
+        results(client, killed.info.run_id),
+        results(client, the_run(client, f"{name}-straight").info.run_id),
+    )
     assert {f"val/loss@{STEPS_PER_EPOCH - 1}", f"val/loss@{2 * STEPS_PER_EPOCH - 1}", "test/acc"} <= set(resumed)
     assert resumed == pytest.approx(never_stopped, rel=1e-6, abs=1e-9)
 
@@ -200,7 +203,9 @@ def test_a_live_run_s_heartbeat_refuses_a_resume_elsewhere_and_a_dead_one_is_end
     not (another machine sharing the checkpoints) is refused; once it is SIGKILLed the beats stop, and the next emo
     command ends the run KILLED and may continue it."""
     name = "heartbeat-test"
-    args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.heartbeat_interval_s", str(BEAT_S))
+    args = fit_args(
+        tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.heartbeat_interval_s", str(BEAT_S)
+    )
     process = start_emo(args, tmp_path / "first.log")
     wait_for_reached(tmp_path / "gate", processes=1, watch=(process,))
     client = mlflow.MlflowClient()
@@ -210,7 +215,11 @@ def test_a_live_run_s_heartbeat_refuses_a_resume_elsewhere_and_a_dead_one_is_end
     hide_the_journal(folder)
     code, output = run_emo([*args, "--ckpt_path", "last"], tmp_path / "elsewhere.log")
     assert code == 1 and "Traceback" not in output
-    assert output.strip().splitlines()[-1].startswith(f"emo: error: run {run_id} is still running elsewhere (its heartbeat is ")
+    assert (
+        output.strip()
+        .splitlines()[-1]
+        .startswith(f"emo: error: run {run_id} is still running elsewhere (its heartbeat is ")
+    )
     assert client.get_run(run_id).info.status == "RUNNING"
 
     process.kill()
@@ -260,11 +269,16 @@ def test_a_checkpoint_older_than_its_run_s_record_is_refused(tmp_path, tiny_mode
     code, output = run_emo([*args, "--ckpt_path", str(old)], tmp_path / "old.log")
     assert code == 1 and "Traceback" not in output
     last_line = output.strip().splitlines()[-1]
-    assert last_line.startswith(f"emo: error: run {run.info.run_id} already recorded steps up to ") and last_line.endswith(
-        "past this checkpoint (step 5): resume from its last checkpoint, or add --resume_new_run true for a new run")
+    assert last_line.startswith(
+        f"emo: error: run {run.info.run_id} already recorded steps up to "
+    ) and last_line.endswith(
+        "past this checkpoint (step 5): resume from its last checkpoint, or add --resume_new_run true for a new run"
+    )
 
 
-def test_a_second_ctrl_c_stops_at_once_keeping_the_checkpoint_before_it(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+def test_a_second_ctrl_c_stops_at_once_keeping_the_checkpoint_before_it(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
     name = "second-ctrl-c-test"
     args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name)
     gate = json.loads(args[args.index("--trainer.callbacks") + 1])

@@ -14,11 +14,11 @@ from mlflow.server import get_app_client
 
 from emo.tracking import ResumeError, read_record
 from emo_lab.data import ROOT, shrunk_args
+from emo_lab.server import MlflowServer
 from helpers.gates import open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 from helpers.records import assert_complete_record, outage_fit_args
 from helpers.secrets import file_texts, leaks, run_texts
-from emo_lab.server import MlflowServer
 
 SECRETS = {  # what a researcher's shell may hold while training; the test puts each one into the record
     "MLFLOW_TRACKING_PASSWORD": "pw-9f2c1e7a-tracking",  # in the tracking URI
@@ -47,8 +47,11 @@ def auth_server(tmp_path):
     config = folder / "basic_auth.ini"
     config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder}/basic_auth.db\n"
                       "admin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")  # fmt: skip
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-password-1234",
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-csrf-key"}
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-password-1234",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-csrf-key",
+    }
     server = MlflowServer(folder, extra_args=("--app-name", "basic-auth"), env=env).start()
     yield server
     server.kill()
@@ -74,7 +77,9 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
     config = tmp_path / "secrets.yaml"
     config.write_text(f"trainer:\n  logger:\n    init_args:\n      tags:\n        aws: {SECRETS['AWS_SECRET_ACCESS_KEY']}\n"
                       f"        api_token: {SHORT_SECRET}\n")  # fmt: skip
-    storage = f"DefaultEndpointsProtocol=https;AccountName=emo;AccountKey={SECRETS['AZURE_STORAGE_KEY']};EndpointSuffix=x"
+    storage = (
+        f"DefaultEndpointsProtocol=https;AccountName=emo;AccountKey={SECRETS['AZURE_STORAGE_KEY']};EndpointSuffix=x"
+    )
     args = [*stranger, "--config", str(config), "--trainer.logger.init_args.tracking_uri",
             auth_server.url.replace("://", f"://researcher:{SECRETS['MLFLOW_TRACKING_PASSWORD']}@"),
             "--trainer.logger.init_args.run_name", f"run-{SECRETS['OPENAI_API_KEY']}-{storage}",
@@ -84,14 +89,21 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
                                                            "other": SECRETS["MY_APIKEY"]})]  # fmt: skip
     code, output = run_emo(stranger, tmp_path / "stranger.log", env={"MLFLOW_TRACKING_URI": auth_server.url})
     assert code != 0 and "Traceback" not in output
-    assert output.strip().splitlines()[-1].startswith(f"emo: error: the tracking server at {auth_server.url} refused emo (HTTP 401)")
+    assert (
+        output.strip()
+        .splitlines()[-1]
+        .startswith(f"emo: error: the tracking server at {auth_server.url} refused emo (HTTP 401)")
+    )
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-password-1234")
     get_app_client("basic-auth", tracking_uri=auth_server.url).create_user(
         "researcher", SECRETS["MLFLOW_TRACKING_PASSWORD"]
     )
-    args += ["--trainer.logger.init_args.flush_timeout_s", "600"]  # all of it reaches the server, however busy the machine
+    args += [
+        "--trainer.logger.init_args.flush_timeout_s",
+        "600",
+    ]  # all of it reaches the server, however busy the machine
     code, output = run_emo(args, tmp_path / "researcher.log", env={**SECRETS, "MLFLOW_TRACKING_USERNAME": "researcher",
                                                                      "MLFLOW_TRACKING_URI": auth_server.url})  # fmt: skip
     assert code == 0, output[-3000:]
@@ -108,7 +120,9 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
     planted = "".join(text for _, text in recorded if "***" in text)
     assert "AccountKey=***" in planted and "api_token: ***" in planted and "DSN: ***" in planted
     assert run.data.tags["api_token"] == run.data.tags["DSN"] == "***"
-    assert run.data.params["trainer.logger.init_args.tracking_uri"] == auth_server.url.replace("://", "://researcher:***@")
+    assert run.data.params["trainer.logger.init_args.tracking_uri"] == auth_server.url.replace(
+        "://", "://researcher:***@"
+    )
 
 
 def test_emo_sync_delivers_to_a_server_with_a_password_after_an_outage(tmp_path, tiny_model_dir, small_data_dir,
@@ -119,7 +133,9 @@ def test_emo_sync_delivers_to_a_server_with_a_password_after_an_outage(tmp_path,
     get_app_client("basic-auth", tracking_uri=auth_server.url).create_user("researcher", "pw-researcher-5678")
     with_password = auth_server.url.replace("://", "://researcher:pw-researcher-5678@")
     name = "auth-outage-test"
-    args = outage_fit_args(tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.flush_timeout_s", "2")
+    args = outage_fit_args(
+        tmp_path, tiny_model_dir, small_data_dir, name, "--trainer.logger.init_args.flush_timeout_s", "2"
+    )
     researcher = {"MLFLOW_TRACKING_URI": with_password, "MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}
     process = start_emo(args, tmp_path / "fit.log", env=researcher)
     wait_for_reached(tmp_path / "down", processes=1, watch=(process,))

@@ -39,7 +39,9 @@ def fitted(tmp_path_factory, tiny_model_dir, small_data_dir, mlflow_server):
 
 def emo_args(tmp_path: Path, tiny_model_dir, small_data_dir, ckpt_path: str) -> list[str]:
     # 32-true: the served model computes in fp32 too, so probabilities agree to rounding
-    return shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--ckpt_path", ckpt_path, "--trainer.precision", "32-true")
+    return shrunk_args(
+        tmp_path, tiny_model_dir, small_data_dir, "--ckpt_path", ckpt_path, "--trainer.precision", "32-true"
+    )
 
 
 def predict(tmp_path: Path, tiny_model_dir, data_dir, ckpt_path: str) -> list[dict]:
@@ -56,7 +58,9 @@ def probabilities(rows: list[dict]) -> list[float]:
 
 
 def test_predict_from_a_registered_model_uri(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
-    from_checkpoint = predict(tmp_path, tiny_model_dir, small_data_dir, fitted.trainer.checkpoint_callback.best_model_path)
+    from_checkpoint = predict(
+        tmp_path, tiny_model_dir, small_data_dir, fitted.trainer.checkpoint_callback.best_model_path
+    )
     for uri in (f"models:/{NAME}@champion", f"models:/{NAME}/1"):
         rows = predict(tmp_path, tiny_model_dir, tmp_path / "no-training-data-here", uri)  # predict needs none
         assert [row["text"] for row in rows] == TEXTS
@@ -66,7 +70,9 @@ def test_predict_from_a_registered_model_uri(fitted, tmp_path, tiny_model_dir, s
 
 
 @pytest.mark.parametrize("subcommand", ["test", "validate"])
-def test_a_registered_model_uri_repeats_the_fit_s_scores(subcommand, fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+def test_a_registered_model_uri_repeats_the_fit_s_scores(
+    subcommand, fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
     """The registered model scores what the fit's best checkpoint scored (same precision), in a run that names it."""
     uri, stage = f"models:/{NAME}@champion", "test" if subcommand == "test" else "val"
     cli = EmoCLI(args=[subcommand, *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
@@ -76,8 +82,12 @@ def test_a_registered_model_uri_repeats_the_fit_s_scores(subcommand, fitted, tmp
     for metric in (f"{stage}/acc", f"{stage}/f1_weighted"):
         assert cli.trainer.callback_metrics[metric].item() == pytest.approx(run.data.metrics[metric], abs=1e-5), metric
     # The mean loss under bf16 autocast moves in its 6th digit on a loaded CPU (1.58082 vs 1.58083 seen once).
-    assert cli.trainer.callback_metrics[f"{stage}/loss"].item() == pytest.approx(run.data.metrics[f"{stage}/loss"], rel=1e-4)
-    assert client.get_run(cli.trainer.logger.run_id).data.tags["emo.model"] == uri  # not the download's temporary folder
+    assert cli.trainer.callback_metrics[f"{stage}/loss"].item() == pytest.approx(
+        run.data.metrics[f"{stage}/loss"], rel=1e-4
+    )
+    assert (
+        client.get_run(cli.trainer.logger.run_id).data.tags["emo.model"] == uri
+    )  # not the download's temporary folder
 
 
 @pytest.mark.parametrize(("uri", "expected"), [
@@ -86,7 +96,9 @@ def test_a_registered_model_uri_repeats_the_fit_s_scores(subcommand, fitted, tmp
     (f"models:/{NAME}/7", f"registered model '{NAME}' has no version 7 (latest: 1)"),
     (f"models:/{NAME}", "name a registered model as models:/NAME@ALIAS or models:/NAME/VERSION"),
 ], ids=["alias", "model", "version", "malformed"])  # fmt: skip
-def test_a_missing_registered_model_is_one_line(uri, expected, fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri, capsys):
+def test_a_missing_registered_model_is_one_line(
+    uri, expected, fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri, capsys
+):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n")
     with pytest.raises(SystemExit) as stopped:
@@ -98,7 +110,9 @@ def test_a_missing_registered_model_is_one_line(uri, expected, fitted, tmp_path,
 
 
 def post_json(url: str, payload: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
 
@@ -107,7 +121,11 @@ def test_the_champion_serves_over_http(fitted, tmp_path, tiny_model_dir, small_d
     port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     bin_dir = str(Path(sys.executable).parent)  # the venv's: `mlflow` and the `uvicorn` it starts
-    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]), "MLFLOW_TRACKING_URI": tracking_uri}
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+    }
     command = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     with open(log, "w") as out:
@@ -127,4 +145,6 @@ def test_the_champion_serves_over_http(fitted, tmp_path, tiny_model_dir, small_d
     assert {row["label"] for row in served} <= set(CARER_LABELS)
     rows = predict(tmp_path, tiny_model_dir, small_data_dir, f"models:/{NAME}@champion")
     assert [row["label"] for row in served] == [row["label"] for row in rows]
-    assert [row["score"] for row in served] == pytest.approx([float(row[f"p_{row['label']}"]) for row in rows], abs=1e-4)
+    assert [row["score"] for row in served] == pytest.approx(
+        [float(row[f"p_{row['label']}"]) for row in rows], abs=1e-4
+    )

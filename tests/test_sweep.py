@@ -25,7 +25,9 @@ from helpers.processes import start_emo
 SWEEP_CONFIGS = ["--config", str(ROOT / "configs/sweep.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
 
 
-def sweep_args(tmp_path, tiny_model_dir, small_data_dir, name: str, learning_rates: list[float], *extra: str) -> list[str]:
+def sweep_args(
+    tmp_path, tiny_model_dir, small_data_dir, name: str, learning_rates: list[float], *extra: str
+) -> list[str]:
     return shrunk_args(
         tmp_path, tiny_model_dir, small_data_dir,
         "--trainer.logger.init_args.experiment_name", name,
@@ -53,7 +55,9 @@ def the_parent(client, name: str):
     return parents[0]
 
 
-def test_grid_sweep_nests_trials_and_registers_only_the_best(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch):
+def test_grid_sweep_nests_trials_and_registers_only_the_best(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     name = "grid-sweep-test"
     learning_rates = [1e-3, 3e-3, 1e-2]
@@ -65,7 +69,9 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(tmp_path, tiny_mode
     parent = the_parent(client, name)
     children = children_of(client, parent.info.run_id)
     assert len(children) == 3
-    assert sorted(c.info.run_name for c in children) == [f"{name}-trial-{n}" for n in range(3)]  # sweeps keep trial names
+    assert sorted(c.info.run_name for c in children) == [
+        f"{name}-trial-{n}" for n in range(3)
+    ]  # sweeps keep trial names
     assert sorted(float(c.data.params["model.learning_rate"]) for c in children) == learning_rates
     assert all(c.info.status == "FINISHED" and "test/f1_weighted" in c.data.metrics for c in children)
     values = {c.info.run_id: best_val(client, c.info.run_id) for c in children}
@@ -88,7 +94,9 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(tmp_path, tiny_mode
     assert rerun["trainer"]["max_epochs"] == int(trial.data.params["trainer.max_epochs"]) == 8
 
 
-def test_a_seed_sweep_holds_mean_and_std_and_compares(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch, capsys):
+def test_a_seed_sweep_holds_mean_and_std_and_compares(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     name = "seeds-test"
     seeds = ["--config", str(ROOT / "configs/seeds.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
@@ -211,7 +219,9 @@ def test_an_interrupted_sweep_continues(tmp_path, tiny_model_dir, small_data_dir
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
 
-def test_a_killed_worker_s_trial_runs_again_once_its_heartbeat_is_stale(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+def test_a_killed_worker_s_trial_runs_again_once_its_heartbeat_is_stale(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
     name = "killed-worker-test"
     storage = f"sqlite:///{tmp_path}/optuna.db"
     learning_rates = [1e-3, 3e-3]
@@ -235,7 +245,9 @@ def test_a_killed_worker_s_trial_runs_again_once_its_heartbeat_is_stale(tmp_path
     assert other.wait(timeout=600) == 0, (tmp_path / "other.log").read_text()[-3000:]
 
     trials = optuna.load_study(study_name=name, storage=storage).trials
-    assert [t.state for t in trials].count(TrialState.FAIL) == 1 and [t.state for t in trials].count(TrialState.COMPLETE) == 2
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1 and [t.state for t in trials].count(
+        TrialState.COMPLETE
+    ) == 2
     dead = next(t for t in trials if t.state == TrialState.FAIL)
     rerun = next(t for t in trials if t.system_attrs.get("failed_trial") == dead.number)
     assert rerun.state == TrialState.COMPLETE and rerun.params == dead.params
@@ -246,7 +258,9 @@ def test_a_killed_worker_s_trial_runs_again_once_its_heartbeat_is_stale(tmp_path
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
     steps_per_run = 2 * -(-300 // 16)
     for child in children:  # the continued run has every step once, as the other
-        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "train/loss")) == list(range(steps_per_run))
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "train/loss")) == list(
+            range(steps_per_run)
+        )
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
 
@@ -276,7 +290,12 @@ def test_every_sweep_config_parses_with_and_without_offline(config, hub_offline)
     online = sweep.SweepCLI(["--config", str(config)])
     assert online.config.model.model_name_or_path == "distilbert-base-uncased"  # from base.yaml
     assert online.settings.params and online.settings.n_trials >= 1
-    offline_yaml = ["--config", str(ROOT / "configs/offline.yaml"), "--data.data_dir", str(DATA_DIR)]  # data/ is filled by `make data`
+    offline_yaml = [
+        "--config",
+        str(ROOT / "configs/offline.yaml"),
+        "--data.data_dir",
+        str(DATA_DIR),
+    ]  # data/ is filled by `make data`
     offline = sweep.SweepCLI(["--config", str(config), *offline_yaml])
     assert offline.config.model.model_name_or_path == "models/all-MiniLM-L6-v2"
 
@@ -326,7 +345,11 @@ def test_collisions_cannot_duplicate_parent_trials_or_versions(tmp_path, trackin
                                    params={"model.learning_rate": [1e-3, 2e-3, 3e-3]}, report=False)  # fmt: skip
     template = {
         "trainer": {"logger": {"init_args": {"experiment_name": name}}, "default_root_dir": str(tmp_path)},
-        "registry": {"registered_model_name": name, "champion_alias": "champion", "champion_metric": "test/f1_weighted"},
+        "registry": {
+            "registered_model_name": name,
+            "champion_alias": "champion",
+            "champion_metric": "test/f1_weighted",
+        },
     }
     # Worst case at start: every worker looks for the parent run before any has claimed one.
     looked = threading.local()
@@ -352,7 +375,12 @@ def test_collisions_cannot_duplicate_parent_trials_or_versions(tmp_path, trackin
         info = mlflow.pyfunc.log_model(name="model", python_model=Constant())
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
         mlflow.log_metric("test/f1_weighted", 0.5)
-    taken = [trial for trials in (race(workers, lambda i: sweeps[i].queue.next_trial()) for _ in range(2)) for trial in trials if trial]
+    taken = [
+        trial
+        for trials in (race(workers, lambda i: sweeps[i].queue.next_trial()) for _ in range(2))
+        for trial in trials
+        if trial
+    ]
     learning_rates = [sweep.suggest(t, "model.learning_rate", settings.params["model.learning_rate"]) for t in taken]
     assert sorted(learning_rates) == [1e-3, 2e-3, 3e-3]
     for trial, learning_rate in zip(taken, learning_rates, strict=True):
@@ -413,13 +441,17 @@ def test_importances_of_a_small_sweep_rank_the_setting_that_decides_the_score(tm
 def test_a_sweep_without_importances_says_why_in_one_line(tmp_path, study, why):
     record = write_sweep_analysis(study(), tmp_path, "val/f1_weighted")
     assert "importances" not in record and record["reason"].startswith(why)
-    assert (tmp_path / "param_importances.md").read_text().strip().splitlines() == [f"No parameter importances: {record['reason']}."]
+    assert (tmp_path / "param_importances.md").read_text().strip().splitlines() == [
+        f"No parameter importances: {record['reason']}."
+    ]
     assert importances_lines(record) == [f"parameter importances: none: {record['reason']}"]
     assert not (tmp_path / "param_importances.png").exists()
     assert (tmp_path / "optimization_history.png").read_bytes().startswith(b"\x89PNG")  # the trials there are, still
 
 
-def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch, capsys):
+def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     name = "importances-test"
     args = shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
@@ -435,10 +467,15 @@ def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(tmp_path, tiny
     sweep.main([*args, "--sweep.n_trials", "2"])
     client = mlflow.MlflowClient()
     parent = the_parent(client, name)
-    record = json.loads(Path(client.download_artifacts(parent.info.run_id, "sweep/param_importances.json", str(tmp_path))).read_text())
+    record = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "sweep/param_importances.json", str(tmp_path))).read_text()
+    )
     assert record["reason"] == "2 finished trials: importances need at least 3"
     report.main(report_args)
-    assert "parameter importances: none: 2 finished trials: importances need at least 3" in capsys.readouterr().out.splitlines()
+    assert (
+        "parameter importances: none: 2 finished trials: importances need at least 3"
+        in capsys.readouterr().out.splitlines()
+    )
     # The same sweep continued to a third trial: the parent run now holds the importances, and the report prints them.
     sweep.main([*args, "--sweep.n_trials", "3"])
     parent = client.get_run(parent.info.run_id)
@@ -447,8 +484,12 @@ def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(tmp_path, tiny
                                    "parallel_coordinate.png", "optimization_history.png")} <= logged  # fmt: skip
     trials = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    importances = {k.removeprefix("importance/"): v for k, v in parent.data.metrics.items() if k.startswith("importance/")}
-    assert set(importances) == {"model.learning_rate", "data.eval_batch_size"} and sum(importances.values()) == pytest.approx(1)
+    importances = {
+        k.removeprefix("importance/"): v for k, v in parent.data.metrics.items() if k.startswith("importance/")
+    }
+    assert set(importances) == {"model.learning_rate", "data.eval_batch_size"} and sum(
+        importances.values()
+    ) == pytest.approx(1)
     assert importances == pytest.approx(get_param_importances(optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db"),
                                                               evaluator=PedAnovaImportanceEvaluator()))  # fmt: skip
     report.main(report_args)
@@ -456,7 +497,9 @@ def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(tmp_path, tiny
     head = next(i for i, line in enumerate(printed) if line.startswith("parameter importances of val/f1_weighted"))
     assert "PED-ANOVA, 3 finished trials" in printed[head]
     width = max(len(setting) for setting in importances)
-    assert sorted(printed[head + 1 : head + 3]) == sorted(f"  {setting:<{width}}  {value:.3f}" for setting, value in importances.items())
+    assert sorted(printed[head + 1 : head + 3]) == sorted(
+        f"  {setting:<{width}}  {value:.3f}" for setting, value in importances.items()
+    )
     text = (tmp_path / "reports" / name / "report.md").read_text()
     assert "## What the sweep learnt" in text and "](param_importances.png)" in text
     assert (tmp_path / "reports" / name / "param_importances.png").read_bytes().startswith(b"\x89PNG")

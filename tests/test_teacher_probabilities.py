@@ -18,12 +18,18 @@ def register_teacher(tiny_model_dir, name: str, seed: int):
 
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model_dir, num_labels=6, id2label=dict(enumerate(CARER)), label2id={label: i for i, label in enumerate(CARER)})
+        tiny_model_dir,
+        num_labels=6,
+        id2label=dict(enumerate(CARER)),
+        label2id={label: i for i, label in enumerate(CARER)},
+    )
     with torch.no_grad():
         model.classifier.weight.normal_(0, 3.0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name("teachers") or client.get_experiment(client.create_experiment("teachers"))
+    experiment = client.get_experiment_by_name("teachers") or client.get_experiment(
+        client.create_experiment("teachers")
+    )
     run = client.create_run(experiment.experiment_id)
     version = mlflow.register_model(log_transformers_model(run.info.run_id, model, tokenizer), name)
     client.set_terminated(run.info.run_id)

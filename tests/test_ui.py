@@ -24,8 +24,12 @@ def page_text(url: str, profile) -> str:
     return re.sub(r"<[^>]+>", "\n", done.stdout)
 
 
-@pytest.mark.skipif(not CHROMIUM and not os.environ.get("EMO_CI"), reason="no chromium (.ci/run installs it; in CI this fails)")
-def test_the_printed_url_opens_the_run_in_the_model_training_view(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+@pytest.mark.skipif(
+    not CHROMIUM and not os.environ.get("EMO_CI"), reason="no chromium (.ci/run installs it; in CI this fails)"
+)
+def test_the_printed_url_opens_the_run_in_the_model_training_view(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
     assert CHROMIUM, "chromium is not installed (Debian's package chromium)"
     name = "ui-test"
     cli = EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",

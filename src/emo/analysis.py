@@ -13,7 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def predictions_frame(texts: Sequence[str], labels, probabilities, label_names: Sequence[str], examples) -> pd.DataFrame:
+def predictions_frame(
+    texts: Sequence[str], labels, probabilities, label_names: Sequence[str], examples
+) -> pd.DataFrame:
     """One row per example, in the split's own order: text, true and predicted label, confidence, probabilities."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     names = np.asarray(label_names)
@@ -40,7 +42,9 @@ def frame_label_names(predictions: pd.DataFrame) -> list[str]:
 def confident_mistakes(predictions: pd.DataFrame, n: int = 30) -> pd.DataFrame:
     """The wrong predictions the model was surest of: label noise, or what the model has not learnt."""
     wrong = predictions[predictions["label"] != predictions["predicted"]]
-    return wrong.sort_values("confidence", ascending=False).head(n)[["example", "text", "label", "predicted", "confidence"]]
+    return wrong.sort_values("confidence", ascending=False).head(n)[
+        ["example", "text", "label", "predicted", "confidence"]
+    ]
 
 
 def mistakes_markdown(mistakes: pd.DataFrame) -> str:
@@ -99,7 +103,11 @@ def accuracy_and_macro_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def paired_bootstrap(
-    group_a: list[pd.DataFrame], group_b: list[pd.DataFrame], label_names: Sequence[str], draws: int = 10_000, seed: int = 0
+    group_a: list[pd.DataFrame],
+    group_b: list[pd.DataFrame],
+    label_names: Sequence[str],
+    draws: int = 10_000,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """A minus B in accuracy and macro F1, with a 95 % interval from resampling the examples (of one split).
 
@@ -118,7 +126,9 @@ def paired_bootstrap(
     truth = reference["label"].map(index).to_numpy()
     n, k = len(truth), len(label_names)
     generator = np.random.default_rng(seed)
-    weights = np.vstack([np.ones(n), generator.multinomial(n, np.full(n, 1 / n), size=draws)])  # row 0: the split itself
+    weights = np.vstack(
+        [np.ones(n), generator.multinomial(n, np.full(n, 1 / n), size=draws)]
+    )  # row 0: the split itself
     scores = [accuracy_and_macro_f1(confusion_counts(truth, predicted, weights, k)) for predicted in aligned]
     result = {}
     for i, metric in enumerate(("acc", "f1_macro")):

@@ -25,7 +25,9 @@ def one_line(message: str) -> str:
     body = message[key.end() :] if key else message
     lines = [re.sub(r"^- ", "", line.strip()) for line in body.splitlines() if line.strip()]
     if lines and lines[0].startswith("Does not validate against any of the Union subtypes"):
-        specific = [line for line in lines if re.search(r"is not accepted|does not conform|Not of type|does not exist", line)]
+        specific = [
+            line for line in lines if re.search(r"is not accepted|does not conform|Not of type|does not exist", line)
+        ]
         if specific:
             return prefix + "; ".join(dict.fromkeys(specific))
         given = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), "?")
@@ -112,6 +114,10 @@ def check_config_files(args: list[str]) -> None:
             except UnicodeDecodeError:
                 raise UsageError(f"{path}: not a text (UTF-8) file") from None
             if settings is None:
-                raise UsageError(f"{path}: an empty config file; a config holds settings, e.g. 'model:' then '  learning_rate: 1.0e-4'")
+                raise UsageError(
+                    f"{path}: an empty config file; a config holds settings, e.g. 'model:' then '  learning_rate: 1.0e-4'"
+                )
             if not isinstance(settings, dict):
-                raise UsageError(f"{path}: a config file holds a mapping of settings (model: ..., data: ...), not {type(settings).__name__}")
+                raise UsageError(
+                    f"{path}: a config file holds a mapping of settings (model: ..., data: ...), not {type(settings).__name__}"
+                )

@@ -53,7 +53,9 @@ def predict_probabilities(model_dir: Path, tokenizer_dir: Path, texts: list[str]
     probabilities = torch.empty(len(texts), len(labels))
     for start in range(0, len(order), BATCH_SIZE):
         rows = order[start : start + BATCH_SIZE]
-        batch = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        batch = tokenizer(
+            [texts[i] for i in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(**batch.to(device)).logits
         probabilities[rows] = logits.float().softmax(dim=-1).cpu()

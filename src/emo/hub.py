@@ -22,7 +22,12 @@ OFFLINE_HINT = (
 )
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 class HubUnreachableError(UserError):
@@ -76,7 +81,9 @@ def check_model_folder(name: str) -> None:
     if not is_local(name):
         return  # a Hub id, reachable
     if not folder.is_dir():
-        raise LocalPathError(f"model {name!r} is a file; give the folder written by save_pretrained (config.json, weights, tokenizer)")
+        raise LocalPathError(
+            f"model {name!r} is a file; give the folder written by save_pretrained (config.json, weights, tokenizer)"
+        )
     config = folder / "config.json"
     if not config.is_file():
         raise LocalPathError(f"model folder {name!r} has no config.json: not a Hugging Face model folder")
@@ -108,7 +115,9 @@ def from_pretrained(cls, name: str, what: str, **kwargs):
         return cls.from_pretrained(name, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         if constants.is_offline_mode() and not is_local(name):
-            raise HubUnreachableError(f"the {what} {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {OFFLINE_HINT}") from error
+            raise HubUnreachableError(
+                f"the {what} {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {OFFLINE_HINT}"
+            ) from error
         if is_local(name):
             raise LocalPathError(f"the {what} in {name!r} cannot be loaded: {first_line(error)}") from error
         raise

@@ -37,7 +37,9 @@ class TrainingLoss:
     weights: torch.Tensor | None = None  # per class (`class_weights`)
     teacher: torch.Tensor | None = None  # per training example (its `example` index): the teachers' class probabilities
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, examples: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, labels: torch.Tensor, examples: torch.Tensor | None = None
+    ) -> torch.Tensor:
         weights = None if self.weights is None else self.weights.to(logits.device)
         loss = F.cross_entropy(logits.float(), labels, weight=weights, label_smoothing=self.label_smoothing)
         if self.teacher is None or self.distill_alpha == 0:

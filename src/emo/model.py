@@ -38,7 +38,9 @@ def evaluation_metrics(label_names: Sequence[str], stage: str) -> MetricCollecti
     metrics = {}
     for metric in spec.METRICS:
         built = getattr(classification, metric.torchmetric)(n, **dict(metric.options))
-        metrics[metric.key] = ClasswiseWrapper(built, labels=labels, prefix=f"{metric.key}_") if metric.per_class else built
+        metrics[metric.key] = (
+            ClasswiseWrapper(built, labels=labels, prefix=f"{metric.key}_") if metric.per_class else built
+        )
     # Shared states confuse the class-wise wrappers' bookkeeping.
     return MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
 
@@ -90,7 +92,9 @@ def layer_depth(name: str, num_layers: int) -> int:
     return int(layer.group(1)) + 1 if layer else num_layers + 1
 
 
-def parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, learning_rate: float, weight_decay: float, layer_lr_decay: float = 1.0
+) -> list[dict]:
     """AdamW groups: no weight decay for biases and norms; with `layer_lr_decay` < 1, lower layers learn slower
     (the head at `learning_rate`, the layer below at `learning_rate * layer_lr_decay`, and so on down)."""
     decayed = set(get_parameter_names(model, [nn.LayerNorm], NO_DECAY_PATTERNS))
@@ -196,7 +200,9 @@ class EmotionClassifier(L.LightningModule):
         loss = self.loss(self(batch), batch["labels"], batch.get("example"))
         self.log(TRAIN_LOSS, loss, prog_bar=True)
         self.log(TRAIN_LR, self.lr_schedulers().get_last_lr()[-1])  # the head's: the peak under layer decay
-        if self.checks_loss_now() and not torch.isfinite(loss):  # every later step would be NaN too: stop, with the reason
+        if self.checks_loss_now() and not torch.isfinite(
+            loss
+        ):  # every later step would be NaN too: stop, with the reason
             raise TrainingDiverged(
                 f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
                 f"lower --model.learning_rate (now {self.hparams.learning_rate:g}) or check the data"

@@ -39,7 +39,9 @@ def quiet_libraries() -> None:
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message)
     # Adverts for other loggers and model stores; how Lightning counts the steps of the learning-rate schedule.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(DropMessages("💡 Tip", "Loading `train_dataloader`"))
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        DropMessages("💡 Tip", "Loading `train_dataloader`")
+    )
     # MLflow's system-metrics sampler says when it starts and stops, and a new sqlite store that it creates its tables.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)

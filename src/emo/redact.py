@@ -27,7 +27,17 @@ import os
 import re
 
 # Anywhere in the name (upper-cased, words joined by `_`).
-SECRET_PARTS = ("PASSWORD", "PASSWD", "SECRET", "CREDENTIAL", "APIKEY", "API_KEY", "ACCESS_KEY", "PRIVATE_KEY", "CONNECTION_STRING")
+SECRET_PARTS = (
+    "PASSWORD",
+    "PASSWD",
+    "SECRET",
+    "CREDENTIAL",
+    "APIKEY",
+    "API_KEY",
+    "ACCESS_KEY",
+    "PRIVATE_KEY",
+    "CONNECTION_STRING",
+)
 # One of the name's words.
 SECRET_WORDS = {"PWD", "PASS", "PW", "TOKEN", "KEY", "DSN", "AUTH", "AUTHORIZATION", "BEARER", "COOKIE"}
 SECRET_ENDS = re.compile(r"^AUTH(?!OR)|DSN$")

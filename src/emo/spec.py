@@ -30,12 +30,20 @@ class Metric:
 
 METRICS = (
     Metric("acc", "accuracy", "MulticlassAccuracy", (("average", "micro"),), headline=True, progress_bar=True),
-    Metric("f1_weighted", "weighted F1", "MulticlassF1Score", (("average", "weighted"),), headline=True, progress_bar=True),
+    Metric(
+        "f1_weighted", "weighted F1", "MulticlassF1Score", (("average", "weighted"),), headline=True, progress_bar=True
+    ),
     Metric("f1_macro", "macro F1", "MulticlassF1Score", (("average", "macro"),), headline=True),
     Metric("precision", "precision", "MulticlassPrecision", (("average", None),), per_class=True),
     Metric("recall", "recall", "MulticlassRecall", (("average", None),), per_class=True),
     Metric("f1", "F1", "MulticlassF1Score", (("average", None),), per_class=True),
-    Metric("ece", "expected calibration error", "MulticlassCalibrationError", (("n_bins", 15), ("norm", "l1")), lower_is_better=True),
+    Metric(
+        "ece",
+        "expected calibration error",
+        "MulticlassCalibrationError",
+        (("n_bins", 15), ("norm", "l1")),
+        lower_is_better=True,
+    ),
 )
 LOSS = "loss"  # `<stage>/loss`: plain cross-entropy at every stage, whatever the training loss
 TRAIN_LOSS, TRAIN_LR = "train/loss", "train/lr"
@@ -76,12 +84,20 @@ TASK_TAG, STAGE_TAG = "emo.task", "emo.stage"
 MODEL_TAG, DATASET_TAG, DATA_DIGEST_TAG = "emo.model", "emo.dataset", "emo.data_digest"
 LABELS_TAG = "emo.labels"  # the classes a run trained on, in id order (a JSON list)
 CONFIG_FILES_TAG, FAILURE_TAG = "emo.config_files", "emo.failure"
-TEACHER_TAG, TEACHER_VERSIONS_TAG, TEACHER_RUNS_TAG = "emo.teacher", "emo.teacher_versions", "emo.teacher_run_ids"  # distilled
+TEACHER_TAG, TEACHER_VERSIONS_TAG, TEACHER_RUNS_TAG = (
+    "emo.teacher",
+    "emo.teacher_versions",
+    "emo.teacher_run_ids",
+)  # distilled
 TEMPERATURE_TAG = "emo.temperature"  # a calibrated run and its registered version: the temperature in its head
+EXPORT_SOURCE_TAG, QUANTIZE_TAG = "emo.export.source", "emo.export.quantize"  # an ONNX export: its source version, int8
 MODEL_URI_TAG = "emo.model_uri"  # where the run's logged model is, so a sweep can register its best trial later
 HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG, ENDED_BY_TAG = "emo.heartbeat", "emo.heartbeat_interval_s", "emo.ended_by"
 SWEEP_TAG, WORKER_TAG = "emo.sweep", "emo.worker"  # a sweep's parent run; which sweep process ran a trial
-AUDIT_TAG, AUDITED_DIGEST_TAG = "emo.audit", "emo.audited_digest"  # an audit's parent run; the training split it audited
+AUDIT_TAG, AUDITED_DIGEST_TAG = (
+    "emo.audit",
+    "emo.audited_digest",
+)  # an audit's parent run; the training split it audited
 AUDIT_RUN_TAG = "emo.audit_run"  # a fit on audited data: the audit it followed
 BEST_RUN_TAG, BEST_TRIAL_TAG = "emo.best_run_id", "emo.best_trial"
 REGISTERED_VERSION_TAG, AGGREGATED_RUNS_TAG = "emo.registered_version", "emo.aggregated_runs"
@@ -105,8 +121,15 @@ RELIABILITY_ARTIFACT = "test/reliability_diagram.png"  # confidence against accu
 TEACHER_ARTIFACT = "teacher/train_probabilities.pt"  # the teachers' mean class probabilities on the training examples
 TRIAL_TEMPLATE_ARTIFACT, REPORT_ARTIFACTS = "trial_template.yaml", "report"  # of a sweep's parent run
 SWEEP_ANALYSIS_ARTIFACTS = "sweep"  # of a sweep's parent run: what the sweep learnt (emo.report.importance)
-PARAM_IMPORTANCES_ARTIFACTS = ("sweep/param_importances.json", "sweep/param_importances.md", "sweep/param_importances.png")
-PARALLEL_COORDINATE_ARTIFACT, OPTIMIZATION_HISTORY_ARTIFACT = "sweep/parallel_coordinate.png", "sweep/optimization_history.png"
+PARAM_IMPORTANCES_ARTIFACTS = (
+    "sweep/param_importances.json",
+    "sweep/param_importances.md",
+    "sweep/param_importances.png",
+)
+PARALLEL_COORDINATE_ARTIFACT, OPTIMIZATION_HISTORY_ARTIFACT = (
+    "sweep/parallel_coordinate.png",
+    "sweep/optimization_history.png",
+)
 
 
 HELDOUT_ARTIFACT = "audit/heldout_probabilities.csv"  # of an audit's fold: the held-out examples' probabilities

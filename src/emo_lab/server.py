@@ -37,7 +37,9 @@ class MlflowServer:
     It keeps its port and its store across restarts, as a server coming back from an outage does.
     """
 
-    def __init__(self, folder: Path, extra_args: tuple[str, ...] = (), env: dict | None = None, backend_store_uri: str = ""):
+    def __init__(
+        self, folder: Path, extra_args: tuple[str, ...] = (), env: dict | None = None, backend_store_uri: str = ""
+    ):
         self.folder = folder
         self.backend_store_uri = backend_store_uri or f"sqlite:///{folder}/mlflow.db"
         self.port = free_port()
@@ -54,7 +56,9 @@ class MlflowServer:
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1", *self.extra_args,
         ]  # fmt: skip
         with open(self.folder / "server.log", "a") as log:
-            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.wait_healthy()
         return self
 

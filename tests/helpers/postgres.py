@@ -54,7 +54,9 @@ class PostgresServer:
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.as_owner, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 60
-        while subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True).returncode:
+        while subprocess.run(
+            [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
+        ).returncode:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not start:\n{(self.folder / 'postgres.log').read_text()[-3000:]}")
             time.sleep(0.2)

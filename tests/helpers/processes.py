@@ -43,6 +43,8 @@ def wait_for_output(log: Path, text: str, process: subprocess.Popen, timeout_s: 
         if text in log.read_text(errors="replace"):
             return
         if process.poll() is not None:
-            raise AssertionError(f"the process exited with {process.returncode} before writing {text!r}:\n{log.read_text()[-3000:]}")
+            raise AssertionError(
+                f"the process exited with {process.returncode} before writing {text!r}:\n{log.read_text()[-3000:]}"
+            )
         time.sleep(0.2)
     raise TimeoutError(f"{text!r} did not appear in {log} within {timeout_s} s")

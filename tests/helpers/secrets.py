@@ -26,10 +26,14 @@ def run_texts(client, run, folder: Path) -> list[tuple[str, str]]:
     mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve through the global store
     folder = Path(folder) / run.info.run_id
     if client.list_artifacts(run.info.run_id):
-        found += file_texts(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(folder / "run"))))
+        found += file_texts(
+            Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(folder / "run")))
+        )
     for version in client.search_model_versions(f"run_id='{run.info.run_id}'"):
         found += [(f"version tag {k}", v) for k, v in version.tags.items()] + [("version", version.description or "")]
-        model = mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=str(folder / "model"))
+        model = mlflow.artifacts.download_artifacts(
+            f"models:/{version.name}/{version.version}", dst_path=str(folder / "model")
+        )
         found += file_texts(Path(model))
     return found
 

@@ -102,7 +102,9 @@ def out_of_fold(client, run_ids: list[str]) -> tuple[pd.DataFrame, str]:
     frames, digests = [], set()
     with tempfile.TemporaryDirectory() as folder:
         for run_id in run_ids:
-            frames.append(pd.read_csv(client.download_artifacts(run_id, HELDOUT_ARTIFACT, folder), keep_default_na=False))
+            frames.append(
+                pd.read_csv(client.download_artifacts(run_id, HELDOUT_ARTIFACT, folder), keep_default_na=False)
+            )
             digests.add(client.get_run(run_id).data.tags.get(AUDITED_DIGEST_TAG))
     if len(digests) != 1:
         raise UserError(f"the folds were dealt from different training splits ({len(digests)} digests): audit again "
@@ -117,7 +119,11 @@ def finish(sweep: Sweep, settings: AuditSettings) -> None:
     """Once, when every fold is in: the audit's tables, picture, metrics and tags on the parent run."""
     trials = sweep.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
     if len(trials) < settings.folds:
-        failed = sorted(t.params.get("data.holdout_fold") for t in sweep.study.get_trials(deepcopy=False) if t.state == TrialState.FAIL)
+        failed = sorted(
+            t.params.get("data.holdout_fold")
+            for t in sweep.study.get_trials(deepcopy=False)
+            if t.state == TrialState.FAIL
+        )
         raise UserError(f"audit {settings.name}: fold(s) {', '.join(map(str, failed))} failed (see above), so "
                         f"{settings.folds - len(trials)} of {settings.folds} folds are missing; audit again under a new "
                         "--audit.name")  # fmt: skip
@@ -146,7 +152,9 @@ def finish(sweep: Sweep, settings: AuditSettings) -> None:
     client.log_metric(run_id, "audit/flagged_share", len(issues) / len(frame))
     for name in names:
         client.log_metric(run_id, f"audit/flagged_{name}", int(flagged.get(name, 0)))
-    log_params(client, run_id, {"audit.folds": settings.folds, "audit.seed": settings.seed, "audit.examples": len(frame)})
+    log_params(
+        client, run_id, {"audit.folds": settings.folds, "audit.seed": settings.seed, "audit.examples": len(frame)}
+    )
     client.set_tag(run_id, FOLD_RUNS_TAG, ", ".join(fold_runs))
     client.set_tag(run_id, AUDITED_DIGEST_TAG, digest)  # last: the audit is complete (emo.store.read_audit)
     print(f"emo: audit {settings.name}: {len(issues)} of {len(frame)} training labels flagged "

@@ -67,8 +67,14 @@ class EmoCLI(LightningCLI):
             save_config_callback=LogRunConfig,
             save_config_kwargs={"save_to_log_dir": False},
             trainer_defaults={
-                "callbacks": [clock, predictions, EvaluationReport(clock, predictions), HeldOutPredictions(),
-                              TeacherTargets(), *callbacks]
+                "callbacks": [
+                    clock,
+                    predictions,
+                    EvaluationReport(clock, predictions),
+                    HeldOutPredictions(),
+                    TeacherTargets(),
+                    *callbacks,
+                ]
             },
             parser_class=EmoArgumentParser,
             auto_configure_optimizers=False,  # the model builds AdamW with its own parameter groups
@@ -135,7 +141,9 @@ class EmoCLI(LightningCLI):
             config.weights_only = True  # checkpoints hold tensors and plain values: never run pickled code
         if subcommand == "predict":
             config.trainer.logger = False  # predictions go to a file, not to a new MLflow run
-            if self.model_labels and self.model_labels[1]:  # the model's classes name the columns; no training data read
+            if (
+                self.model_labels and self.model_labels[1]
+            ):  # the model's classes name the columns; no training data read
                 config.data.labels = self.model_labels[1]
         check_inputs(subcommand, config)  # a problem is a UserError: one line, exit status 1
         if self.model_labels and subcommand in ("validate", "test"):
@@ -194,4 +202,3 @@ class EmoCLI(LightningCLI):
 
     def before_predict(self):
         check_checkpoint_fits(self.config.predict.ckpt_path, self.model)
-

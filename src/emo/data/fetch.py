@@ -40,7 +40,10 @@ def export(splits: dict[str, datasets.Dataset], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for split, name in FILE_NAMES.items():
         names = splits[split].features["label"].names
-        lines = [f"{text};{names[label]}\n" for text, label in zip(splits[split]["text"], splits[split]["label"], strict=True)]
+        lines = [
+            f"{text};{names[label]}\n"
+            for text, label in zip(splits[split]["text"], splits[split]["label"], strict=True)
+        ]
         temporary = folder / f".{name}.tmp"
         temporary.write_text("".join(lines), encoding="utf-8")
         os.replace(temporary, folder / name)  # a split file is whole or absent
@@ -74,7 +77,11 @@ def fetch(target: Path, shared: Path) -> str:
             hub.require(HUB_DATASET, "dataset")
             splits = load_hub_splits(HUB_DATASET, HUB_CONFIG)
         except Exception as error:  # unreachable, offline without a cached copy, or refused: say what to do instead
-            why = "cannot be reached" if isinstance(error, hub.HubUnreachableError) else f"failed ({hub.first_line(error)})"
+            why = (
+                "cannot be reached"
+                if isinstance(error, hub.HubUnreachableError)
+                else f"failed ({hub.first_line(error)})"
+            )
             raise UserError(f"no emotion data: {shared} is not there and the download of {HUB_DATASET} from the Hugging "
                             f"Face Hub {why}; put train/val/test files (text;label a line) in a folder and give it with "
                             "--data.data_dir PATH") from None  # fmt: skip

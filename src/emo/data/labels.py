@@ -60,7 +60,9 @@ def encode_labels(split: datasets.Dataset, names: Sequence[str], given: bool) ->
 
 def encode_splits(splits: dict[str, datasets.Dataset], labels: Sequence[str] | None) -> datasets.DatasetDict:
     """Every split's labels as ids of one set of names: `labels`, else the training split's."""
-    names = checked_names(labels) if labels else checked_names(names_in(splits["train"]["label"]), "the training labels")
+    names = (
+        checked_names(labels) if labels else checked_names(names_in(splits["train"]["label"]), "the training labels")
+    )
     return datasets.DatasetDict({name: encode_labels(split, names, bool(labels)) for name, split in splits.items()})
 
 

@@ -85,7 +85,9 @@ class EmotionDataModule(L.LightningDataModule):
         self.train_as_read_digest: str | None = None  # of the training split before a fold or an audit changed it
         self.audit_changed = 0  # training examples the audit run dropped or relabelled
         self.predict_texts: list[str] = []  # in the order of the predict file
-        self.predict_lines: list[int] = []  # for each example, in the sorted order it runs in, its index in predict_texts
+        self.predict_lines: list[
+            int
+        ] = []  # for each example, in the sorted order it runs in, its index in predict_texts
 
     @property
     def source(self) -> str:

@@ -13,7 +13,9 @@ def length_buckets(lengths: list[int], batch_size: int, generator: torch.Generat
 
     Nearly no padding (0.2 % on this dataset, against 3.3 % for transformers' length-grouped sampler).
     """
-    keys = torch.tensor(lengths, dtype=torch.float64) + torch.rand(len(lengths), generator=generator, dtype=torch.float64)
+    keys = torch.tensor(lengths, dtype=torch.float64) + torch.rand(
+        len(lengths), generator=generator, dtype=torch.float64
+    )
     batches = keys.argsort().split(batch_size)
     return torch.cat([batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]).tolist()
 
@@ -56,4 +58,6 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed") != self.sampler.seed:
-            raise DataFormatError(f"the checkpoint's training order has seed {state.get('seed')}, this run {self.sampler.seed}")
+            raise DataFormatError(
+                f"the checkpoint's training order has seed {state.get('seed')}, this run {self.sampler.seed}"
+            )

@@ -19,7 +19,9 @@ from emo.data.labels import align_hub_labels, encode_splits
 from emo.spec import SPLITS
 
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
-AS_READ = datasets.Features({name: datasets.Value("string") for name in ("text", "label", "where")})  # labels as written
+AS_READ = datasets.Features(
+    {name: datasets.Value("string") for name in ("text", "label", "where")}
+)  # labels as written
 
 
 def find_split_file(data_dir: Path, split: str) -> Path:

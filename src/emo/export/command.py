@@ -25,12 +25,10 @@ from emo import UserError
 from emo.arguments import OneLineParser
 from emo.export.parity import Parity, test_examples
 from emo.export.served import GRAPH_FILE, SETTINGS_FILE, OnnxTextClassifier
+from emo.spec import EXPORT_SOURCE_TAG, QUANTIZE_TAG, TEMPERATURE_TAG
 from emo.store import is_registered_model_uri, model_source, resolve_tracking_uri
 from emo.store.registry import INPUT_EXAMPLE, download_model, tracking_store
 
-EXPORT_SOURCE_TAG = "emo.export.source"  # on an export's run and version: the registered version it came from
-QUANTIZE_TAG = "emo.export.quantize"
-TEMPERATURE_TAG = "emo.temperature"  # a calibrated model's temperature, copied from the source version
 SERVED_CODE = Path(__file__).with_name("served.py")
 DEFAULT_MAX_LENGTH = 128
 

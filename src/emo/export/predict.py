@@ -16,9 +16,9 @@ from mlflow.exceptions import MlflowException
 
 from emo import UsageError, UserError
 from emo.export.served import BATCH_SIZE, GRAPH_FILE, OnnxTextClassifier
+from emo.spec import EXPORT_SOURCE_TAG
 from emo.store import registered_version, resolve_tracking_uri
 
-EXPORT_SOURCE_TAG = "emo.export.source"  # set by `emo export` on each version it registers (emo.export.command)
 DEFAULT_OUTPUT = "predictions.csv"  # as emo.predict.PredictionWriter's
 
 

@@ -51,7 +51,9 @@ def report(
         compare_split: The split to compare on: `val` (the kept checkpoints' validation) to choose, `test` to report.
     """
     if not metric.startswith("val/"):
-        raise UserError(f"--metric {metric}: select runs by a validation metric (val/...): test scores must stay unseen")
+        raise UserError(
+            f"--metric {metric}: select runs by a validation metric (val/...): test scores must stay unseen"
+        )
     client = mlflow.MlflowClient(resolve_tracking_uri())
     if compare:
         try:

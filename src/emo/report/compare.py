@@ -25,7 +25,9 @@ def group_predictions(client, run_id: str, split: str = "test") -> tuple[str, li
             try:
                 frames.append(pd.read_csv(client.download_artifacts(member.info.run_id, artifact, folder)))
             except Exception as error:  # a run from before predictions were logged, or one that never tested
-                raise ValueError(f"run {member.info.run_id} ({member.info.run_name}) has no {artifact}: {error}") from None
+                raise ValueError(
+                    f"run {member.info.run_id} ({member.info.run_name}) has no {artifact}: {error}"
+                ) from None
     name = f"{run.info.run_name} ({len(frames)} runs)" if children else run.info.run_name
     return name, frames
 
@@ -36,7 +38,9 @@ def compare_runs(client, run_a: str, run_b: str, split: str = "test", draws: int
     name_b, group_b = group_predictions(client, run_b, split)
     labels = frame_label_names(group_a[0])
     if any(frame_label_names(frame) != labels for frame in group_a + group_b):
-        raise ValueError(f"the runs predict different classes ({labels} in {run_a}): a paired comparison needs the same")
+        raise ValueError(
+            f"the runs predict different classes ({labels} in {run_a}): a paired comparison needs the same"
+        )
     result = paired_bootstrap(group_a, group_b, labels, draws=draws)
     print(f"A: {name_a} [{run_a}]\nB: {name_b} [{run_b}]")
     print(f"paired bootstrap over the {len(group_a[0])} {split} examples, {draws} draws\n")

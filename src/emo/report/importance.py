@@ -90,14 +90,18 @@ def write_sweep_analysis(study: optuna.Study, folder: Path, metric: str) -> dict
     record = {"metric": metric, "direction": study.direction.name.lower(), "finished_trials": len(finished)}
     problem = importance_problem(study)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's matplotlib plots are so marked
+        warnings.simplefilter(
+            "ignore", optuna.exceptions.ExperimentalWarning
+        )  # Optuna's matplotlib plots are so marked
         warnings.filterwarnings("ignore", "Attempting to set identical low and high")  # a setting of one value so far
         if problem:
             record["reason"] = problem
         else:
             record["evaluator"] = "PED-ANOVA"
             record["importances"] = param_importances(study)
-            axes = optuna_plots.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator(), target_name=metric)
+            axes = optuna_plots.plot_param_importances(
+                study, evaluator=PedAnovaImportanceEvaluator(), target_name=metric
+            )
             save_plot(axes, folder / PICTURE)
         if finished:
             save_plot(optuna_plots.plot_parallel_coordinate(study, target_name=metric), folder / PARALLEL_COORDINATE)
@@ -114,7 +118,9 @@ def logged_sweep_analysis(client, parent_run_id: str, folder: Path) -> dict | No
     if PARAM_IMPORTANCES_ARTIFACTS[0] not in logged:
         return None
     with tempfile.TemporaryDirectory() as downloads:
-        record = json.loads(Path(client.download_artifacts(parent_run_id, PARAM_IMPORTANCES_ARTIFACTS[0], downloads)).read_text())
+        record = json.loads(
+            Path(client.download_artifacts(parent_run_id, PARAM_IMPORTANCES_ARTIFACTS[0], downloads)).read_text()
+        )
         pictures = [PARALLEL_COORDINATE_ARTIFACT, OPTIMIZATION_HISTORY_ARTIFACT]
         pictures += [PARAM_IMPORTANCES_ARTIFACTS[2]] if "importances" in record else []  # not one of fewer trials
         for path in pictures:
@@ -126,7 +132,11 @@ def logged_sweep_analysis(client, parent_run_id: str, folder: Path) -> dict | No
 def sweep_analysis_markdown(record: dict, folder: Path) -> str:
     """The report's section: the importances (or why none) and the pictures that are in `folder`."""
     text = ["\n## What the sweep learnt\n", importances_markdown(record)]
-    for name, title in ((PICTURE, "importances"), (PARALLEL_COORDINATE, "parallel coordinates"), (HISTORY, "optimisation history")):
+    for name, title in (
+        (PICTURE, "importances"),
+        (PARALLEL_COORDINATE, "parallel coordinates"),
+        (HISTORY, "optimisation history"),
+    ):
         if (folder / name).is_file():
             text.append(f"\n![{title}]({name})\n")
     return "\n".join(text)

@@ -40,7 +40,9 @@ def plot_learning_curves(client, runs: pd.DataFrame, metric: str, path: Path) ->
         label = run["run_name"]
         for ax, name in ((train_ax, TRAIN_LOSS), (val_ax, metric)):
             history = sorted(client.get_metric_history(run["run_id"], name), key=lambda m: m.step)
-            ax.plot([m.step for m in history], [m.value for m in history], marker="o" if ax is val_ax else None, label=label)
+            ax.plot(
+                [m.step for m in history], [m.value for m in history], marker="o" if ax is val_ax else None, label=label
+            )
     train_ax.set(title=TRAIN_LOSS, xlabel="step")
     val_ax.set(title=metric, xlabel="step")
     for ax in (train_ax, val_ax):

@@ -16,7 +16,9 @@ def load_runs(client, experiment_name: str, parent_run_id: str | None, metric: s
         raise ValueError(f"no MLflow experiment named {experiment_name!r} at {client.tracking_uri}")
     query = children_filter(parent_run_id) if parent_run_id else ""
     # Oldest first: of runs with equal scores the first is best, as in Optuna.
-    runs = client.search_runs([experiment.experiment_id], filter_string=query, max_results=5000, order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=query, max_results=5000, order_by=["attributes.start_time ASC"]
+    )
     rows = []
     for run in runs:
         if SWEEP_TAG in run.data.tags or STAGE_TAG not in run.data.tags:

@@ -52,7 +52,13 @@ def write_report(
     text = [
         f"# {name}: {len(runs)} runs in experiment `{experiment_name}`\n",
         f"Best by `{metric}` (validation, at the kept checkpoint): **{best['run_name']}** (run `{best['run_id']}`), "
-        f"{metric} = {best[f'best.{metric}']:.4f}" + (f", test/f1_weighted = {best['test/f1_weighted']:.4f}" if "test/f1_weighted" in best and pd.notna(best["test/f1_weighted"]) else "") + ".\n",
+        f"{metric} = {best[f'best.{metric}']:.4f}"
+        + (
+            f", test/f1_weighted = {best['test/f1_weighted']:.4f}"
+            if "test/f1_weighted" in best and pd.notna(best["test/f1_weighted"])
+            else ""
+        )
+        + ".\n",
         "Validation columns are at each run's best epoch; test columns are that checkpoint on the test split.\n",
         markdown_table(table),
         f"\n## {metric} against the hyperparameters\n\n![](metric_vs_params.png)\n",
@@ -71,7 +77,9 @@ def write_report(
         print("\nmean ± std (sample std) over the runs of each config:")
         print(groups.to_string(index=False))
     if is_sweep:
-        lines = importances_lines(learnt) if learnt else ["parameter importances: none yet: a sweep logs them as it ends"]
+        lines = (
+            importances_lines(learnt) if learnt else ["parameter importances: none yet: a sweep logs them as it ends"]
+        )
         print("\n" + "\n".join(lines))
     print(f"\nbest run by {metric}: {best['run_id']} ({best['run_name']})")
     print(f"report: {folder / 'report.md'}")

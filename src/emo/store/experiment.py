@@ -48,7 +48,9 @@ def prepare_tracking(uri: str, experiment_name: str) -> None:
             print(f"emo: run {run_id} stopped beating (its process died); marked KILLED", file=sys.stderr)
 
 
-MODEL_TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens on GenAI otherwise (or on the browser's memory)
+MODEL_TRAINING_VIEW = (
+    "workflowType=machine_learning"  # MLflow 3's UI opens on GenAI otherwise (or on the browser's memory)
+)
 
 
 def ui_url(base_url: str, store_uri: str, experiment_name: str = DEFAULT_EXPERIMENT) -> str:

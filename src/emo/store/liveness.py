@@ -24,7 +24,9 @@ def silence_s(tags: dict, now: float | None = None) -> float | None:
 def is_stale(tags: dict, now: float | None = None) -> bool:
     """The run beat once and has been silent for more than five of its intervals."""
     silent = silence_s(tags, now)
-    return silent is not None and silent > STALE_AFTER_BEATS * float(tags.get(HEARTBEAT_INTERVAL_TAG, DEFAULT_INTERVAL_S))
+    return silent is not None and silent > STALE_AFTER_BEATS * float(
+        tags.get(HEARTBEAT_INTERVAL_TAG, DEFAULT_INTERVAL_S)
+    )
 
 
 def mark_stale_runs(client, experiment_id: str) -> list[str]:

@@ -23,7 +23,9 @@ def causes(error: BaseException):
 
 def is_outage(error: BaseException) -> bool:
     for cause in causes(error):
-        if isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError | TimeoutError):
+        if isinstance(
+            cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError | TimeoutError
+        ):
             return True
         if isinstance(cause, sqlalchemy.exc.OperationalError):  # a database store that is locked or unreachable
             return True

@@ -80,6 +80,8 @@ def log_transformers_model(run_id: str, model, tokenizer) -> str:
             metadata={"labels": [model.config.id2label[i] for i in range(model.config.num_labels)]},  # in id order
         )
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+    # Leaving `start_run` ends the run FINISHED; the journal's own end record, sent after the rest, says how it ended.
+    mlflow.MlflowClient().update_run(run_id, status="RUNNING")
     return info.model_uri
 
 
@@ -116,7 +118,9 @@ def version_description(run) -> str:
     """What a registered version was trained on, how, and how it scored: readable in the registry without the run."""
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     digest = tags.get(DATA_DIGEST_TAG, "")
-    scores = ", ".join(f"{label} {metrics[key]:.4f}" for key, label in headline_metrics("test").items() if key in metrics)
+    scores = ", ".join(
+        f"{label} {metrics[key]:.4f}" for key, label in headline_metrics("test").items() if key in metrics
+    )
     settings = ", ".join(f"{key.split('.')[-1]} {params[key]}" for key in DESCRIBED_SETTINGS if key in params)
     teacher = f" Distilled from {tags[TEACHER_TAG]}." if TEACHER_TAG in tags else ""
     classes = f" Classes: {', '.join(json.loads(tags[LABELS_TAG]))}." if LABELS_TAG in tags else ""
@@ -175,16 +179,22 @@ def model_source(given: str, tracking_uri: str) -> ModelSource:
     """`models:/NAME@ALIAS`, `models:/NAME/VERSION` or a run id (its logged model); one line when it is not there."""
     if is_registered_model_uri(given):
         version = registered_version(given, tracking_uri)
-        return ModelSource(given, f"models:/{version.name}/{version.version}", version.run_id, version.name, str(version.version))
+        return ModelSource(
+            given, f"models:/{version.name}/{version.version}", version.run_id, version.name, str(version.version)
+        )
     if not RUN_ID.fullmatch(given):
-        raise UserError(f"{given}: name a model as models:/NAME@ALIAS, models:/NAME/VERSION or the id of the run that logged it")
+        raise UserError(
+            f"{given}: name a model as models:/NAME@ALIAS, models:/NAME/VERSION or the id of the run that logged it"
+        )
     client = mlflow.MlflowClient(tracking_uri)
     try:
         run = client.get_run(given)
     except MlflowException:
         raise UserError(f"{given}: no run with this id in {redact(tracking_uri)}") from None
     if MODEL_URI_TAG not in run.data.tags:
-        raise UserError(f"{given}: run {run.info.run_name!r} logged no model (its fit did not finish, or ran without log_model)")
+        raise UserError(
+            f"{given}: run {run.info.run_name!r} logged no model (its fit did not finish, or ran without log_model)"
+        )
     return ModelSource(given, run.data.tags[MODEL_URI_TAG], given)
 
 

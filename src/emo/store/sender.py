@@ -28,7 +28,9 @@ from emo.store.registry import register_once, send_model
 
 
 def metric_items(batch: list[dict]) -> list[Metric]:
-    return [Metric(key, value, entry["ts"], entry["step"]) for entry in batch for key, value in entry["metrics"].items()]
+    return [
+        Metric(key, value, entry["ts"], entry["step"]) for entry in batch for key, value in entry["metrics"].items()
+    ]
 
 
 def param_items(batch: list[dict]) -> list[Param]:
@@ -41,7 +43,9 @@ def tag_items(batch: list[dict]) -> list[RunTag]:
 
 def dataset_input(fields: dict) -> DatasetInput:
     dataset = {key: value for key, value in fields.items() if key != "tags"}
-    return DatasetInput(Dataset(**dataset), tags=[InputTag(key, value) for key, value in fields.get("tags", {}).items()])
+    return DatasetInput(
+        Dataset(**dataset), tags=[InputTag(key, value) for key, value in fields.get("tags", {}).items()]
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +89,10 @@ def show_run_link(client, run_id: str) -> None:
     with contextlib.suppress(Exception):  # a link is no record: never a reason to stop sending
         run = client.get_run(run_id)
         base = redact(without_userinfo(client.tracking_uri))
-        print(f"emo: run {redact(run.info.run_name or run_id)}: {run_url(base, run.info.experiment_id, run_id)}", flush=True)
+        print(
+            f"emo: run {redact(run.info.run_name or run_id)}: {run_url(base, run.info.experiment_id, run_id)}",
+            flush=True,
+        )
 
 
 def send_model_line(client, journal: Journal, lines: list[dict]) -> None:
@@ -164,7 +171,11 @@ class Sender(threading.Thread):
     def send(self, pending: list[dict]) -> int:
         """Sends the first entry, with the entries of the same op after it when the op batches; returns how many."""
         op = OPS[pending[0]["op"]]
-        lines = list(itertools.takewhile(lambda entry: entry["op"] == pending[0]["op"], pending)) if op.batch else pending[:1]
+        lines = (
+            list(itertools.takewhile(lambda entry: entry["op"] == pending[0]["op"], pending))
+            if op.batch
+            else pending[:1]
+        )
         op.send(self.client, self.journal, lines)
         if pending[0]["op"] == "status":
             self.heartbeat_s = 0  # the run has ended: no more beats

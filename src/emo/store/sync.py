@@ -1,6 +1,6 @@
 """`emo sync`: send the records that a tracking outage kept in run folders, once their processes have ended.
 
-    python -m emo sync [--root outputs] [--timeout_s 300]
+python -m emo sync [--root outputs] [--timeout_s 300]
 """
 
 import os
@@ -32,7 +32,9 @@ def sync(root: Path, timeout_s: float = 300, out=sys.stderr, tracking_uri: str |
     for folder in pending_journals(root):
         header = read_entries(folder / JOURNAL)[0]
         try:
-            journal = Journal(folder, run_id=header["run_id"], tracking_uri=sending_uri(header["tracking_uri"], tracking_uri))
+            journal = Journal(
+                folder, run_id=header["run_id"], tracking_uri=sending_uri(header["tracking_uri"], tracking_uri)
+            )
         except JournalBusyError:
             continue  # its own process is alive and sending
         count = journal.unsent

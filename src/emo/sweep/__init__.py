@@ -6,4 +6,15 @@ from emo.sweep.parent import RUN_ATTR, ParentRun
 from emo.sweep.queue import Claims, TrialQueue
 from emo.sweep.settings import Range, SweepSettings, suggest
 
-__all__ = ["RUN_ATTR", "Claims", "ParentRun", "Range", "Sweep", "SweepCLI", "SweepSettings", "TrialQueue", "main", "suggest"]
+__all__ = [
+    "RUN_ATTR",
+    "Claims",
+    "ParentRun",
+    "Range",
+    "Sweep",
+    "SweepCLI",
+    "SweepSettings",
+    "TrialQueue",
+    "main",
+    "suggest",
+]

@@ -45,7 +45,9 @@ class ParentRun:
     `client` waits out tracking outages (`emo.store.PatientClient`), as the trials' journals do.
     """
 
-    def __init__(self, client: PatientClient, claims: Claims, study: optuna.Study, settings: SweepSettings, template: dict):
+    def __init__(
+        self, client: PatientClient, claims: Claims, study: optuna.Study, settings: SweepSettings, template: dict
+    ):
         self.client = client
         self.claims = claims
         self.study = study
@@ -127,7 +129,9 @@ class ParentRun:
         for name, value in record.get("importances", {}).items():
             self.client.log_metric(self.run_id, f"importance/{name}", value)
         if "reason" in record:
-            print(f"emo: sweep {self.settings.study_name}: no parameter importances: {record['reason']}", file=sys.stderr)
+            print(
+                f"emo: sweep {self.settings.study_name}: no parameter importances: {record['reason']}", file=sys.stderr
+            )
 
     def scores(self, run_id: str) -> dict[str, float | None]:
         """Validation at the run's kept checkpoint, and test."""
@@ -137,7 +141,10 @@ class ParentRun:
 
     def log_mean_and_std(self) -> None:
         """Over the complete trials: `mean/<metric>` and `std/<metric>` (sample std, n - 1)."""
-        per_run = [self.scores(trial.user_attrs[RUN_ATTR]) for trial in self.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])]
+        per_run = [
+            self.scores(trial.user_attrs[RUN_ATTR])
+            for trial in self.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+        ]
         for name in sorted({name for scores in per_run for name in scores}):
             values = [scores[name] for scores in per_run if scores.get(name) is not None]
             self.client.log_metric(self.run_id, f"mean/{name}", statistics.fmean(values))

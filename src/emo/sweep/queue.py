@@ -46,7 +46,9 @@ class Claims:
             sqlalchemy.Column("claim", sqlalchemy.String(128), primary_key=True),
             sqlalchemy.Column("value", sqlalchemy.String(512), nullable=False),
         )
-        with contextlib.suppress(sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError):
+        with contextlib.suppress(
+            sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError
+        ):
             self.table.create(engine, checkfirst=True)  # another process may create it at the same time
 
     def claim(self, what: str, value: str = "") -> bool:
@@ -72,8 +74,14 @@ def open_storage(url: str, on_stale_trial, heartbeat_s: int, grace_s: int) -> RD
     """
     for attempt in range(5):
         try:
-            return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s, heartbeat_stale_trial_callback=on_stale_trial)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+            return RDBStorage(
+                url, heartbeat_interval=heartbeat_s, grace_period=grace_s, heartbeat_stale_trial_callback=on_stale_trial
+            )
+        except (
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.IntegrityError,
+            sqlalchemy.exc.ProgrammingError,
+        ) as error:
             raced = isinstance(error, sqlalchemy.exc.IntegrityError) or re.search(r"locked|already exists", str(error))
             if attempt == 4 or not raced:
                 raise UserError(f"--sweep.storage {redact(url)}: cannot open it ({storage_problem(error)})") from None
@@ -185,6 +193,9 @@ class TrialQueue:
         if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
             return False
         retried = {number for t in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(t)}
-        settled = [t for t in trials if t.state != TrialState.FAIL or not (t.number in retried or t.user_attrs.get(INTERRUPTED_ATTR))]
+        settled = [
+            t
+            for t in trials
+            if t.state != TrialState.FAIL or not (t.number in retried or t.user_attrs.get(INTERRUPTED_ATTR))
+        ]
         return len(settled) >= self.n_trials
-

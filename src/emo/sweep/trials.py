@@ -36,7 +36,9 @@ class TrialPruning(PyTorchLightningPruningCallback):
         self._trial.set_user_attr(RUN_ATTR, self.run_id)
 
 
-def trial_config(trial: optuna.Trial, settings: SweepSettings, template: dict, parent_run_id: str, folder: Path) -> Path:
+def trial_config(
+    trial: optuna.Trial, settings: SweepSettings, template: dict, parent_run_id: str, folder: Path
+) -> Path:
     """The trial's complete training config, written to `folder`: the template with the trial's values."""
     config = copy.deepcopy(template)
     for name, space in settings.params.items():
@@ -51,7 +53,9 @@ def trial_config(trial: optuna.Trial, settings: SweepSettings, template: dict, p
         WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}",  # which sweep process ran it
     }
     config["registry"]["registered_model_name"] = None  # only the best trial's model, at the end
-    interrupted = last_checkpoint_of(Path(template["trainer"].get("default_root_dir") or "."), trial.user_attrs.get(RUN_ATTR))
+    interrupted = last_checkpoint_of(
+        Path(template["trainer"].get("default_root_dir") or "."), trial.user_attrs.get(RUN_ATTR)
+    )
     if interrupted:
         config["ckpt_path"] = str(interrupted)  # the retry of an interrupted trial continues its run
     path = folder / f"trial-{trial.number}.yaml"

@@ -48,11 +48,15 @@ class TemperatureScaling(Callback):
         self.temperature = fit_temperature(log_probabilities(probabilities), labels)
         scale_classifier_head(pl_module.model, self.temperature)
         after = scaled_probabilities(log_probabilities(probabilities), self.temperature)
-        self.record(trainer, {**self.scores("val_before", probabilities, labels), **self.scores("val_after", after, labels)})
+        self.record(
+            trainer, {**self.scores("val_before", probabilities, labels), **self.scores("val_after", after, labels)}
+        )
 
     @staticmethod
     def scores(prefix: str, probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        return {f"calibration/{prefix}_{key}": value for key, value in calibration_scores(probabilities, labels).items()}
+        return {
+            f"calibration/{prefix}_{key}": value for key, value in calibration_scores(probabilities, labels).items()
+        }
 
     @rank_zero_only
     def record(self, trainer: Trainer, metrics: dict[str, float]) -> None:

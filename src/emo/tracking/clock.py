@@ -75,7 +75,9 @@ class TrainingClock(Callback):
             "train_seconds": round(self.train_seconds, 1),
             "train_samples_per_sec": round(self.train_examples / self.train_seconds, 2) if self.train_seconds else None,
             "train_tokens": int(self.train_tokens) * world_size,
-            "train_padding_share": round(1 - int(self.train_tokens) / self.train_positions, 4) if self.train_positions else None,
+            "train_padding_share": round(1 - int(self.train_tokens) / self.train_positions, 4)
+            if self.train_positions
+            else None,
             "fit_wall_seconds": round(self.fit_seconds, 1) if self.fit_seconds else None,
             "seconds_to_first_step": round(self.seconds_to_first_step, 1) if self.seconds_to_first_step else None,
         }

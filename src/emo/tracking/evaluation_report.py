@@ -65,7 +65,9 @@ class EvaluationReport(Callback):
             "peak_memory_mib": round(peak_memory_mib()),
             "devices": f"{trainer.world_size} x {trainer.strategy.root_device.type}",
             "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
-            "best_score": {checkpoint.monitor: float(checkpoint.best_model_score)} if checkpoint and checkpoint.best_model_score is not None else None,
+            "best_score": {checkpoint.monitor: float(checkpoint.best_model_score)}
+            if checkpoint and checkpoint.best_model_score is not None
+            else None,
             "test": {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
         }
 
@@ -103,7 +105,9 @@ def split_predictions(datamodule, stage: str, predictions: dict, label_names: li
     """The split's texts beside the gathered predictions, in the split file's order."""
     texts = datamodule.splits[STAGE_SPLITS[stage]].sort("example")["text"]
     examples = predictions["example"].tolist()
-    return predictions_frame([texts[i] for i in examples], predictions["label"], predictions["probabilities"], label_names, examples)
+    return predictions_frame(
+        [texts[i] for i in examples], predictions["label"], predictions["probabilities"], label_names, examples
+    )
 
 
 def run_description(summary: dict) -> str:
@@ -112,7 +116,9 @@ def run_description(summary: dict) -> str:
     best = summary["best_checkpoint"] or ""
     epoch = re.search(r"epoch(\d+)", Path(best).name)
     values = [(label, f"{test.get(key, float('nan')):.4f}") for key, label in headline_metrics("test").items()]
-    scores = [f"{label} **{value}**" if i == 0 else f"{label} {value}" for i, (label, value) in enumerate(values)]  # the first in bold
+    scores = [
+        f"{label} **{value}**" if i == 0 else f"{label} {value}" for i, (label, value) in enumerate(values)
+    ]  # the first in bold
     lines = [
         f"**{summary['model']}** fine-tuned on `{summary['dataset']}` "
         f"({summary['examples'].get('train', '?')} training examples, {summary['devices']}).",
@@ -140,5 +146,7 @@ def report_markdown(report: dict) -> str:
     columns = list(next(iter(report.values())))
     lines = ["| label | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for label, row in report.items():
-        lines.append(f"| {label} | " + " | ".join(f"{row[c]:.4f}" if c != "support" else str(row[c]) for c in columns) + " |")
+        lines.append(
+            f"| {label} | " + " | ".join(f"{row[c]:.4f}" if c != "support" else str(row[c]) for c in columns) + " |"
+        )
     return "\n".join(lines) + "\n"

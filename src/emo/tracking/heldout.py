@@ -40,7 +40,9 @@ class HeldOutPredictions(Callback):
             return
         index, labels, probabilities = heldout_probabilities(pl_module, datamodule.heldout_loader())
         texts = dict(zip(datamodule.splits["heldout"]["index"], datamodule.splits["heldout"]["text"], strict=True))
-        frame = predictions_frame([texts[i] for i in index], labels, probabilities, list(pl_module.hparams.label_names), index)
+        frame = predictions_frame(
+            [texts[i] for i in index], labels, probabilities, list(pl_module.hparams.label_names), index
+        )
         frame = frame.rename(columns={"example": "index"}).sort_values("index")
         logger.record_text(frame.to_csv(index=False), HELDOUT_ARTIFACT)
         logger.record_tags({AUDITED_DIGEST_TAG: datamodule.train_as_read_digest})

@@ -177,7 +177,11 @@ class JournalLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:
-        values = {re.sub(r"[^a-zA-Z0-9_/. -]+", "", key): float(value) for key, value in metrics.items() if not isinstance(value, str)}
+        values = {
+            re.sub(r"[^a-zA-Z0-9_/. -]+", "", key): float(value)
+            for key, value in metrics.items()
+            if not isinstance(value, str)
+        }
         _ = self.experiment  # opens the run and its journal on first use
         self.check_sender()
         self.journal.append("metrics", step=step or 0, metrics=values)
@@ -272,7 +276,10 @@ class JournalLogger(MLFlowLogger):
             self.journal.close()  # all sent: `emo sync` in another process may read it
         # else the sender keeps trying while this process lives (a sweep's next trials), holding the journal
         if self.interrupted:
-            print(f"emo: run {self.run_id} stopped; continue it with the same command and --ckpt_path last", file=sys.stderr)
+            print(
+                f"emo: run {self.run_id} stopped; continue it with the same command and --ckpt_path last",
+                file=sys.stderr,
+            )
 
     def flush(self, stop: bool = False, everything: bool = True) -> bool:
         """Sends what is left, waiting `flush_timeout_s` at most; what the server did not take stays in the journal."""

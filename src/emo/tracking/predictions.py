@@ -44,7 +44,11 @@ class EvaluationPredictions(Callback):
         keep = torch.ones_like(order, dtype=torch.bool)
         keep[1:] = examples[order][1:] != examples[order][:-1]
         order = order[keep]
-        self.predictions[stage] = {"example": examples[order], "label": labels[order], "probabilities": probabilities[order]}
+        self.predictions[stage] = {
+            "example": examples[order],
+            "label": labels[order],
+            "probabilities": probabilities[order],
+        }
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self.batches["val"] = []

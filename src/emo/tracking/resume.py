@@ -24,7 +24,14 @@ from emo.store.journal import JOURNAL
 
 RECORD_KEY = "emo"
 # Settings a continued checkpoint honours (the loop's length, bookkeeping): `--resume_new_run true` may change them.
-CONTINUABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.logger.", "registry.", "checkpoint.", "trainer.log_every_n_steps")
+CONTINUABLE = (
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.logger.",
+    "registry.",
+    "checkpoint.",
+    "trainer.log_every_n_steps",
+)
 
 
 class ResumeError(UserError):
@@ -57,7 +64,11 @@ def read_record(path: Path) -> dict | None:
 def differences(recorded: dict, current: dict, allowed: tuple[str, ...] = ()) -> list[str]:
     """The settings that differ, but for those that only change how a run is watched (emo.spec.WATCHING) and `allowed`."""
     keys = sorted(k for k in set(recorded) | set(current) if not k.startswith(WATCHING + allowed))
-    return [f"{k} {recorded.get(k, '(unset)')} -> {current.get(k, '(unset)')}" for k in keys if recorded.get(k) != current.get(k)]
+    return [
+        f"{k} {recorded.get(k, '(unset)')} -> {current.get(k, '(unset)')}"
+        for k in keys
+        if recorded.get(k) != current.get(k)
+    ]
 
 
 def last_checkpoints(root: Path) -> list[Path]:
@@ -71,7 +82,9 @@ def find_last(root: Path, settings: dict, allowed: tuple[str, ...] = ()) -> tupl
     found = [(path, record) for path, record in found if record]
     if not found:
         raise ResumeError(f"--ckpt_path last: no last checkpoint of an emo run under {root}/ (nothing to resume)")
-    return next(((path, record) for path, record in found if not differences(record["params"], settings, allowed)), found[0])
+    return next(
+        ((path, record) for path, record in found if not differences(record["params"], settings, allowed)), found[0]
+    )
 
 
 def check_settings(path, record: dict, settings: dict, new_run: bool) -> None:
@@ -108,9 +121,16 @@ def check_run_can_continue(record: dict, folder: Path, client) -> None:
     if in_use(folder):
         raise ResumeError(f"run {run_id} is still running: a process on this machine writes {folder}; stop it first")
     silent = silence_s(run.data.tags)
-    if run.info.status == "RUNNING" and silent is not None and not in_this_folder(folder) and not is_stale(run.data.tags):
+    if (
+        run.info.status == "RUNNING"
+        and silent is not None
+        and not in_this_folder(folder)
+        and not is_stale(run.data.tags)
+    ):
         # Its journal is on another machine: only the heartbeat tells whether its process is alive.
-        raise ResumeError(f"run {run_id} is still running elsewhere (its heartbeat is {silent:.0f} s old); stop it first")
+        raise ResumeError(
+            f"run {run_id} is still running elsewhere (its heartbeat is {silent:.0f} s old); stop it first"
+        )
     recorded = last_sent_step(folder)
     if recorded is not None and recorded >= step:  # metrics of batch n are logged at step n - 1
         raise ResumeError(f"run {run_id} already recorded steps up to {recorded}, past this checkpoint (step {step}): "

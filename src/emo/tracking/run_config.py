@@ -44,7 +44,9 @@ def dataset_inputs(datamodule) -> list[dict]:
             name=f"emotion-{split}",
             digest=datamodule.digests[split][:20],
         )
-        fields = {key: dataset.to_dict()[key] for key in ("name", "digest", "source_type", "source", "schema", "profile")}
+        fields = {
+            key: dataset.to_dict()[key] for key in ("name", "digest", "source_type", "source", "schema", "profile")
+        }
         inputs.append({**fields, "tags": {DATA_CONTEXT_TAG: split}})
     return inputs
 
@@ -56,7 +58,9 @@ class LogRunConfig(SaveConfigCallback):
         logger = journal_logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
-        checkpoint[RECORD_KEY] = run_record(logger.run_id, logger.experiment_id, trainer.global_step, run_settings(self.config))
+        checkpoint[RECORD_KEY] = run_record(
+            logger.run_id, logger.experiment_id, trainer.global_step, run_settings(self.config)
+        )
         logger.checkpoint_saved(trainer.global_step)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -85,7 +89,9 @@ class LogRunConfig(SaveConfigCallback):
             tags[GIT_COMMIT_TAG] = commit
         if datamodule.hparams.get("audit_run"):  # trained on audited data: which audit, and what it changed
             tags[AUDIT_RUN_TAG] = datamodule.hparams.audit_run
-            changed = {"drop": "data.audit_dropped", "relabel": "data.audit_relabelled"}[datamodule.hparams.audit_action]
+            changed = {"drop": "data.audit_dropped", "relabel": "data.audit_relabelled"}[
+                datamodule.hparams.audit_action
+            ]
             logger.record_params({changed: datamodule.audit_changed})
         if datamodule.digests:
             tags[DATA_DIGEST_TAG] = datamodule.data_digest

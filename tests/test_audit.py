@@ -1,0 +1,203 @@
+"""`emo audit` against a real MLflow server and real processes: planted flips found on a small learnable data set, folds
+shared by two processes (one killed), training on the audited data, and every bad input in one line."""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from emo.audit import label_issues
+from emo.data.folds import stratified_folds
+from emo.spec import AUDIT_RUN_TAG, AUDIT_TAG, DATA_DIGEST_TAG, LABEL_ISSUES_ARTIFACT, OUT_OF_FOLD_ARTIFACT
+from emo_lab.data import ROOT, write_tiny_model
+from helpers.gates import gate_callback, wait_for_reached
+from helpers.processes import run_emo, start_emo
+
+WORDS = {  # each class its own words: a tiny random BERT learns them in a few epochs
+    "anger": "angry mad furious hate rage yell annoyed bitter",
+    "fear": "scared afraid worried nervous panic terrified anxious fright",
+    "joy": "happy glad smile laugh sunny party fun great",
+    "sadness": "sad cry lonely tears grief miss lost gloomy",
+}
+PER_CLASS, FLIPS = 60, 12  # 240 training examples, 5 % of them flipped
+
+
+def learnable_split(generator, per_class: int) -> list[tuple[str, str]]:
+    examples = []
+    for label, words in WORDS.items():
+        words = words.split()
+        examples += [("i feel " + " ".join(generator.choice(words, 4)), label) for _ in range(per_class)]
+    return [examples[i] for i in generator.permutation(len(examples))]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A learnable 4-class data set whose training split has FLIPS labels flipped; and which."""
+    folder, generator = tmp_path_factory.mktemp("planted"), np.random.default_rng(0)
+    train = learnable_split(generator, PER_CLASS)
+    flipped = generator.choice(len(train), FLIPS, replace=False)
+    for i in flipped:
+        text, label = train[i]
+        train[i] = (text, generator.choice([other for other in WORDS if other != label]))
+    for name, examples in (
+        ("train", train),
+        ("val", learnable_split(generator, 10)),
+        ("test", learnable_split(generator, 10)),
+    ):
+        (folder / f"{name}.txt").write_text("".join(f"{text};{label}\n" for text, label in examples))
+    return folder, set(flipped.tolist())
+
+
+def audit_args(tmp_path, model_dir, data_dir, name: str, *extra: str) -> list[str]:
+    return ["--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml"),
+            "--model.model_name_or_path", str(model_dir), "--data.data_dir", str(data_dir), "--data.labels", "null",
+            "--model.freeze_embeddings", "false", "--model.dropout", "0", "--model.learning_rate", "1e-2",
+            "--model.warmup_ratio", "0", "--data.batch_size", "8", "--trainer.max_epochs", "12",
+            "--trainer.check_val_every_n_epoch", "12", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "5",
+            "--trainer.default_root_dir", str(tmp_path / "outputs"),
+            "--trainer.logger.init_args.experiment_name", "audit-test",
+            "--audit.folds", "3", "--audit.name", name, "--audit.storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+            *extra]  # fmt: skip
+
+
+def audit_run(name: str):
+    [run] = mlflow.search_runs(experiment_names=["audit-test"], filter_string=f"tags.`{AUDIT_TAG}` != '' and "
+                               f"attributes.run_name = '{name}'", output_format="list")  # fmt: skip
+    return run
+
+
+def test_folds_are_stratified_seeded_and_cover_each_example_once():
+    labels = np.array([0] * 10 + [1] * 7 + [2] * 3)
+    folds = stratified_folds(labels, 3, seed=1)
+    assert sorted(np.bincount(folds)) == [6, 7, 7]  # sizes differ by one at most
+    for label, count in ((0, 10), (1, 7), (2, 3)):
+        assert (
+            np.bincount(folds[labels == label], minlength=3).max()
+            - np.bincount(folds[labels == label], minlength=3).min()
+            <= 1
+        )
+        assert (labels[folds >= 0] == label).sum() == count
+    assert np.array_equal(stratified_folds(labels, 3, seed=1), folds)
+    assert not np.array_equal(stratified_folds(labels, 3, seed=2), folds)
+
+
+def test_confidently_contradicted_labels_are_flagged_most_likely_wrong_first():
+    generator = np.random.default_rng(0)
+    given = np.repeat([0, 1, 2], 50)
+    probabilities = np.full((150, 3), 0.05)
+    probabilities[np.arange(150), given] = 0.9
+    wrong = [3, 60, 120]  # the model is sure these belong elsewhere, the surest first
+    for rank, i in enumerate(wrong):
+        probabilities[i] = 0.02 + 0.01 * rank
+        probabilities[i, (given[i] + 1) % 3] = 0.96 - 0.02 * rank
+    probabilities += generator.uniform(0, 0.01, probabilities.shape)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    issues = label_issues([f"text {i}" for i in range(150)], given, probabilities, ["a", "b", "c"])
+    assert list(issues["index"]) == wrong
+    assert list(issues["given"]) == ["a", "b", "c"] and list(issues["suggested"]) == ["b", "c", "a"]
+    assert list(issues["text"]) == ["text 3", "text 60", "text 120"] and issues["score"].is_monotonic_increasing
+
+
+@pytest.mark.slow  # three fits of 12 epochs: minutes on a busy 2-core machine (`make test-slow`)
+def test_an_audit_finds_planted_flips_and_a_fit_trains_without_them(tmp_path, planted, tracking_uri):
+    data_dir, flipped = planted
+    model_dir = write_tiny_model(tmp_path / "tiny")
+    code, out = run_emo(["audit", *audit_args(tmp_path, model_dir, data_dir, "planted")], tmp_path / "audit.log")
+    assert code == 0, out[-3000:]
+    parent = audit_run("planted")
+    client = mlflow.MlflowClient()
+    issues = pd.read_csv(client.download_artifacts(parent.info.run_id, LABEL_ISSUES_ARTIFACT, str(tmp_path)))
+    found = flipped & set(issues["index"])
+    assert len(found) / len(flipped) >= 0.7, (sorted(flipped), issues.head(20))
+    assert len(found) / len(issues) >= 0.5  # and mostly the planted ones
+    out_of_fold = pd.read_csv(client.download_artifacts(parent.info.run_id, OUT_OF_FOLD_ARTIFACT, str(tmp_path)))
+    assert list(out_of_fold["index"]) == list(range(len(WORDS) * PER_CLASS))
+    assert parent.data.metrics["audit/flagged"] == len(issues)
+    assert sum(parent.data.metrics[f"audit/flagged_{label}"] for label in WORDS) == len(issues)
+    folds = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(run.data.params["data.holdout_fold"] for run in folds) == ["0", "1", "2"]
+    assert {run.info.status for run in folds} == {"FINISHED"} and parent.info.status == "FINISHED"
+    assert f"emo: audit planted: {len(issues)} of 240 training labels flagged" in out
+
+    code, out = run_emo(["fit", *audit_args(tmp_path, model_dir, data_dir, "planted")[:-6], "--data.audit_run",
+                         parent.info.run_id, "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1"], tmp_path / "fit.log")  # fmt: skip
+    assert code == 0, out[-3000:]
+    [fit] = client.search_runs([parent.info.experiment_id], f"tags.`{AUDIT_RUN_TAG}` = '{parent.info.run_id}'")
+    assert fit.data.params["data.audit_dropped"] == str(len(issues))
+    plain_digest = folds[0].data.tags[DATA_DIGEST_TAG]  # a fold's is of other training examples still
+    assert fit.data.tags[DATA_DIGEST_TAG] not in (plain_digest, None)
+    summary = json.loads(open(client.download_artifacts(fit.info.run_id, "summary.json", str(tmp_path))).read())
+    assert summary["examples"]["train"] == 240 - len(issues)
+
+    other = tmp_path / "other"  # the audit is of these examples only
+    other.mkdir()
+    for name in ("train", "val", "test"):
+        (other / f"{name}.txt").write_text((data_dir / f"{name}.txt").read_text().replace("i feel", "we feel"))
+    code, out = run_emo(["fit", *audit_args(tmp_path, model_dir, other, "planted")[:-6], "--data.audit_run",
+                         parent.info.run_id], tmp_path / "other.log")  # fmt: skip
+    assert code == 1 and f"emo: error: --data.audit_run {parent.info.run_id} audited other training examples" in out
+
+
+def test_folds_shared_by_two_processes_one_killed_finish_each_fold_once(
+    tmp_path, small_data_dir, tiny_model_dir, tracking_uri
+):
+    args = audit_args(
+        tmp_path,
+        tiny_model_dir,
+        small_data_dir,
+        "killed",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--last_checkpoint.every_n_train_steps",
+        "2",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--audit.trial_heartbeat_s",
+        "2",
+        "--audit.trial_grace_s",
+        "20",
+    )  # margins for 2 busy cores
+    gate = tmp_path / "gate"
+    killed = start_emo(["audit", *args, *gate_callback(gate, at_step=5, run_suffix="trial-1", once_per_folder=True)],
+                       tmp_path / "killed.log")  # fmt: skip
+    wait_for_reached(gate, processes=1, watch=(killed,))
+    killed.kill()  # in the middle of fold 1: nobody marks it as stopped
+    killed.wait(timeout=60)
+    code, out = run_emo(["audit", *args, *gate_callback(gate, at_step=5, run_suffix="trial-1", once_per_folder=True)],
+                        tmp_path / "second.log")  # fmt: skip
+    assert code == 0, out[-3000:]
+    parent = audit_run("killed")
+    client = mlflow.MlflowClient()
+    folds = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    # fold 1 continued from its last checkpoint in the same run: each fold once, every run finished
+    assert sorted(run.data.params["data.holdout_fold"] for run in folds) == ["0", "1", "2"]
+    assert {run.info.status for run in folds} == {"FINISHED"} and parent.info.status == "FINISHED"
+    out_of_fold = pd.read_csv(client.download_artifacts(parent.info.run_id, OUT_OF_FOLD_ARTIFACT, str(tmp_path)))
+    assert list(out_of_fold["index"]) == list(range(300))
+
+
+def test_bad_audits_stop_in_one_line_and_leave_nothing_running(tmp_path, small_data_dir, tiny_model_dir, tracking_uri):
+    base = audit_args(tmp_path, tiny_model_dir, small_data_dir, "bad")
+    cases = [
+        (["audit", *base, "--audit.folds", "1"], 2, "--audit.folds 1: an audit needs at least 2 folds"),
+        (["audit", *base, "--audit.folds", "150"], 1, "150 folds need at least 150 training examples of each class"),
+        (["fit", *base[:-6], "--data.audit_run", "0123456789abcdef0123456789abcdef"], 1,
+         "--data.audit_run 0123456789abcdef0123456789abcdef: no run with this id"),
+        (["fit", *base[:-6], "--data.audit_run", "not-a-run"], 1, "--data.audit_run not-a-run: give the id of an emo audit"),
+    ]  # fmt: skip
+    for i, (args, status, message) in enumerate(cases):
+        code, out = run_emo(args, tmp_path / f"case-{i}.log")
+        errors = [line for line in out.splitlines() if line.startswith("emo: error:") or "rror" in line]
+        assert code == status and len(errors) == 1 and message in errors[0], out[-2000:]
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("audit-test")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    assert not [run for run in runs if run.info.status == "RUNNING"]
+    fit_run = client.create_run(experiment.experiment_id if experiment else client.create_experiment("audit-test"))
+    client.set_terminated(fit_run.info.run_id)
+    code, out = run_emo(["fit", *base[:-6], "--data.audit_run", fit_run.info.run_id], tmp_path / "not-audit.log")
+    assert code == 1 and f"--data.audit_run {fit_run.info.run_id}: run" in out and "is not an emo audit" in out
