@@ -162,12 +162,12 @@ def test_folds_shared_by_two_processes_one_killed_finish_each_fold_once(
         "20",
     )  # margins for 2 busy cores
     gate = tmp_path / "gate"
-    killed = start_emo(["audit", *args, *gate_callback(gate, at_step=5, run_suffix="trial-1", once_per_folder=True)],
+    killed = start_emo(["audit", *args, *gate_callback(gate, at_step=4, run_suffix="trial-1", once_per_folder=True)],
                        tmp_path / "killed.log")  # fmt: skip
     wait_for_reached(gate, processes=1, watch=(killed,))
     killed.kill()  # in the middle of fold 1: nobody marks it as stopped
     killed.wait(timeout=60)
-    code, out = run_emo(["audit", *args, *gate_callback(gate, at_step=5, run_suffix="trial-1", once_per_folder=True)],
+    code, out = run_emo(["audit", *args, *gate_callback(gate, at_step=4, run_suffix="trial-1", once_per_folder=True)],
                         tmp_path / "second.log")  # fmt: skip
     assert code == 0, out[-3000:]
     parent = audit_run("killed")
