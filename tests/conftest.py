@@ -71,6 +71,20 @@ def hub_offline(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def no_mlflow_state_outlives_its_test():
+    """MLflow's fluent API keeps process-wide state (an active run, experiment and tracking URI, mirrored into the
+    environment): after each test it is as before the first, so a test never runs against another's leftovers."""
+    yield
+    from mlflow.tracking import fluent
+
+    while mlflow.active_run():
+        mlflow.end_run()
+    fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI, which conftest removed from the caller's shell
+
+
+@pytest.fixture(autouse=True)
 def no_process_outlives_its_test():
     """A test that fails while its process waits at a gate would leave it waiting forever: end it."""
     yield

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from emo.export.parity import FP32_TOLERANCE, INT8_ACCURACY_LOSS
-from emo.store import log_transformers_model, register
+from emo.store.registry import log_transformers_model, register, tracking_store
 from emo_lab.data import ROOT
 from emo_lab.server import free_port, wait_for_http
 from helpers.processes import run_emo
@@ -61,14 +61,19 @@ def source(tiny_model_dir, small_data_dir, mlflow_server):
     model.eval()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        mlflow.set_tracking_uri(mlflow_server)
-        experiment = mlflow.set_experiment("export-test").experiment_id
-        with mlflow.start_run(experiment_id=experiment) as run:
-            mlflow.log_params({"data.data_dir": str(small_data_dir), "data.max_length": 128})
-            mlflow.log_metric("test/f1_weighted", 0.5)  # what `register` crowns a champion by
-        log_transformers_model(run.info.run_id, model, tokenizer)
-        version, _ = register(run.info.run_id, NAME)
-        mlflow.MlflowClient().set_model_version_tag(NAME, version.version, "emo.temperature", "1.37")
+        # No process-wide MLflow state (set_experiment, set_tracking_uri) left for the tests after this one.
+        client = mlflow.MlflowClient(mlflow_server)
+        experiment = client.create_experiment("export-test")
+        run = client.create_run(experiment)
+        run_id = run.info.run_id
+        client.log_param(run_id, "data.data_dir", str(small_data_dir))
+        client.log_param(run_id, "data.max_length", 128)
+        client.log_metric(run_id, "test/f1_weighted", 0.5)  # what `register` crowns a champion by
+        with tracking_store(mlflow_server):
+            log_transformers_model(run_id, model, tokenizer)
+            version, _ = register(run_id, NAME)
+        client.set_terminated(run_id)
+        client.set_model_version_tag(NAME, version.version, "emo.temperature", "1.37")
     return model, tokenizer, names
 
 
@@ -127,8 +132,9 @@ def test_an_int8_export_registers_within_its_stated_loss_or_says_so(source, fp32
     refused = metrics["parity/source_acc"] - metrics["parity/export_acc"] > INT8_ACCURACY_LOSS
     assert refused == ("--force" in output), metrics
     assert 0 < metrics["parity/max_abs_diff"] < 0.2, metrics  # quantized: close, not equal
-    sizes = {v: sum(f.file_size or 0 for f in client.list_artifacts(client.get_model_version(f"{NAME}-onnx", v).run_id,
-                                                                     "model/artifacts")) for v in ("1", "2")}  # fmt: skip
+    with tracking_store(mlflow_server):  # a logged model's artifacts resolve through MLflow's global store
+        sizes = {v: sum(f.file_size or 0 for f in client.list_artifacts(
+            client.get_model_version(f"{NAME}-onnx", v).run_id, "model/artifacts")) for v in ("1", "2")}  # fmt: skip
     assert sizes["2"] < sizes["1"], sizes  # int8 weights
 
 
@@ -197,7 +203,8 @@ def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source,
                 f"{url}/invocations", {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
             ),
             "empty": post(f"{url}/invocations", {"inputs": []}),
-            "mixed": post(f"{url}/invocations", {"inputs": ["a text", None]}),
+            "null": post(f"{url}/invocations", {"inputs": ["a text", None]}),
+            "number": post(f"{url}/invocations", {"inputs": ["a text", 3]}),
         }
         maps = "".join(Path(f"/proc/{pid}/maps").read_text() for pid in process_tree(server.pid))
     finally:
@@ -222,7 +229,8 @@ def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source,
     # MLflow's schema check (the signature: one text column) or the model's own, each with a message
     for case, needles in (
         ("empty", ("no texts", "only has 0 inputs")),
-        ("mixed", ("not a text",)),
+        ("null", ("input 1 is null, not a text",)),
+        ("number", ("input 1 is int 3, not a text",)),
     ):
         status, body = answers[case]
         assert 400 <= status < 500 and any(n in body["message"] for n in needles), (case, status, body)

@@ -148,7 +148,7 @@ def read_rows(path) -> tuple[list[str], list[dict]]:
 
 
 def test_a_fit_on_four_labels_found_in_the_files_logs_each_class_s_metrics_and_no_carer_name(four, four_data):
-    cli, _, run = four
+    cli, client, run = four
     assert list(cli.datamodule.label_names) == list(cli.model.hparams.label_names) == FOUR  # found, sorted
     metrics = set(run.data.metrics)
     assert per_class_names("val", FOUR) | per_class_names("test", FOUR) <= metrics
@@ -156,7 +156,7 @@ def test_a_fit_on_four_labels_found_in_the_files_logs_each_class_s_metrics_and_n
     assert json.loads(run.data.tags["emo.labels"]) == FOUR
     assert run.data.params["data.labels"] == "None"
     report = json.loads(
-        open(mlflow.MlflowClient().download_artifacts(run.info.run_id, "test/per_class_report.json")).read()
+        open(client.download_artifacts(run.info.run_id, "test/per_class_report.json")).read()
     )
     truth = file_labels(four_data, "test")
     assert {label: row["support"] for label, row in report.items()} == {label: truth.count(label) for label in FOUR}

@@ -139,9 +139,12 @@ def log_and_register(
     """The export run (params: settings; metrics: parity) with the served model, registered as a version of `name`."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType
 
+    # One column of any type: a string column would have MLflow turn a null or a number into a text before the
+    # model sees it; the served model refuses anything but texts itself, with a message (served.checked_texts).
     signature = ModelSignature(
-        inputs=Schema([ColSpec(DataType.string)]),
+        inputs=Schema([ColSpec(AnyType())]),
         outputs=Schema(
             [
                 ColSpec(DataType.string, "label"),

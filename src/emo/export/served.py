@@ -42,8 +42,8 @@ def checked_texts(model_input) -> list[str]:
         raise MlflowException('no texts: send at least one, as {"inputs": ["a text", ...]}', INVALID_PARAMETER_VALUE)
     wrong = next(((i, text) for i, text in enumerate(texts) if not isinstance(text, str)), None)
     if wrong:
-        raise MlflowException(f"input {wrong[0]} is {type(wrong[1]).__name__} {wrong[1]!r}, not a text",
-                              INVALID_PARAMETER_VALUE)  # fmt: skip
+        what = "null" if wrong[1] is None or wrong[1] != wrong[1] else f"{type(wrong[1]).__name__} {wrong[1]!r}"
+        raise MlflowException(f"input {wrong[0]} is {what}, not a text", INVALID_PARAMETER_VALUE)
     return texts
 
 
