@@ -155,9 +155,7 @@ def test_a_fit_on_four_labels_found_in_the_files_logs_each_class_s_metrics_and_n
     assert not [name for name in metrics if name.endswith(tuple(f"_{label}" for label in NOT_FOUR))]
     assert json.loads(run.data.tags["emo.labels"]) == FOUR
     assert run.data.params["data.labels"] == "None"
-    report = json.loads(
-        open(client.download_artifacts(run.info.run_id, "test/per_class_report.json")).read()
-    )
+    report = json.loads(open(client.download_artifacts(run.info.run_id, "test/per_class_report.json")).read())
     truth = file_labels(four_data, "test")
     assert {label: row["support"] for label, row in report.items()} == {label: truth.count(label) for label in FOUR}
     assert {label: row["f1"] for label, row in report.items()} == pytest.approx(

@@ -256,4 +256,6 @@ def test_the_registered_model_is_calibrated_on_validation_with_the_record_of_it(
     head = saved["state_dict"]["model.classifier.weight"]
     assert torch.allclose(cli.model.model.classifier.weight, head / temperature, atol=1e-6)
     version = client.get_model_version("emotion-pipeline-test", "1")  # the fit's own (later tests register more)
-    assert version.run_id == run.info.run_id and float(version.tags["emo.temperature"]) == pytest.approx(temperature, rel=1e-5)
+    assert version.run_id == run.info.run_id and float(version.tags["emo.temperature"]) == pytest.approx(
+        temperature, rel=1e-5
+    )
