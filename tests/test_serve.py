@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from emo.cli import EmoCLI
@@ -57,6 +58,17 @@ def probabilities(rows: list[dict]) -> list[float]:
     return [float(row[f"p_{label}"]) for row in rows for label in CARER_LABELS]
 
 
+def calibrated(rows: list[dict], temperature: float) -> list[float]:
+    """The checkpoint's (raw) probabilities as the registered model gives them: softmax(log p / T), row by row."""
+    raw = np.log(np.clip(np.array(probabilities(rows)).reshape(len(rows), -1), 1e-12, None)) / temperature
+    return (np.exp(raw) / np.exp(raw).sum(axis=1, keepdims=True)).ravel().tolist()
+
+
+def temperature(fitted) -> float:
+    """The temperature the fit folded into the model it tested and registered (its kept checkpoint has raw logits)."""
+    return float(mlflow.MlflowClient().get_run(fitted.trainer.logger.run_id).data.tags["emo.temperature"])
+
+
 def test_predict_from_a_registered_model_uri(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
     from_checkpoint = predict(
         tmp_path, tiny_model_dir, small_data_dir, fitted.trainer.checkpoint_callback.best_model_path
@@ -65,8 +77,8 @@ def test_predict_from_a_registered_model_uri(fitted, tmp_path, tiny_model_dir, s
         rows = predict(tmp_path, tiny_model_dir, tmp_path / "no-training-data-here", uri)  # predict needs none
         assert [row["text"] for row in rows] == TEXTS
         assert [row["label"] for row in rows] == [row["label"] for row in from_checkpoint], uri
-        # the registered head and encoder, not new random ones: the same probabilities as the checkpoint's
-        assert probabilities(rows) == pytest.approx(probabilities(from_checkpoint), abs=1e-4), uri
+        # the registered head and encoder, not new random ones: the checkpoint's probabilities, calibrated
+        assert probabilities(rows) == pytest.approx(calibrated(from_checkpoint, temperature(fitted)), abs=1e-4), uri
 
 
 @pytest.mark.parametrize("subcommand", ["test", "validate"])
@@ -81,10 +93,10 @@ def test_a_registered_model_uri_repeats_the_fit_s_scores(
     run = client.get_run(fitted.trainer.logger.run_id)  # one epoch: its last validation is the kept checkpoint's
     for metric in (f"{stage}/acc", f"{stage}/f1_weighted"):
         assert cli.trainer.callback_metrics[metric].item() == pytest.approx(run.data.metrics[metric], abs=1e-5), metric
-    # The mean loss under bf16 autocast moves in its 6th digit on a loaded CPU (1.58082 vs 1.58083 seen once).
-    assert cli.trainer.callback_metrics[f"{stage}/loss"].item() == pytest.approx(
-        run.data.metrics[f"{stage}/loss"], rel=1e-4
-    )
+    # The registered model is calibrated: its validation loss is the fit's after temperature scaling (the test ran
+    # calibrated already). The mean loss under bf16 autocast moves in its 6th digit on a loaded CPU.
+    loss = run.data.metrics["test/loss" if stage == "test" else "calibration/val_after_nll"]
+    assert cli.trainer.callback_metrics[f"{stage}/loss"].item() == pytest.approx(loss, rel=1e-4)
     assert (
         client.get_run(cli.trainer.logger.run_id).data.tags["emo.model"] == uri
     )  # not the download's temporary folder
