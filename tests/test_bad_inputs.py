@@ -44,19 +44,8 @@ def test_bad_input_is_one_line(case, tmp_path, tiny_model_dir, small_data_dir, t
 
 
 # Promises broken as of this writing, each found by the test below; strict: the test fails once they are kept, so the
-# mark goes with the fix. Lightning logs "Seed set to 42" (lightning.fabric.utilities.seed, INFO) before the checks, and
-# datasets draws "Generating train split" bars while the data is checked; the tracking check comes after the data's.
-SEED_LINE = "Lightning's 'Seed set to 42' comes before the line (emo.quiet: lightning.fabric.utilities.seed to WARNING)"
-DATA_BARS = SEED_LINE + "; datasets' 'Generating ... split' bars too (emo.quiet: datasets.disable_progress_bars())"
-NOT_YET_ONE_LINE = {
-    "trainer value Lightning refuses": DATA_BARS,
-    "not UTF-8": DATA_BARS,
-    "model folder without weights": SEED_LINE,
-    "predict file empty": SEED_LINE,
-    "server not running": DATA_BARS + "; and the data is read before the tracking server is checked (emo.cli)",
-    "sweep storage not a URL": SEED_LINE,
-    "teacher not a model": SEED_LINE,
-}
+# mark goes with the fix.
+NOT_YET_ONE_LINE: dict[str, str] = {}
 
 
 def process_cases():

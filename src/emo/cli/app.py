@@ -4,10 +4,12 @@
 input is checked before the model loads and before an MLflow run exists (`emo.cli.checks`).
 """
 
+import logging
 import tempfile
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.rank_zero import _get_rank, rank_prefixed_message
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -24,6 +26,7 @@ from emo.cli.checks import (
     config_problem,
     data_labels,
     model_folder_labels,
+    no_data_bars,
 )
 from emo.cli.parser import EmoArgumentParser
 from emo.data import EmotionDataModule
@@ -50,6 +53,7 @@ from emo.tracking import (
     run_name,
 )
 
+SEED_LOGGER = "lightning.fabric.utilities.seed"  # where Lightning's seed_everything says the seed
 LOGGER_CLASS = f"{JournalLogger.__module__.removesuffix('.logger')}.{JournalLogger.__name__}"  # as configs name it
 
 
@@ -108,6 +112,22 @@ class EmoCLI(LightningCLI):
             logger.init_args.tags = {**(logger.init_args.tags or {}), MODEL_TAG: config.ckpt_path}
         config.ckpt_path = None  # the registered weights are the model's
 
+    def _set_seed(self) -> None:
+        # Lightning says "Seed set to N" here, before emo checks the inputs and Lightning the trainer's settings: said
+        # after both (`announce_seed`), so that a bad input prints its one line alone.
+        seed_log = logging.getLogger(SEED_LOGGER)
+        level, seed_log.level = seed_log.level, logging.WARNING
+        try:
+            super()._set_seed()
+        finally:
+            seed_log.setLevel(level)
+
+    def announce_seed(self, config) -> None:
+        if config.get("seed_everything") is not False:
+            logging.getLogger(SEED_LOGGER).info(
+                rank_prefixed_message(f"Seed set to {config.seed_everything}", _get_rank())
+            )
+
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -145,7 +165,12 @@ class EmoCLI(LightningCLI):
                 self.model_labels and self.model_labels[1]
             ):  # the model's classes name the columns; no training data read
                 config.data.labels = self.model_labels[1]
-        check_inputs(subcommand, config)  # a problem is a UserError: one line, exit status 1
+        with no_data_bars():  # a problem is a UserError: one line, exit status 1, nothing printed before it
+            self.check_config(subcommand, config)
+
+    def check_config(self, subcommand: str, config) -> None:
+        """Every input, the tracking server, the audit, the teachers and the resume, in that order."""
+        check_inputs(subcommand, config)
         if self.model_labels and subcommand in ("validate", "test"):
             check_labels_match(*self.model_labels, data_labels(config))
         logger = config.trainer.logger
@@ -161,9 +186,11 @@ class EmoCLI(LightningCLI):
                 self.resume_step = plan_resume(config, run_settings(config), uri)
 
     def after_instantiate_classes(self):
-        logger = journal_logger(self.trainer) if hasattr(self, "trainer") else None  # a sweep builds no trainer
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if hasattr(self, "trainer"):  # a sweep builds no trainer: each trial says its own seed
+            self.announce_seed(config)  # once the trainer's settings are known to be good too
+        logger = journal_logger(self.trainer) if hasattr(self, "trainer") else None
         if logger is not None:
-            config = self.config[self.subcommand] if self.subcommand else self.config
             name = run_name(config.model.model_name_or_path, config.model.learning_rate)
             logger.attach(runs_dir=self.trainer.default_root_dir, resume_step=self.resume_step, name=name)
 
