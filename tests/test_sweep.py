@@ -77,7 +77,7 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(
     values = {c.info.run_id: best_val(client, c.info.run_id) for c in children}
     best = next(c for c in children if c.info.run_id == parent.data.tags["emo.best_run_id"])
     assert values[best.info.run_id] == max(values.values())  # the best (of equals, any one)
-    assert parent.data.params["best.model.learning_rate"] == best.data.params["model.learning_rate"]
+    assert parent.data.tags["best.model.learning_rate"] == best.data.params["model.learning_rate"]
     assert parent.data.metrics["best/val/f1_weighted"] == pytest.approx(best_val(client, best.info.run_id))
     assert len({best_val(client, c.info.run_id) for c in children}) > 1, "the trials should differ"
     assert parent.data.params["sweep.sampler"] == "grid" and parent.info.status == "FINISHED"
@@ -460,8 +460,8 @@ def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(
                        "--sweep.params", json.dumps({"data.eval_batch_size": [50, 25], "model.learning_rate": [1e-3, 1e-2]}),
                        "--trainer.max_epochs", "8", "--data.batch_size", "8",  # steps enough to tell the rates apart
                        configs=SWEEP_CONFIGS)  # fmt: skip
-    # The grid's third point trains as its first (the eval batch size changes nothing learnt): the best trial stays,
-    # as a continued sweep needs (a best trial that changes would need its parent's best.* params, fixed, to change).
+    # The grid's third point trains as its first (the eval batch size changes nothing learnt). A continued sweep whose
+    # best trial changes moves its parent's best.* tags (tags: MLflow's params never change).
     report_args = ["--experiment", name, "--sweep", name, "--output_dir", str(tmp_path / "reports")]
     # Two trials of the grid's four: too few for importances, which the parent run and the report say in one line.
     sweep.main([*args, "--sweep.n_trials", "2"])

@@ -101,7 +101,9 @@ class ParentRun:
             best_run_id = best.user_attrs[RUN_ATTR]
             self.client.set_tag(self.run_id, BEST_RUN_TAG, best_run_id)
             self.client.set_tag(self.run_id, BEST_TRIAL_TAG, str(best.number))
-            log_params(self.client, self.run_id, {f"best.{k}": v for k, v in best.params.items()})
+            # Tags, not params: a rerun that adds trials may find another best trial, and MLflow's params never change.
+            for key, value in best.params.items():
+                self.client.set_tag(self.run_id, f"best.{key}", str(value))
             for name, value in self.scores(best_run_id).items():
                 if value is not None:
                     self.client.log_metric(self.run_id, f"best/{name}", value)
