@@ -1,5 +1,5 @@
 """Sending a journal to a real MLflow server: twice is harmless, and what a process left unsent goes with the next fit.
-(The rules with an in-memory client: test_journal.py; outages: test_outage.py; refusals: test_security.py.)"""
+(The rules with an in-memory client: test_journal.py; outages: test_outage.py; a refusal mid-run: below; at start: test_security.py.)"""
 
 import mlflow
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -7,7 +7,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from emo.store import Journal, Sender, pending_journals
 from emo.store.journal import SENT, read_entries
 from emo_lab.data import shrunk_args
-from helpers.processes import run_emo
+from helpers.gates import gate_callback, open_gate, wait_for_reached
+from helpers.processes import run_emo, start_emo
 
 
 def new_run(client, experiment: str) -> str:
@@ -75,3 +76,30 @@ def test_the_next_fit_sends_a_journal_left_behind(tmp_path, tiny_model_dir, smal
     assert run.info.status == "FINISHED" and run.data.tags["note"] == "left behind"
     assert [(m.step, m.value) for m in client.get_metric_history(earlier, "val/f1_weighted")] == [(0, 0.25)]
     assert pending_journals(tmp_path / "outputs") == []
+
+
+def test_a_refusal_that_is_not_an_outage_fails_the_fit_with_its_cause_and_keeps_the_journal(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
+    """The server answers but refuses (the run was deleted meanwhile): no waiting it out, the fit fails in one line
+    naming the cause and where the records are kept for `emo sync`."""
+    name = "refused-test"
+    args = ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
+                                "--trainer.log_every_n_steps", "1",
+                                "--trainer.logger.init_args.experiment_name", name,
+                                "--registry.registered_model_name", name,
+                                *gate_callback(tmp_path / "deleted", at_step=3))]  # fmt: skip
+    process = start_emo(args, tmp_path / "fit.log")
+    wait_for_reached(tmp_path / "deleted", processes=1, watch=(process,))
+    client = mlflow.MlflowClient()
+    [run] = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    client.delete_run(run.info.run_id)  # what the server refuses from now on: records of a deleted run
+    open_gate(tmp_path / "deleted")
+    code = process.wait(timeout=600)
+    output = (tmp_path / "fit.log").read_text()
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert lines[-1].startswith(f"emo: error: run {run.info.run_id}: "), output[-3000:]
+    assert "records are kept in" in lines[-1] and "for `emo sync` once that is fixed" in lines[-1], lines[-1]
+    [folder] = pending_journals(tmp_path / "outputs")  # the journal stays, with what was not sent
+    assert folder.name == run.info.run_id
