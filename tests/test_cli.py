@@ -3,9 +3,9 @@
 import os
 import subprocess
 import sys
-import time
 
 import pytest
+import transformers
 import yaml
 
 from emo.cli import EmoCLI
@@ -74,19 +74,19 @@ def test_command_line_overrides_compose(small_data_dir, tiny_model_dir):
     ],
 )
 def test_bad_settings_stop_at_parse_time(args, message, capsys):
-    started = time.monotonic()
-    with pytest.raises(SystemExit) as done:
+    with pytest.raises(SystemExit) as done:  # the parser's exit: before any data, model or run
         EmoCLI(args=["fit", "--config", str(ROOT / "configs/base.yaml"), *args])
     assert done.value.code == 2
     assert message in capsys.readouterr().err
-    assert time.monotonic() - started < 10  # nothing was loaded
 
 
-def test_a_missing_data_folder_stops_before_anything_loads(capsys):
-    started = time.monotonic()
+def test_a_missing_data_folder_stops_before_anything_loads(monkeypatch):
+    def load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the data was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", load)
     with pytest.raises(DataFormatError, match="/nonexistent/emotion: no file for the train split"):  # emo: one line, 1
         EmoCLI(args=["fit", "--config", str(ROOT / "configs/base.yaml"), "--data.data_dir", "/nonexistent/emotion"])
-    assert time.monotonic() - started < 10  # nothing was loaded
 
 
 def run_emo(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -95,17 +95,15 @@ def run_emo(*args: str, env: dict | None = None, timeout: int = 120) -> subproce
 
 
 def test_unreachable_hub_fails_fast_with_one_line(tmp_path):
-    # A closed local port stands in for the Hub, whatever the network of the machine.
-    started = time.monotonic()
+    # A closed local port stands in for the Hub, whatever the network of the machine. Fast: without retries for
+    # minutes, within run_emo's timeout (a timing is not asserted: machines differ).
     done = run_emo("fit", "--config", "configs/base.yaml", "--trainer.default_root_dir", str(tmp_path),
                    env={"HF_ENDPOINT": "http://127.0.0.1:9", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})  # fmt: skip
-    elapsed = time.monotonic() - started
     assert done.returncode != 0
     last_line = done.stderr.strip().splitlines()[-1]
     assert last_line.startswith("emo: error: cannot reach the Hugging Face Hub")
     assert "'distilbert-base-uncased'" in last_line and "configs/offline.yaml" in last_line
     assert "Traceback" not in done.stderr
-    assert elapsed < 60, f"took {elapsed:.0f} s"
 
 
 def test_missing_local_model_folder_is_named(tmp_path):
