@@ -6,6 +6,7 @@ Real problems still show: only these messages are filtered, by their text.
 
 import logging
 import warnings
+from contextlib import contextmanager
 
 EXPECTED_WARNINGS = [
     # emo hands LightningCLI the command line itself (and each sweep trial its own)
@@ -53,3 +54,29 @@ def quiet_libraries() -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # a bar per weight file loaded or saved, gone in a blink
+
+
+@contextmanager
+def logger_at(name: str, level: int = logging.WARNING):
+    """The logger `name` at `level` for the calls inside (a message said later instead, or not at all)."""
+    log = logging.getLogger(name)
+    previous = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)
+
+
+@contextmanager
+def no_data_bars():
+    """datasets' progress bars off for the calls inside (inputs being checked: a bad input's one line is all)."""
+    import datasets
+
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bars()

@@ -26,7 +26,6 @@ from emo.cli.checks import (
     config_problem,
     data_labels,
     model_folder_labels,
-    no_data_bars,
 )
 from emo.cli.parser import EmoArgumentParser
 from emo.data import EmotionDataModule
@@ -34,6 +33,7 @@ from emo.hardware import fast_precision
 from emo.model import EmotionClassifier
 from emo.params import run_settings
 from emo.predict import PredictionWriter
+from emo.quiet import logger_at, no_data_bars
 from emo.spec import MODEL_TAG
 from emo.store import download_registered_model, is_registered_model_uri, prepare_tracking, resolve_tracking_uri
 from emo.tracking import (
@@ -115,12 +115,8 @@ class EmoCLI(LightningCLI):
     def _set_seed(self) -> None:
         # Lightning says "Seed set to N" here, before emo checks the inputs and Lightning the trainer's settings: said
         # after both (`announce_seed`), so that a bad input prints its one line alone.
-        seed_log = logging.getLogger(SEED_LOGGER)
-        level, seed_log.level = seed_log.level, logging.WARNING
-        try:
+        with logger_at(SEED_LOGGER, logging.WARNING):
             super()._set_seed()
-        finally:
-            seed_log.setLevel(level)
 
     def announce_seed(self, config) -> None:
         if config.get("seed_everything") is not False:
@@ -186,10 +182,11 @@ class EmoCLI(LightningCLI):
                 self.resume_step = plan_resume(config, run_settings(config), uri)
 
     def after_instantiate_classes(self):
+        if not hasattr(self, "trainer"):  # a sweep builds no trainer: each trial says its own seed and has its run
+            return
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if hasattr(self, "trainer"):  # a sweep builds no trainer: each trial says its own seed
-            self.announce_seed(config)  # once the trainer's settings are known to be good too
-        logger = journal_logger(self.trainer) if hasattr(self, "trainer") else None
+        self.announce_seed(config)  # once the trainer's settings are known to be good too
+        logger = journal_logger(self.trainer)
         if logger is not None:
             name = run_name(config.model.model_name_or_path, config.model.learning_rate)
             logger.attach(runs_dir=self.trainer.default_root_dir, resume_step=self.resume_step, name=name)

@@ -2,7 +2,6 @@
 
 import json
 import math
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -39,20 +38,6 @@ def config_problem(subcommand: str, config) -> str | None:
     if subcommand in ("validate", "test", "predict") and config.get("ckpt_path") in ("last", "best"):
         return f"--ckpt_path {config.ckpt_path}: {subcommand} needs the path of a checkpoint file"
     return None
-
-
-@contextmanager
-def no_data_bars():
-    """datasets' progress bars off while inputs are checked: a bad input's one line is all it prints."""
-    import datasets
-
-    shown = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if shown:
-            datasets.enable_progress_bars()
 
 
 def check_inputs(subcommand: str, config) -> None:

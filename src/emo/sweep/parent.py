@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import yaml
+from mlflow.entities import RunTag
 from optuna.trial import TrialState
 
 from emo.redact import redact
@@ -102,8 +103,7 @@ class ParentRun:
             self.client.set_tag(self.run_id, BEST_RUN_TAG, best_run_id)
             self.client.set_tag(self.run_id, BEST_TRIAL_TAG, str(best.number))
             # Tags, not params: a rerun that adds trials may find another best trial, and MLflow's params never change.
-            for key, value in best.params.items():
-                self.client.set_tag(self.run_id, f"best.{key}", str(value))
+            self.client.log_batch(self.run_id, tags=[RunTag(f"best.{k}", str(v)) for k, v in best.params.items()])
             for name, value in self.scores(best_run_id).items():
                 if value is not None:
                     self.client.log_metric(self.run_id, f"best/{name}", value)
