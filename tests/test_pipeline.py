@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -259,3 +260,21 @@ def test_the_registered_model_is_calibrated_on_validation_with_the_record_of_it(
     assert version.run_id == run.info.run_id and float(version.tags["emo.temperature"]) == pytest.approx(
         temperature, rel=1e-5
     )
+
+
+def test_the_test_split_audit_script_flags_test_labels_and_scores_the_rest(fitted, mlflow_server):
+    """scripts/test_split_audit.py on the fit's logged test probabilities: accuracy on all is the run's test/acc."""
+    _, client, run = fitted
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/test_split_audit.py"), "--run", run.info.run_id],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert metrics["test_audit/acc_all"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    flagged = int(metrics["test_audit/flagged"])
+    assert (
+        f"{SMALL_SIZES['test']} test examples, {flagged} flagged: accuracy {metrics['test/acc']:.4f} on all"
+        in done.stdout
+    )
+    issues = client.download_artifacts(run.info.run_id, "test_audit/label_issues.csv")
+    assert len(list(csv.DictReader(open(issues)))) == flagged
