@@ -59,8 +59,13 @@ def main() -> None:
                 code, seconds, lines, runs = run_case(case, scratch, model, data, server)
                 line = lines[-1] if lines else ""
                 shown = line.replace(str(scratch), "…").replace("|", "\\|")
-                as_promised = (code == case.status and case.expected in line and line.startswith("emo: error:")
-                               and runs == case.runs_left and (len(lines) == 1 or case.runs_left))  # fmt: skip
+                as_promised = (
+                    code == case.status
+                    and case.expected in line
+                    and line.startswith("emo: error:")
+                    and runs == case.runs_left
+                    and (len(lines) == 1 or case.runs_left)
+                )
                 flag = "" if as_promised else " **(unexpected)**"
                 print(
                     f"| {case.name} | {code} ({case.status}) | {runs} | {seconds:.1f} | `{shown}`{flag} |", flush=True

@@ -79,8 +79,21 @@ def trainer_peer(data: Path, *options: str) -> dict:
 def emo_fit(data: Path, out: Path, tracking_uri: str | None, *options: str) -> dict:
     """A real `python -m emo fit`; its numbers come from the summary.json it writes."""
     logger = [] if tracking_uri else ["--trainer.logger", "false"]
-    command = [sys.executable, "-m", "emo", "fit", *OFFLINE, "--data.data_dir", str(data),
-               "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false", *logger, *options]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "emo",
+        "fit",
+        *OFFLINE,
+        "--data.data_dir",
+        str(data),
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
+        *logger,
+        *options,
+    ]
     _, wall, peak = run(command, env={"MLFLOW_TRACKING_URI": tracking_uri or ""})
     summary = json.loads(max(out.rglob("summary.json"), key=lambda p: p.stat().st_mtime).read_text())
     seconds = summary["train_seconds"]
@@ -145,8 +158,19 @@ def predict(data: Path, fitted: dict, work: Path) -> dict:
         [sys.executable, "-c", PIPELINE_SCRIPT, fitted["model_folder"], str(texts), str(work / "pipeline.csv")]
     )
     print(f"pipeline: {n} texts in {pipeline_wall:.1f} s", flush=True)
-    command = [sys.executable, "-m", "emo", "predict", *OFFLINE, "--ckpt_path", fitted["best_checkpoint"],
-               "--data.predict_file", str(texts), "--prediction.output_file", str(work / "emo.csv")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "emo",
+        "predict",
+        *OFFLINE,
+        "--ckpt_path",
+        fitted["best_checkpoint"],
+        "--data.predict_file",
+        str(texts),
+        "--prediction.output_file",
+        str(work / "emo.csv"),
+    ]
     _, emo_wall, emo_peak = run(command)
     print(f"emo predict: {n} texts in {emo_wall:.1f} s", flush=True)
     return {
@@ -175,17 +199,35 @@ def ratios(results: dict) -> dict:
 
 
 def markdown(results: dict, found: dict, options) -> str:
-    lines = [f"# emo benchmark, {time.strftime('%Y-%m-%d %H:%M')}", "",
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {MODEL_DIR.name}, batch 16, max length 128; "
-             f"{options.rounds} rounds of {options.steps} steps (median).", "", "| ratio | value |", "|---|---|"]  # fmt: skip
+    lines = [
+        f"# emo benchmark, {time.strftime('%Y-%m-%d %H:%M')}",
+        "",
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {MODEL_DIR.name}, batch 16, max length 128; "
+        f"{options.rounds} rounds of {options.steps} steps (median).",
+        "",
+        "| ratio | value |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {value} |" for name, value in found.items()]
-    columns = ["samples_per_sec", "tokens_per_sec", "padding_share", "train_seconds", "test_acc", "test_f1_macro",
-               "seconds_to_first_step", "wall_seconds", "texts_per_sec", "peak_rss_mib"]  # fmt: skip
+    columns = [
+        "samples_per_sec",
+        "tokens_per_sec",
+        "padding_share",
+        "train_seconds",
+        "test_acc",
+        "test_f1_macro",
+        "seconds_to_first_step",
+        "wall_seconds",
+        "texts_per_sec",
+        "peak_rss_mib",
+    ]
     for section, variants in results.items():
         shown = [c for c in columns if any(v.get(c) is not None for v in variants.values())]
         lines += ["", f"## {section}", "", "| variant | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(str(round(v[c], 4)) if v.get(c) is not None else "" for c in shown) + " |"
-                  for name, v in variants.items()]  # fmt: skip
+        lines += [
+            f"| {name} | " + " | ".join(str(round(v[c], 4)) if v.get(c) is not None else "" for c in shown) + " |"
+            for name, v in variants.items()
+        ]
     return "\n".join(lines) + "\n"
 
 

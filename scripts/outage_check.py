@@ -36,8 +36,11 @@ def train_points(journal: Path) -> list[tuple[int, int]]:
 
 def steps_per_second(points: list[tuple[int, int]], start_ms: float, end_ms: float) -> float:
     """Median rate between consecutive points inside the window (an interval with validation in it is left out)."""
-    rates = [(s2 - s1) / ((t2 - t1) / 1000) for (s1, t1), (s2, t2) in zip(points, points[1:], strict=False)
-             if start_ms <= t1 and t2 <= end_ms and t2 > t1]  # fmt: skip
+    rates = [
+        (s2 - s1) / ((t2 - t1) / 1000)
+        for (s1, t1), (s2, t2) in zip(points, points[1:], strict=False)
+        if start_ms <= t1 and t2 <= end_ms and t2 > t1
+    ]
     if not rates:
         return float("nan")  # no training in that window
     typical = statistics.median(rates)
@@ -83,8 +86,10 @@ def run_with_outage(server: MlflowServer, folder: Path, options) -> None:
     during = steps_per_second(points, cut_ms, back_ms)
     after = steps_per_second(points, back_ms, float("inf"))
     print(f"run {run.info.run_id}: status {run.info.status}")
-    print(f"train/loss points logged by training {len(logged)}, recorded by the server {len(recorded)}, "
-          f"lost {len(set(logged) - set(recorded))}, repeated {len(recorded) - len(set(recorded))}")  # fmt: skip
+    print(
+        f"train/loss points logged by training {len(logged)}, recorded by the server {len(recorded)}, "
+        f"lost {len(set(logged) - set(recorded))}, repeated {len(recorded) - len(set(recorded))}"
+    )
     print(
         f"steps/s before the outage {before:.3f}, during {during:.3f} ({during / before - 1:+.1%}), after {after:.3f}"
     )

@@ -35,8 +35,14 @@ def plant(data_dir: Path, out: Path, share: float, seed: int) -> None:
     (out / "train.txt").write_text(
         "".join(f"{t};{label}\n" for t, label in zip(texts, planted, strict=True)), encoding="utf-8"
     )
-    pd.DataFrame({"index": flipped, "text": [texts[i] for i in flipped], "true": [labels[i] for i in flipped],
-                  "planted": [planted[i] for i in flipped]}).to_csv(out / "flips.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "index": flipped,
+            "text": [texts[i] for i in flipped],
+            "true": [labels[i] for i in flipped],
+            "planted": [planted[i] for i in flipped],
+        }
+    ).to_csv(out / "flips.csv", index=False)
     print(f"{len(flipped)} of {len(lines)} training labels flipped ({share:.0%}): {out}")
 
 
@@ -45,8 +51,13 @@ def score(flips: Path, audit: str) -> dict:
     issues, _ = read_audit(audit, resolve_tracking_uri())
     flagged = set(issues["index"])
     found = planted & flagged
-    result = {"planted": len(planted), "flagged": len(flagged), "found": len(found),
-              "recall": len(found) / len(planted), "precision": len(found) / max(len(flagged), 1)}  # fmt: skip
+    result = {
+        "planted": len(planted),
+        "flagged": len(flagged),
+        "found": len(found),
+        "recall": len(found) / len(planted),
+        "precision": len(found) / max(len(flagged), 1),
+    }
     corrected = issues[issues["index"].isin(planted)].merge(pd.read_csv(flips), on="index")
     result["suggested_is_true"] = float((corrected["suggested"] == corrected["true"]).mean()) if len(corrected) else 0.0
     print(

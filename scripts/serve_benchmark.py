@@ -88,8 +88,19 @@ def serve(uri: str, texts: list[str], labels: list[str], singles: int, folder: P
     url = f"http://127.0.0.1:{port}"
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
-    command = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    command = [
+        str(Path(bin_dir) / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     started = time.perf_counter()
     with open(log, "w") as out:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -113,11 +124,16 @@ def serve(uri: str, texts: list[str], labels: list[str], singles: int, folder: P
             server.wait(timeout=30)
     predicted = [row["label"] for answer in answers for row in answer]
     return {
-        "uri": uri, "ready_s": ready_s,
-        "single_texts_per_s": singles / single_s, "p50_ms": 1000 * percentile(latencies, 50), "p95_ms": 1000 * percentile(latencies, 95),
-        "batch_texts_per_s": len(texts) / batch_s, "accuracy": sum(p == t for p, t in zip(predicted, labels, strict=True)) / len(labels),
-        "memory_gib": memory, "load_average_1min": load_average,
-    }  # fmt: skip
+        "uri": uri,
+        "ready_s": ready_s,
+        "single_texts_per_s": singles / single_s,
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p95_ms": 1000 * percentile(latencies, 95),
+        "batch_texts_per_s": len(texts) / batch_s,
+        "accuracy": sum(p == t for p, t in zip(predicted, labels, strict=True)) / len(labels),
+        "memory_gib": memory,
+        "load_average_1min": load_average,
+    }
 
 
 def predict_wall(uri: str, texts_file: Path, folder: Path, env: dict) -> float:
@@ -141,13 +157,18 @@ def split(data_dir: Path, name: str) -> tuple[list[str], list[str]]:
 
 def table(results: dict, predict: dict) -> str:
     base = results["transformers"]
-    lines = ["| served by `mlflow models serve` | texts/s, single texts, 4 clients | p50 / p95 ms | texts/s, batches of 32 "
-             "| memory GiB | test accuracy (over HTTP) | ready after s | load average |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| served by `mlflow models serve` | texts/s, single texts, 4 clients | p50 / p95 ms | texts/s, batches of 32 "
+        "| memory GiB | test accuracy (over HTTP) | ready after s | load average |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['single_texts_per_s']:.1f} ({r['single_texts_per_s'] / base['single_texts_per_s']:.2f}x) "
-                     f"| {r['p50_ms']:.0f} / {r['p95_ms']:.0f} | {r['batch_texts_per_s']:.1f} ({r['batch_texts_per_s'] / base['batch_texts_per_s']:.2f}x) "
-                     f"| {r['memory_gib']:.2f} ({r['memory_gib'] / base['memory_gib']:.2f}x) | {100 * r['accuracy']:.2f} % | {r['ready_s']:.0f} "
-                     f"| {r['load_average_1min']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {r['single_texts_per_s']:.1f} ({r['single_texts_per_s'] / base['single_texts_per_s']:.2f}x) "
+            f"| {r['p50_ms']:.0f} / {r['p95_ms']:.0f} | {r['batch_texts_per_s']:.1f} ({r['batch_texts_per_s'] / base['batch_texts_per_s']:.2f}x) "
+            f"| {r['memory_gib']:.2f} ({r['memory_gib'] / base['memory_gib']:.2f}x) | {100 * r['accuracy']:.2f} % | {r['ready_s']:.0f} "
+            f"| {r['load_average_1min']:.1f} |"
+        )
     lines += ["", "| `emo predict`, 16,000 texts, wall incl. start-up | s | texts/s |", "|---|---|---|"]
     lines += [f"| {name} | {s:.1f} | {16000 / s:.0f} |" for name, s in predict.items()]
     return "\n".join(lines) + "\n"
@@ -172,8 +193,10 @@ def main() -> None:
             print(name, json.dumps(results[name]), flush=True)
         train_file = folder / "train-texts.txt"
         train_file.write_text("\n".join(split(data_dir, "train")[0]) + "\n")
-        predict = {f"torch ({args.source})": predict_wall(args.source, train_file, folder, dict(os.environ)),
-                   f"ONNX int8 ({args.int8})": predict_wall(args.int8, train_file, folder, dict(os.environ))}  # fmt: skip
+        predict = {
+            f"torch ({args.source})": predict_wall(args.source, train_file, folder, dict(os.environ)),
+            f"ONNX int8 ({args.int8})": predict_wall(args.int8, train_file, folder, dict(os.environ)),
+        }
         print(json.dumps(predict), flush=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = table(results, predict)

@@ -26,8 +26,11 @@ SPLITS = ("validation", "test")
 
 def scores(labels: np.ndarray, probabilities: np.ndarray) -> list[str]:
     predicted = probabilities.argmax(axis=1)
-    return [f"{accuracy_score(labels, predicted):.4f}", f"{f1_score(labels, predicted, average='weighted'):.4f}",
-            f"{f1_score(labels, predicted, average='macro'):.4f}"]  # fmt: skip
+    return [
+        f"{accuracy_score(labels, predicted):.4f}",
+        f"{f1_score(labels, predicted, average='weighted'):.4f}",
+        f"{f1_score(labels, predicted, average='macro'):.4f}",
+    ]
 
 
 def main() -> None:

@@ -28,8 +28,13 @@ def audit_predictions(frame) -> dict:
     correct = probabilities.argmax(axis=1) == given
     kept = np.ones(len(frame), dtype=bool)
     kept[issues["index"].to_numpy()] = False
-    return {"issues": issues, "examples": len(frame), "flagged": len(issues), "acc_all": float(correct.mean()),
-            "acc_unflagged": float(correct[kept].mean())}  # fmt: skip
+    return {
+        "issues": issues,
+        "examples": len(frame),
+        "flagged": len(issues),
+        "acc_all": float(correct.mean()),
+        "acc_unflagged": float(correct[kept].mean()),
+    }
 
 
 def main() -> None:
@@ -40,15 +45,19 @@ def main() -> None:
     name, frames = group_predictions(client, args.run, "test")
     results = [audit_predictions(frame) for frame in frames]
     for result in results:
-        print(f"{result['examples']} test examples, {result['flagged']} flagged: accuracy {result['acc_all']:.4f} on "
-              f"all, {result['acc_unflagged']:.4f} on those not flagged")  # fmt: skip
+        print(
+            f"{result['examples']} test examples, {result['flagged']} flagged: accuracy {result['acc_all']:.4f} on "
+            f"all, {result['acc_unflagged']:.4f} on those not flagged"
+        )
     if len(results) == 1:
         result = results[0]
         client.log_text(args.run, result["issues"].to_csv(index=False), "test_audit/label_issues.csv")
         for key in ("flagged", "acc_all", "acc_unflagged"):
             client.log_metric(args.run, f"test_audit/{key}", result[key])
-    print(f"{name}: mean accuracy {np.mean([r['acc_all'] for r in results]):.4f} on all, "
-          f"{np.mean([r['acc_unflagged'] for r in results]):.4f} on those not flagged")  # fmt: skip
+    print(
+        f"{name}: mean accuracy {np.mean([r['acc_all'] for r in results]):.4f} on all, "
+        f"{np.mean([r['acc_unflagged'] for r in results]):.4f} on those not flagged"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,10 @@ def read_split(data_dir: Path, split: str, tokenizer, max_length: int) -> list[d
         if line.strip()
     ]
     encoded = tokenizer([text for text, _ in rows], truncation=True, max_length=max_length)
-    return [{"input_ids": ids, "attention_mask": mask, "labels": LABELS.index(label.strip())}
-            for ids, mask, (_, label) in zip(encoded["input_ids"], encoded["attention_mask"], rows, strict=True)]  # fmt: skip
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": LABELS.index(label.strip())}
+        for ids, mask, (_, label) in zip(encoded["input_ids"], encoded["attention_mask"], rows, strict=True)
+    ]
 
 
 class FirstStep(TrainerCallback):

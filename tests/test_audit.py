@@ -63,8 +63,11 @@ def audit_args(tmp_path, model_dir, data_dir, name: str, *extra: str) -> list[st
 
 
 def audit_run(name: str):
-    [run] = mlflow.search_runs(experiment_names=["audit-test"], filter_string=f"tags.`{AUDIT_TAG}` != '' and "
-                               f"attributes.run_name = '{name}'", output_format="list")  # fmt: skip
+    [run] = mlflow.search_runs(
+        experiment_names=["audit-test"],
+        filter_string=f"tags.`{AUDIT_TAG}` != '' and attributes.run_name = '{name}'",
+        output_format="list",
+    )
     return run
 
 
@@ -121,8 +124,19 @@ def test_an_audit_finds_planted_flips_and_a_fit_trains_without_them(tmp_path, pl
     assert {run.info.status for run in folds} == {"FINISHED"} and parent.info.status == "FINISHED"
     assert f"emo: audit planted: {len(issues)} of 240 training labels flagged" in out
 
-    code, out = run_emo(["fit", *audit_args(tmp_path, model_dir, data_dir, "planted")[:-6], "--data.audit_run",
-                         parent.info.run_id, "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1"], tmp_path / "fit.log")  # fmt: skip
+    code, out = run_emo(
+        [
+            "fit",
+            *audit_args(tmp_path, model_dir, data_dir, "planted")[:-6],
+            "--data.audit_run",
+            parent.info.run_id,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.check_val_every_n_epoch",
+            "1",
+        ],
+        tmp_path / "fit.log",
+    )
     assert code == 0, out[-3000:]
     [fit] = client.search_runs([parent.info.experiment_id], f"tags.`{AUDIT_RUN_TAG}` = '{parent.info.run_id}'")
     assert fit.data.params["data.audit_dropped"] == str(len(issues))
@@ -135,8 +149,10 @@ def test_an_audit_finds_planted_flips_and_a_fit_trains_without_them(tmp_path, pl
     other.mkdir()
     for name in ("train", "val", "test"):
         (other / f"{name}.txt").write_text((data_dir / f"{name}.txt").read_text().replace("i feel", "we feel"))
-    code, out = run_emo(["fit", *audit_args(tmp_path, model_dir, other, "planted")[:-6], "--data.audit_run",
-                         parent.info.run_id], tmp_path / "other.log")  # fmt: skip
+    code, out = run_emo(
+        ["fit", *audit_args(tmp_path, model_dir, other, "planted")[:-6], "--data.audit_run", parent.info.run_id],
+        tmp_path / "other.log",
+    )
     assert code == 1 and f"emo: error: --data.audit_run {parent.info.run_id} audited other training examples" in out
 
 
@@ -162,13 +178,17 @@ def test_folds_shared_by_two_processes_one_killed_finish_each_fold_once(
         "20",
     )  # margins for 2 busy cores
     gate = tmp_path / "gate"
-    killed = start_emo(["audit", *args, *gate_callback(gate, at_step=4, run_suffix="trial-1", once_per_folder=True)],
-                       tmp_path / "killed.log")  # fmt: skip
+    killed = start_emo(
+        ["audit", *args, *gate_callback(gate, at_step=4, run_suffix="trial-1", once_per_folder=True)],
+        tmp_path / "killed.log",
+    )
     wait_for_reached(gate, processes=1, watch=(killed,))
     killed.kill()  # in the middle of fold 1: nobody marks it as stopped
     killed.wait(timeout=60)
-    code, out = run_emo(["audit", *args, *gate_callback(gate, at_step=4, run_suffix="trial-1", once_per_folder=True)],
-                        tmp_path / "second.log")  # fmt: skip
+    code, out = run_emo(
+        ["audit", *args, *gate_callback(gate, at_step=4, run_suffix="trial-1", once_per_folder=True)],
+        tmp_path / "second.log",
+    )
     assert code == 0, out[-3000:]
     parent = audit_run("killed")
     client = mlflow.MlflowClient()

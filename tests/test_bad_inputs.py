@@ -60,8 +60,9 @@ def process_cases():
 
 
 @pytest.mark.parametrize("case", list(process_cases()))
-def test_bad_input_as_a_real_command_prints_its_one_line_and_nothing_else(case, tmp_path, tiny_model_dir, small_data_dir,
-                                                                         tracking_uri):  # fmt: skip
+def test_bad_input_as_a_real_command_prints_its_one_line_and_nothing_else(
+    case, tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
     """`python -m emo ...` as a user runs it: all it prints (stdout, stderr, logging handlers, warnings) is seen."""
     ctx = Context(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, name=f"process-{case.name.replace(' ', '-')}")
     args, env = case.build(ctx)
@@ -82,29 +83,38 @@ def test_the_one_of_every_kind_cases_exist():
 
 
 UNION_ERRORS = [  # jsonargparse's report of a value that none of a setting's types takes, and the line emo prints
-    ("""Parser key "seed_everything":
+    (
+        """Parser key "seed_everything":
   Does not validate against any of the Union subtypes
   Subtypes: [<class 'bool'>, <class 'int'>]
   Errors:
     - Expected a <class 'bool'>
     - Expected a <class 'int'>
   Given value type: <class 'str'>
-  Given value: abc""", "--seed_everything: expected true/false or an integer (given abc)"),
-    ("""Parser key "model.teacher":
+  Given value: abc""",
+        "--seed_everything: expected true/false or an integer (given abc)",
+    ),
+    (
+        """Parser key "model.teacher":
   Does not validate against any of the Union subtypes
   Subtypes: [list[str], <class 'NoneType'>]
   Errors:
     - Expected a <class 'list'>
     - Expected a <class 'NoneType'>
   Given value type: <class 'str'>
-  Given value: models:/NAME/1""", "--model.teacher: expected a list (e.g. [models:/NAME/1]) or null (given models:/NAME/1)"),
-    ("""Parser key "data.train_size":
+  Given value: models:/NAME/1""",
+        "--model.teacher: expected a list (e.g. [models:/NAME/1]) or null (given models:/NAME/1)",
+    ),
+    (
+        """Parser key "data.train_size":
   Does not validate against any of the Union subtypes
   Subtypes: [<class 'jsonargparse.typing.PositiveInt'>, dict[str, float], <class 'NoneType'>]
   Errors:
     - x
-  Given value: many""", "--data.train_size: expected a positive integer, a mapping or null (given many)"),
-]  # fmt: skip
+  Given value: many""",
+        "--data.train_size: expected a positive integer, a mapping or null (given many)",
+    ),
+]
 
 
 @pytest.mark.parametrize(("message", "line"), UNION_ERRORS, ids=["bool-or-int", "list-or-null", "three-types"])

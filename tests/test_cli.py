@@ -90,15 +90,27 @@ def test_a_missing_data_folder_stops_before_anything_loads(monkeypatch):
 
 
 def run_emo(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emo", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "emo", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_unreachable_hub_fails_fast_with_one_line(tmp_path):
     # A closed local port stands in for the Hub, whatever the network of the machine. Fast: without retries for
     # minutes, within run_emo's timeout (a timing is not asserted: machines differ).
-    done = run_emo("fit", "--config", "configs/base.yaml", "--trainer.default_root_dir", str(tmp_path),
-                   env={"HF_ENDPOINT": "http://127.0.0.1:9", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})  # fmt: skip
+    done = run_emo(
+        "fit",
+        "--config",
+        "configs/base.yaml",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"},
+    )
     assert done.returncode != 0
     last_line = done.stderr.strip().splitlines()[-1]
     assert last_line.startswith("emo: error: cannot reach the Hugging Face Hub")
@@ -107,8 +119,14 @@ def test_unreachable_hub_fails_fast_with_one_line(tmp_path):
 
 
 def test_missing_local_model_folder_is_named(tmp_path):
-    done = run_emo("fit", "--config", "configs/base.yaml", "--model.model_name_or_path", "./no/such/model",
-                   env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})  # fmt: skip
+    done = run_emo(
+        "fit",
+        "--config",
+        "configs/base.yaml",
+        "--model.model_name_or_path",
+        "./no/such/model",
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"},
+    )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == "emo: error: model './no/such/model': no such local file or folder"
 

@@ -54,8 +54,9 @@ def test_found_labels_are_sorted_numbers_by_value():
 
 
 def as_read(labels: list[str]) -> datasets.Dataset:
-    return datasets.Dataset.from_dict({"text": ["t"] * len(labels), "label": labels,
-                                       "where": [f"f.txt:{i + 1}" for i in range(len(labels))]})  # fmt: skip
+    return datasets.Dataset.from_dict(
+        {"text": ["t"] * len(labels), "label": labels, "where": [f"f.txt:{i + 1}" for i in range(len(labels))]}
+    )
 
 
 @pytest.mark.parametrize("bad", ["happy", "6", "-1", "1.0", "²"])
@@ -192,8 +193,10 @@ def test_datamodule_pads_per_batch(datamodule):
         assert batch["attention_mask"][:, -1].any()  # the longest text of the batch has no padding
         widths.add(batch["input_ids"].shape[1])
     assert len(widths) > 3  # not padded to one global length
-    assert torch.equal(torch.cat([b["labels"] for b in datamodule.val_dataloader()]).sort().values,
-                       torch.tensor(sorted(datamodule.splits["validation"]["label"])))  # fmt: skip
+    assert torch.equal(
+        torch.cat([b["labels"] for b in datamodule.val_dataloader()]).sort().values,
+        torch.tensor(sorted(datamodule.splits["validation"]["label"])),
+    )
 
 
 def test_tokenized_splits_come_from_the_cache_next_time(datamodule, small_data_dir, tiny_model_dir):
@@ -213,8 +216,12 @@ def test_max_length_truncates(small_data_dir, tiny_model_dir):
 
 def test_length_grouped_batches_pad_less(small_data_dir, tiny_model_dir):
     def padding_share(group_by_length):
-        dm = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir),
-                               batch_size=8, group_by_length=group_by_length)  # fmt: skip
+        dm = EmotionDataModule(
+            data_dir=str(small_data_dir),
+            tokenizer_name_or_path=str(tiny_model_dir),
+            batch_size=8,
+            group_by_length=group_by_length,
+        )
         dm.setup("fit")
         batches = list(dm.train_dataloader())
         assert sum(len(b["labels"]) for b in batches) == 300
@@ -240,8 +247,9 @@ def test_length_buckets_cover_every_example_once_in_batches_of_one_length():
 
 
 def test_train_size_is_a_stratified_subset(data_dir, tiny_model_dir):
-    dm = EmotionDataModule(data_dir=str(data_dir), labels=list(CARER_LABELS), tokenizer_name_or_path=str(tiny_model_dir),
-                           train_size=1600)  # fmt: skip
+    dm = EmotionDataModule(
+        data_dir=str(data_dir), labels=list(CARER_LABELS), tokenizer_name_or_path=str(tiny_model_dir), train_size=1600
+    )
     dm.setup("fit")
     labels = pd.Series(dm.splits["train"]["label"]).value_counts()
     assert len(dm.splits["train"]) == 1600 and len(dm.splits["test"]) == 2000
@@ -413,8 +421,12 @@ def test_bad_inputs_stop_with_one_line_naming_file_and_line(tmp_path, files, inp
     data_dir, predict_file, stage = inputs
     message = message.format(d=tmp_path)
     with pytest.raises(DataFormatError, match=f"^{re.escape(message)}$"):
-        check_inputs(data_dir and str(tmp_path / data_dir), predict_file and str(tmp_path / predict_file), stage,
-                     list(CARER_LABELS))  # fmt: skip
+        check_inputs(
+            data_dir and str(tmp_path / data_dir),
+            predict_file and str(tmp_path / predict_file),
+            stage,
+            list(CARER_LABELS),
+        )
 
 
 def test_check_inputs_reads_only_what_the_stage_uses(tmp_path):
@@ -481,10 +493,28 @@ def test_a_copy_that_differs_is_one_warning_line(tmp_path, small_data_dir, capsy
 
 
 def test_no_copy_and_no_hub_is_one_line_that_says_what_to_do(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "emo", "data", "--target", str(tmp_path / "emotion"), "--shared",
-                           str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emo",
+            "data",
+            "--target",
+            str(tmp_path / "emotion"),
+            "--shared",
+            str(tmp_path / "nowhere"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"},
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     [line] = done.stderr.strip().splitlines()
-    assert line.startswith(f"emo: error: no emotion data: {tmp_path / 'nowhere'} is not there and the download of "
-                           "dair-ai/emotion from the Hugging Face Hub cannot be reached") and "--data.data_dir PATH" in line  # fmt: skip
+    assert (
+        line.startswith(
+            f"emo: error: no emotion data: {tmp_path / 'nowhere'} is not there and the download of "
+            "dair-ai/emotion from the Hugging Face Hub cannot be reached"
+        )
+        and "--data.data_dir PATH" in line
+    )

@@ -18,19 +18,44 @@ CARER = ["sadness", "joy", "love", "anger", "fear", "surprise"]  # the ids a tea
 
 
 def fit(tmp_path, tiny_model_dir, small_data_dir, name: str, *extra: str) -> EmoCLI:
-    return EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
-                                            "--trainer.logger.init_args.experiment_name", "distill-test",
-                                            "--registry.registered_model_name", name, *extra)])  # fmt: skip
+    return EmoCLI(
+        args=[
+            "fit",
+            *shrunk_args(
+                tmp_path,
+                tiny_model_dir,
+                small_data_dir,
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.logger.init_args.experiment_name",
+                "distill-test",
+                "--registry.registered_model_name",
+                name,
+                *extra,
+            ),
+        ]
+    )
 
 
-def test_a_student_learns_from_a_registered_teacher_computed_once(tmp_path, tiny_model_dir, small_data_dir, tracking_uri,
-                                                                   monkeypatch, capsys):  # fmt: skip
+def test_a_student_learns_from_a_registered_teacher_computed_once(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch, capsys
+):
     monkeypatch.setenv("EMO_CACHE_DIR", str(tmp_path / "cache"))
     teacher = fit(tmp_path / "teacher", tiny_model_dir, small_data_dir, "tiny-teacher", "--model.learning_rate", "5e-3")
     capsys.readouterr()
     uri = "models:/tiny-teacher@champion"
-    student = fit(tmp_path / "student", tiny_model_dir, small_data_dir, "tiny-student", "--model.teacher", f"[{uri}]",
-                  "--model.distill_alpha", "0.7", "--model.distill_temperature", "3")  # fmt: skip
+    student = fit(
+        tmp_path / "student",
+        tiny_model_dir,
+        small_data_dir,
+        "tiny-student",
+        "--model.teacher",
+        f"[{uri}]",
+        "--model.distill_alpha",
+        "0.7",
+        "--model.distill_temperature",
+        "3",
+    )
     assert (
         "computing the probabilities of teacher models:/tiny-teacher@champion (models:/tiny-teacher/1)"
         in capsys.readouterr().err
@@ -52,8 +77,19 @@ def test_a_student_learns_from_a_registered_teacher_computed_once(tmp_path, tiny
     assert "teacher probabilities from the cache" in err and "computing" not in err
     assert torch.equal(again.model.loss.teacher, logged)
 
-    table = subprocess.run([sys.executable, str(ROOT / "scripts/teacher_table.py"), f"solo={uri}", f"twice={uri},{uri}",
-                            "--data_dir", str(small_data_dir)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    table = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/teacher_table.py"),
+            f"solo={uri}",
+            f"twice={uri},{uri}",
+            "--data_dir",
+            str(small_data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert table.returncode == 0, table.stderr
     rows = [line.split(" | ") for line in table.stdout.splitlines()[2:]]
     assert [row[0] for row in rows] == [f"| {uri}", "| solo", "| twice"]

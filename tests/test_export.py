@@ -133,8 +133,13 @@ def test_an_int8_export_registers_within_its_stated_loss_or_says_so(source, fp32
     assert refused == ("--force" in output), metrics
     assert 0 < metrics["parity/max_abs_diff"] < 0.2, metrics  # quantized: close, not equal
     with tracking_store(mlflow_server):  # a logged model's artifacts resolve through MLflow's global store
-        sizes = {v: sum(f.file_size or 0 for f in client.list_artifacts(
-            client.get_model_version(f"{NAME}-onnx", v).run_id, "model/artifacts")) for v in ("1", "2")}  # fmt: skip
+        sizes = {
+            v: sum(
+                f.file_size or 0
+                for f in client.list_artifacts(client.get_model_version(f"{NAME}-onnx", v).run_id, "model/artifacts")
+            )
+            for v in ("1", "2")
+        }
     assert sizes["2"] < sizes["1"], sizes  # int8 weights
 
 
@@ -144,10 +149,17 @@ def predict_onnx(tmp_path: Path, uri: str, tracking_uri: str) -> list[dict]:
     texts.write_text("\n".join(TEXTS) + "\n\n")
     args = ["predict", "--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml"),
             "--ckpt_path", uri, "--data.predict_file", str(texts), f"--prediction.output_file={output}"]  # fmt: skip
-    code = ("import sys\nfrom emo.commands import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
-            "    assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})  # fmt: skip
+    code = (
+        "import sys\nfrom emo.commands import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+        "    assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Wrote {len(TEXTS)} predictions to {output}" in done.stdout
     return list(csv.DictReader(open(output)))
@@ -191,8 +203,19 @@ def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source,
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "MLFLOW_TRACKING_URI": tracking_uri,
     }
-    command = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{NAME}-onnx/1",
-               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    command = [
+        str(Path(bin_dir) / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{NAME}-onnx/1",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log, "w") as out:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

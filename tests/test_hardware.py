@@ -42,8 +42,15 @@ def test_a_precision_given_is_kept(forced, monkeypatch, tiny_model_dir, small_da
 
 def test_gpu_check_rehearses_on_the_cpu(tmp_path, tiny_model_dir, small_data_dir):
     """scripts/gpu_check.sh in its tiny CPU mode: both sides train, test and report."""
-    env = {**os.environ, "TINY": "1", "MODEL": str(tiny_model_dir), "DATA": str(small_data_dir), "OUT": str(tmp_path),
-           "PYTHON": str(Path(os.sys.executable)), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}  # fmt: skip
+    env = {
+        **os.environ,
+        "TINY": "1",
+        "MODEL": str(tiny_model_dir),
+        "DATA": str(small_data_dir),
+        "OUT": str(tmp_path),
+        "PYTHON": str(Path(os.sys.executable)),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+    }
     done = subprocess.run([str(ROOT / "scripts/gpu_check.sh")], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     cells = [

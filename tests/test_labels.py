@@ -100,8 +100,12 @@ def four(four_data, tiny_model_dir, mlflow_server, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         tmp_path = tmp_path_factory.mktemp("four-fit")
-        cli = EmoCLI(args=["fit", *fit_args(tmp_path, tiny_model_dir, four_data, "labels-four", "labels-four",
-                                            "--data.labels", "null")])  # fmt: skip
+        cli = EmoCLI(
+            args=[
+                "fit",
+                *fit_args(tmp_path, tiny_model_dir, four_data, "labels-four", "labels-four", "--data.labels", "null"),
+            ]
+        )
     client = mlflow.MlflowClient(mlflow_server)
     return cli, client, client.get_run(cli.trainer.logger.run_id)
 
@@ -112,8 +116,20 @@ def seven(seven_data, tiny_model_dir, mlflow_server, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         tmp_path = tmp_path_factory.mktemp("seven-fit")
-        cli = EmoCLI(args=["fit", *fit_args(tmp_path, tiny_model_dir, seven_data, "labels-seven", "labels-seven",
-                                            "--data.labels", json.dumps(SEVEN))])  # fmt: skip
+        cli = EmoCLI(
+            args=[
+                "fit",
+                *fit_args(
+                    tmp_path,
+                    tiny_model_dir,
+                    seven_data,
+                    "labels-seven",
+                    "labels-seven",
+                    "--data.labels",
+                    json.dumps(SEVEN),
+                ),
+            ]
+        )
     client = mlflow.MlflowClient(mlflow_server)
     return cli, client, client.get_run(cli.trainer.logger.run_id)
 
@@ -191,13 +207,24 @@ def predict(tmp_path, model_dir, data, ckpt_path: str, *extra: str) -> tuple[lis
     texts, output = tmp_path / "texts.txt", tmp_path / "predictions.csv"
     texts.write_text("i feel so happy and hopeful\nthis makes me furious\ni miss her so much\n")
     # The configs say CARER's six labels (configs/offline.yaml): the model's four win.
-    EmoCLI(args=["predict", *shrunk_args(tmp_path, model_dir, data, *extra), "--ckpt_path", ckpt_path,
-                 "--data.predict_file", str(texts), "--prediction.output_file", str(output)])  # fmt: skip
+    EmoCLI(
+        args=[
+            "predict",
+            *shrunk_args(tmp_path, model_dir, data, *extra),
+            "--ckpt_path",
+            ckpt_path,
+            "--data.predict_file",
+            str(texts),
+            "--prediction.output_file",
+            str(output),
+        ]
+    )
     return read_rows(output)
 
 
-def test_predict_from_the_checkpoint_and_the_registered_model_writes_the_model_s_classes(four, four_data, tiny_model_dir,
-                                                                                      tmp_path, tracking_uri):  # fmt: skip
+def test_predict_from_the_checkpoint_and_the_registered_model_writes_the_model_s_classes(
+    four, four_data, tiny_model_dir, tmp_path, tracking_uri
+):
     cli, _, _ = four
     columns, rows = predict(
         tmp_path / "ckpt", tiny_model_dir, four_data, cli.trainer.checkpoint_callback.best_model_path
@@ -256,8 +283,9 @@ def test_a_fit_on_seven_labels_given_as_ids_names_them_by_data_labels(seven, sev
     assert f"Classes: {', '.join(SEVEN)}." in version.description
 
 
-def test_a_four_label_checkpoint_tested_on_seven_label_data_is_one_line_and_no_run(four, seven_data, tiny_model_dir,
-                                                                                   tmp_path, mlflow_server):  # fmt: skip
+def test_a_four_label_checkpoint_tested_on_seven_label_data_is_one_line_and_no_run(
+    four, seven_data, tiny_model_dir, tmp_path, mlflow_server
+):
     cli, client, _ = four
     code, output = run_emo(["test", *fit_args(tmp_path, tiny_model_dir, seven_data, "labels-mismatch", "labels-mismatch",
                                               "--data.labels", json.dumps(SEVEN)),
@@ -267,28 +295,59 @@ def test_a_four_label_checkpoint_tested_on_seven_label_data_is_one_line_and_no_r
     assert code == 1, output
     # Before it, only the seed line and the bars of the first read of this data (as a fit on new data shows them).
     assert not [line for line in lines[:-1] if re.search(r"(?i)error|warning|traceback|exception", line)], output
-    assert lines[-1] == (f"emo: error: {cli.trainer.checkpoint_callback.best_model_path}: the model's classes are {FOUR}, "
-                        f"the data's are {SEVEN}")  # fmt: skip
+    assert lines[-1] == (
+        f"emo: error: {cli.trainer.checkpoint_callback.best_model_path}: the model's classes are {FOUR}, "
+        f"the data's are {SEVEN}"
+    )
     experiment = client.get_experiment_by_name("labels-mismatch")
     assert experiment is None or not client.search_runs([experiment.experiment_id])
 
 
-def test_a_four_label_registered_model_tested_on_seven_label_data_is_refused(four, seven_data, tiny_model_dir, tmp_path,
-                                                                             tracking_uri):  # fmt: skip
+def test_a_four_label_registered_model_tested_on_seven_label_data_is_refused(
+    four, seven_data, tiny_model_dir, tmp_path, tracking_uri
+):
     with pytest.raises(UserError) as refused:
-        EmoCLI(args=["test", *fit_args(tmp_path, tiny_model_dir, seven_data, "labels-mismatch", "labels-mismatch",
-                                       "--data.labels", json.dumps(SEVEN)),
-                     "--ckpt_path", "models:/labels-four@champion"])  # fmt: skip
+        EmoCLI(
+            args=[
+                "test",
+                *fit_args(
+                    tmp_path,
+                    tiny_model_dir,
+                    seven_data,
+                    "labels-mismatch",
+                    "labels-mismatch",
+                    "--data.labels",
+                    json.dumps(SEVEN),
+                ),
+                "--ckpt_path",
+                "models:/labels-four@champion",
+            ]
+        )
     assert str(refused.value) == f"models:/labels-four@champion: the model's classes are {FOUR}, the data's are {SEVEN}"
 
 
-def test_a_teacher_of_four_labels_for_a_seven_label_student_is_refused_before_a_run(four, seven_data, tiny_model_dir,
-                                                                                   tmp_path, tracking_uri):  # fmt: skip
+def test_a_teacher_of_four_labels_for_a_seven_label_student_is_refused_before_a_run(
+    four, seven_data, tiny_model_dir, tmp_path, tracking_uri
+):
     _, client, _ = four
     teacher = "models:/labels-four@champion"
     with pytest.raises(UserError) as refused:
-        EmoCLI(args=["fit", *fit_args(tmp_path, tiny_model_dir, seven_data, "labels-student", "labels-student",
-                                      "--data.labels", json.dumps(SEVEN), "--model.teacher", f"[{teacher}]")])  # fmt: skip
+        EmoCLI(
+            args=[
+                "fit",
+                *fit_args(
+                    tmp_path,
+                    tiny_model_dir,
+                    seven_data,
+                    "labels-student",
+                    "labels-student",
+                    "--data.labels",
+                    json.dumps(SEVEN),
+                    "--model.teacher",
+                    f"[{teacher}]",
+                ),
+            ]
+        )
     assert str(refused.value) == f"--model.teacher {teacher}: the model's classes are {FOUR}, the data's are {SEVEN}"
     experiment = client.get_experiment_by_name("labels-student")
     assert experiment is None or not client.search_runs([experiment.experiment_id])

@@ -22,10 +22,18 @@ TRAINING_LIBRARIES = ("torch", "lightning", "transformers", "datasets")
                                   ["report", "--experiment", "nothing-here"]], ids=" ".join)  # fmt: skip
 def test_commands_that_do_not_train_load_no_training_library(args, tmp_path):
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
-    probe = ("import sys\nfrom emo.commands import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-             f"print('loaded:', sorted(name for name in {TRAINING_LIBRARIES!r} if name in sys.modules))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PATH": ""})  # fmt: skip
+    probe = (
+        "import sys\nfrom emo.commands import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        f"print('loaded:', sorted(name for name in {TRAINING_LIBRARIES!r} if name in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PATH": ""},
+    )
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "loaded: []", done.stdout
 
@@ -58,8 +66,20 @@ def readme_start_up_lines() -> list[str]:
 
 def test_a_fit_prints_only_what_the_readme_shows_before_training(tmp_path, tiny_model_dir, small_data_dir):
     log = tmp_path / "fit.log"
-    args = ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
-                                "--trainer.enable_progress_bar", "true", "--registry.registered_model_name", "quiet")]  # fmt: skip
+    args = [
+        "fit",
+        *shrunk_args(
+            tmp_path,
+            tiny_model_dir,
+            small_data_dir,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "true",
+            "--registry.registered_model_name",
+            "quiet",
+        ),
+    ]
     code, output = run_emo(
         args, log, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/new-store.db"}
     )  # a new store too
@@ -79,8 +99,11 @@ METRICS_END = "<!-- end of the metrics -->"
 
 def metrics_table() -> str:
     """The table of docs/tracking.md, from `spec.METRICS` (and the loss every stage logs)."""
-    rows = ["| logged as | what | computed by | headline |", "|---|---|---|---|",
-            f"| `<stage>/{spec.LOSS}` | cross-entropy (plain, whatever the training loss) | `torch.nn.functional.cross_entropy` | |"]  # fmt: skip
+    rows = [
+        "| logged as | what | computed by | headline |",
+        "|---|---|---|---|",
+        f"| `<stage>/{spec.LOSS}` | cross-entropy (plain, whatever the training loss) | `torch.nn.functional.cross_entropy` | |",
+    ]
     for metric in spec.METRICS:
         name = f"<stage>/{metric.key}_<label>" if metric.per_class else f"<stage>/{metric.key}"
         options = ", ".join(f"{key}={value!r}" for key, value in metric.options)

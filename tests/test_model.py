@@ -95,8 +95,14 @@ def test_linear_warmup_then_decay(classifier, small_data_dir, tiny_model_dir):
 
     data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
     recorder = RecordLearningRate()
-    trainer = L.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0, callbacks=[recorder])  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=8,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        callbacks=[recorder],
+    )
     trainer.fit(classifier, datamodule=data)
     rates = recorder.rates
     assert len(rates) == 8 and {group["weight_decay"] for group in trainer.optimizers[0].param_groups} == {0.1, 0.0}
@@ -144,8 +150,14 @@ def test_dropout_setting_reaches_every_dropout_layer(tiny_model_dir):
 def test_a_cpu_fit_draws_dropout_masks_the_fast_way_with_the_same_rate(small_data_dir, tiny_model_dir):
     model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS)
     data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
-    L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
-              accelerator="cpu").fit(model, datamodule=data)  # fmt: skip
+    L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    ).fit(model, datamodule=data)
     layers = [m for m in model.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert layers and all(isinstance(m, CpuDropout) and m.p == 0.1 for m in layers)
     assert model.model.config._attn_implementation == "emo_cpu"
@@ -180,13 +192,22 @@ def test_cpu_attention_computes_what_sdpa_computes(tiny_model_dir):
     mask = torch.ones_like(ids)
     mask[1, 4:] = 0  # padding must be masked out the same way
     with torch.no_grad():
-        assert torch.allclose(swapped(input_ids=ids, attention_mask=mask).logits,
-                              reference(input_ids=ids, attention_mask=mask).logits, atol=1e-5)  # fmt: skip
+        assert torch.allclose(
+            swapped(input_ids=ids, attention_mask=mask).logits,
+            reference(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-5,
+        )
 
 
 def test_a_chosen_attention_kernel_is_kept_on_the_cpu(small_data_dir, tiny_model_dir):
     model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS, attn_implementation="sdpa")
     data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
-    L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
-              accelerator="cpu").fit(model, datamodule=data)  # fmt: skip
+    L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    ).fit(model, datamodule=data)
     assert model.model.config._attn_implementation == "sdpa"

@@ -32,8 +32,15 @@ def fitted(tmp_path_factory, tiny_model_dir, small_data_dir, mlflow_server):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         tmp_path = tmp_path_factory.mktemp("fit")
-        cli = fit(tmp_path, tiny_model_dir, small_data_dir, "pipeline-test", "emotion-pipeline-test",
-                  "--trainer.logger.init_args.system_metrics_interval_s", "0.5")  # fmt: skip
+        cli = fit(
+            tmp_path,
+            tiny_model_dir,
+            small_data_dir,
+            "pipeline-test",
+            "emotion-pipeline-test",
+            "--trainer.logger.init_args.system_metrics_interval_s",
+            "0.5",
+        )
     client = mlflow.MlflowClient(mlflow_server)
     run = client.get_run(cli.trainer.logger.run_id)
     return cli, client, run
@@ -74,8 +81,19 @@ def test_a_model_training_experiment_with_system_metrics(fitted):
 def test_metrics_per_step_per_epoch_and_of_the_best_checkpoint(fitted):
     cli, client, run = fitted
     metrics = run.data.metrics
-    for name in ("val/loss", "val/acc", "val/f1_weighted", "val/f1_macro", "val/f1_joy",
-                 "test/loss", "test/acc", "test/f1_weighted", "test/f1_macro", "test/f1_surprise", "train/samples_per_sec"):  # fmt: skip
+    for name in (
+        "val/loss",
+        "val/acc",
+        "val/f1_weighted",
+        "val/f1_macro",
+        "val/f1_joy",
+        "test/loss",
+        "test/acc",
+        "test/f1_weighted",
+        "test/f1_macro",
+        "test/f1_surprise",
+        "train/samples_per_sec",
+    ):
         assert name in metrics, name
     steps_per_epoch = SMALL_SIZES["train"] // 16 + 1
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2 * steps_per_epoch // 5
@@ -133,8 +151,10 @@ def test_validation_predictions_are_those_of_the_kept_checkpoint(fitted, small_d
     rows = list(csv.DictReader(open(client.download_artifacts(run.info.run_id, "val/predictions.csv"))))
     lines = [line.rsplit(";", 1) for line in (small_data_dir / "val.txt").read_text().splitlines()]
     assert [(row["text"], row["label"]) for row in rows] == [(text, label) for text, label in lines]
-    history = {name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"val/{name}")}
-               for name in ("f1_weighted", "acc", "loss")}  # fmt: skip
+    history = {
+        name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"val/{name}")}
+        for name in ("f1_weighted", "acc", "loss")
+    }
     f1, loss = history["f1_weighted"], history["loss"]
     assert len(loss) == 2 and len(set(loss.values())) == 2  # two epochs, told apart by their validation loss
     kept = max(sorted(f1), key=f1.get)  # the first best step, as ModelCheckpoint keeps it (a tie keeps the first)
@@ -265,9 +285,13 @@ def test_the_registered_model_is_calibrated_on_validation_with_the_record_of_it(
 def test_the_test_split_audit_script_flags_test_labels_and_scores_the_rest(fitted, mlflow_server):
     """scripts/test_split_audit.py on the fit's logged test probabilities: accuracy on all is the run's test/acc."""
     _, client, run = fitted
-    done = subprocess.run([sys.executable, str(ROOT / "scripts/test_split_audit.py"), "--run", run.info.run_id],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/test_split_audit.py"), "--run", run.info.run_id],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = client.get_run(run.info.run_id).data.metrics
     assert metrics["test_audit/acc_all"] == pytest.approx(metrics["test/acc"], abs=1e-6)

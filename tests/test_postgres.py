@@ -33,8 +33,9 @@ def postgres():
     server.stop()
 
 
-def test_two_workers_share_a_postgres_study_and_one_finishes_it_when_the_other_dies(tmp_path, tiny_model_dir,
-                                                                                     small_data_dir, postgres):  # fmt: skip
+def test_two_workers_share_a_postgres_study_and_one_finishes_it_when_the_other_dies(
+    tmp_path, tiny_model_dir, small_data_dir, postgres
+):
     (tmp_path / "mlflow").mkdir()
     tracking = MlflowServer(tmp_path / "mlflow", backend_store_uri=postgres.url("mlflow")).start()
     name, gate = "postgres-sweep", tmp_path / "gate"

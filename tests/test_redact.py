@@ -57,8 +57,10 @@ TEXTS = [
     ("AUTH=pw6", f"AUTH={MASK}"),
     ("connection_string=pw7", f"connection_string={MASK}"),
     ('{"password": "pw8", "user": "bob"}', f'{{"password": "{MASK}", "user": "bob"}}'),
-    ("DefaultEndpointsProtocol=https;AccountName=emo;AccountKey=pw9==;EndpointSuffix=x",
-     f"DefaultEndpointsProtocol=https;AccountName=emo;AccountKey={MASK};EndpointSuffix=x"),
+    (
+        "DefaultEndpointsProtocol=https;AccountName=emo;AccountKey=pw9==;EndpointSuffix=x",
+        f"DefaultEndpointsProtocol=https;AccountName=emo;AccountKey={MASK};EndpointSuffix=x",
+    ),
     ("Server=db;Database=x;User Id=bob;Password=pw10;", f"Server=db;Database=x;User Id=bob;Password={MASK};"),
     ("Driver={x};Uid=bob;Pwd=pw11;", f"Driver={{x}};Uid=bob;Pwd={MASK};"),
     # bearer tokens
@@ -68,7 +70,7 @@ TEXTS = [
     ("http://127.0.0.1:5000/#/experiments/1", "http://127.0.0.1:5000/#/experiments/1"),
     ("tokenizer_name: bert, monitor: val/f1_weighted", "tokenizer_name: bert, monitor: val/f1_weighted"),
     ("emo: error: --data.max_length 4096: model x", "emo: error: --data.max_length 4096: model x"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("text", "masked"), TEXTS, ids=[text[:40] for text, _ in TEXTS])

@@ -60,13 +60,18 @@ def assert_one_complete_record(client, name: str) -> None:
 def results(client, run_id: str) -> dict:
     """What a fit ends with: every epoch's validation metrics and the test metrics."""
     run = client.get_run(run_id)
-    per_epoch = {f"{key}@{m.step}": m.value for key in run.data.metrics if key.startswith("val/")
-                 for m in client.get_metric_history(run_id, key)}  # fmt: skip
+    per_epoch = {
+        f"{key}@{m.step}": m.value
+        for key in run.data.metrics
+        if key.startswith("val/")
+        for m in client.get_metric_history(run_id, key)
+    }
     return {**per_epoch, **{key: value for key, value in run.data.metrics.items() if key.startswith("test/")}}
 
 
-def test_a_killed_fit_continues_its_own_run_and_ends_as_if_never_stopped(tmp_path, tiny_model_dir, small_data_dir,
-                                                                        tracking_uri):  # fmt: skip
+def test_a_killed_fit_continues_its_own_run_and_ends_as_if_never_stopped(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
     """SIGKILL in the second epoch, 2 steps after its last step checkpoint; `--ckpt_path last` continues the same run
     and ends with the same validation metrics at every epoch and the same test metrics as the same fit never stopped
     (same seed, same machine): every part of the training state comes back (weights, optimizer, schedule, the
@@ -149,8 +154,15 @@ def test_resume_is_refused_or_a_new_run_when_asked(tmp_path, tiny_model_dir, sma
     assert code != 0 and "has finished: nothing to resume" in output.strip().splitlines()[-1]
 
 
-SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "emo-test", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
-         "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1"}  # fmt: skip
+SLURM = {
+    "SLURM_NTASKS": "1",
+    "SLURM_JOB_NAME": "emo-test",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "127.0.0.1",
+}
 
 
 @pytest.mark.parametrize("then", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -197,8 +209,9 @@ def hide_the_journal(folder) -> None:
         path.rename(folder / "first-machine" / path.name)
 
 
-def test_a_live_run_s_heartbeat_refuses_a_resume_elsewhere_and_a_dead_one_is_ended_killed(tmp_path, tiny_model_dir,
-                                                                                         small_data_dir, tracking_uri):  # fmt: skip
+def test_a_live_run_s_heartbeat_refuses_a_resume_elsewhere_and_a_dead_one_is_ended_killed(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
     """The heartbeat through real processes: while the fit lives its sender beats, so a resume where its journal is
     not (another machine sharing the checkpoints) is refused; once it is SIGKILLed the beats stop, and the next emo
     command ends the run KILLED and may continue it."""
@@ -241,9 +254,11 @@ def test_a_resume_is_refused_while_the_run_s_process_lives(tmp_path, tiny_model_
     code, output = run_emo([*args, "--ckpt_path", "last"], tmp_path / "second.log")
     assert code == 1 and "Traceback" not in output
     run = the_run(mlflow.MlflowClient(), name)
-    assert output.strip().splitlines()[-1] == (f"emo: error: run {run.info.run_id} is still running: a process on this "
-                                               f"machine writes {tmp_path / 'outputs' / run.info.experiment_id / run.info.run_id}; "
-                                               "stop it first")  # fmt: skip
+    assert output.strip().splitlines()[-1] == (
+        f"emo: error: run {run.info.run_id} is still running: a process on this "
+        f"machine writes {tmp_path / 'outputs' / run.info.experiment_id / run.info.run_id}; "
+        "stop it first"
+    )
     assert run.info.status == "RUNNING"  # the live run is untouched
     process.kill()
 
@@ -262,8 +277,11 @@ def test_a_checkpoint_older_than_its_run_s_record_is_refused(tmp_path, tiny_mode
     wait_for_reached(tmp_path / "gate", processes=1, watch=(process,))
     client = mlflow.MlflowClient()
     run = the_run(client, name)
-    wait_until(lambda: max(steps(client, run.info.run_id, "train/loss"), default=0) >= 9,  # the server holds steps past step 5
-               "steps past the old checkpoint recorded", watch=process)  # fmt: skip
+    wait_until(
+        lambda: max(steps(client, run.info.run_id, "train/loss"), default=0) >= 9,  # the server holds steps past step 5
+        "steps past the old checkpoint recorded",
+        watch=process,
+    )
     process.kill()
     process.wait(timeout=60)
     code, output = run_emo([*args, "--ckpt_path", str(old)], tmp_path / "old.log")

@@ -45,8 +45,10 @@ def auth_server(tmp_path):
     folder = tmp_path / "auth-server"
     folder.mkdir()
     config = folder / "basic_auth.ini"
-    config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder}/basic_auth.db\n"
-                      "admin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")  # fmt: skip
+    config.write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder}/basic_auth.db\n"
+        "admin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
     env = {
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-password-1234",
@@ -70,13 +72,24 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
 ):
     assert status_without_credentials(auth_server.url) == 401
     name = "auth-test"
-    stranger = ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
-                                    "--trainer.logger.init_args.experiment_name", name,
-                                    "--registry.registered_model_name", name)]  # fmt: skip
+    stranger = [
+        "fit",
+        *shrunk_args(
+            tmp_path,
+            tiny_model_dir,
+            small_data_dir,
+            "--trainer.logger.init_args.experiment_name",
+            name,
+            "--registry.registered_model_name",
+            name,
+        ),
+    ]
     # Secrets typed where they do not belong, on top of those in the environment: the record must hold none.
     config = tmp_path / "secrets.yaml"
-    config.write_text(f"trainer:\n  logger:\n    init_args:\n      tags:\n        aws: {SECRETS['AWS_SECRET_ACCESS_KEY']}\n"
-                      f"        api_token: {SHORT_SECRET}\n")  # fmt: skip
+    config.write_text(
+        f"trainer:\n  logger:\n    init_args:\n      tags:\n        aws: {SECRETS['AWS_SECRET_ACCESS_KEY']}\n"
+        f"        api_token: {SHORT_SECRET}\n"
+    )
     storage = (
         f"DefaultEndpointsProtocol=https;AccountName=emo;AccountKey={SECRETS['AZURE_STORAGE_KEY']};EndpointSuffix=x"
     )
@@ -104,8 +117,11 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
         "--trainer.logger.init_args.flush_timeout_s",
         "600",
     ]  # all of it reaches the server, however busy the machine
-    code, output = run_emo(args, tmp_path / "researcher.log", env={**SECRETS, "MLFLOW_TRACKING_USERNAME": "researcher",
-                                                                     "MLFLOW_TRACKING_URI": auth_server.url})  # fmt: skip
+    code, output = run_emo(
+        args,
+        tmp_path / "researcher.log",
+        env={**SECRETS, "MLFLOW_TRACKING_USERNAME": "researcher", "MLFLOW_TRACKING_URI": auth_server.url},
+    )
     assert code == 0, output[-3000:]
 
     client = mlflow.MlflowClient(auth_server.url)  # as admin, who may read everything
@@ -125,8 +141,9 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
     )
 
 
-def test_emo_sync_delivers_to_a_server_with_a_password_after_an_outage(tmp_path, tiny_model_dir, small_data_dir,
-                                                                      auth_server, monkeypatch):  # fmt: skip
+def test_emo_sync_delivers_to_a_server_with_a_password_after_an_outage(
+    tmp_path, tiny_model_dir, small_data_dir, auth_server, monkeypatch
+):
     """The journal keeps where to send without the password; `emo sync` takes it from the environment at sending time."""
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-password-1234")
@@ -149,18 +166,38 @@ def test_emo_sync_delivers_to_a_server_with_a_password_after_an_outage(tmp_path,
     assert "pw-researcher-5678" not in journal.read_text()
 
     auth_server.start()
-    code, output = run_emo(["sync", "--root", str(tmp_path / "outputs")], tmp_path / "sync.log",
-                           env={"MLFLOW_TRACKING_URI": "", "MLFLOW_TRACKING_USERNAME": "researcher",
-                                "MLFLOW_TRACKING_PASSWORD": "pw-researcher-5678"})  # fmt: skip
+    code, output = run_emo(
+        ["sync", "--root", str(tmp_path / "outputs")],
+        tmp_path / "sync.log",
+        env={
+            "MLFLOW_TRACKING_URI": "",
+            "MLFLOW_TRACKING_USERNAME": "researcher",
+            "MLFLOW_TRACKING_PASSWORD": "pw-researcher-5678",
+        },
+    )
     assert code == 0 and f"to {auth_server.url}" in output, output[-3000:]
     assert_complete_record(mlflow.MlflowClient(auth_server.url), name)  # read as admin
 
 
 def test_registered_weights_are_safetensors(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
     name = "safetensors-test"
-    code, output = run_emo(["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
-                                                "--trainer.logger.init_args.experiment_name", name,
-                                                "--registry.registered_model_name", name)], tmp_path / "fit.log")  # fmt: skip
+    code, output = run_emo(
+        [
+            "fit",
+            *shrunk_args(
+                tmp_path,
+                tiny_model_dir,
+                small_data_dir,
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.logger.init_args.experiment_name",
+                name,
+                "--registry.registered_model_name",
+                name,
+            ),
+        ],
+        tmp_path / "fit.log",
+    )
     assert code == 0, output[-3000:]
     model = mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / "model"))
     files = {p.name for p in Path(model).rglob("*")}

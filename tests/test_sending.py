@@ -67,9 +67,20 @@ def test_the_next_fit_sends_a_journal_left_behind(tmp_path, tiny_model_dir, smal
     journal.close()  # the process ended with nothing sent
     assert pending_journals(tmp_path / "outputs") == [journal.folder]
 
-    args = ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
-                                "--trainer.logger.init_args.experiment_name", "left-behind-next",
-                                "--registry.registered_model_name", "left-behind-next")]  # fmt: skip
+    args = [
+        "fit",
+        *shrunk_args(
+            tmp_path,
+            tiny_model_dir,
+            small_data_dir,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger.init_args.experiment_name",
+            "left-behind-next",
+            "--registry.registered_model_name",
+            "left-behind-next",
+        ),
+    ]
     code, output = run_emo(args, tmp_path / "fit.log")
     assert code == 0, output[-3000:]
     run = client.get_run(earlier)

@@ -49,8 +49,16 @@ def predict(tmp_path: Path, tiny_model_dir, data_dir, ckpt_path: str) -> list[di
     """`emo predict` on TEXTS: one row a text, `text,label,p_<label>...`."""
     texts, output = tmp_path / "texts.txt", tmp_path / f"predictions-{len(list(tmp_path.glob('*.csv')))}.csv"
     texts.write_text("\n".join(TEXTS) + "\n")
-    EmoCLI(args=["predict", *emo_args(tmp_path, tiny_model_dir, data_dir, ckpt_path),
-                 "--data.predict_file", str(texts), "--prediction.output_file", str(output)])  # fmt: skip
+    EmoCLI(
+        args=[
+            "predict",
+            *emo_args(tmp_path, tiny_model_dir, data_dir, ckpt_path),
+            "--data.predict_file",
+            str(texts),
+            "--prediction.output_file",
+            str(output),
+        ]
+    )
     return list(csv.DictReader(open(output)))
 
 
@@ -87,8 +95,20 @@ def test_a_registered_model_uri_repeats_the_fit_s_scores(
 ):
     """The registered model scores what the fit's best checkpoint scored (same precision), in a run that names it."""
     uri, stage = f"models:/{NAME}@champion", "test" if subcommand == "test" else "val"
-    cli = EmoCLI(args=[subcommand, *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
-                                                "--trainer.logger.init_args.experiment_name", "serve-test", "--ckpt_path", uri)])  # fmt: skip
+    cli = EmoCLI(
+        args=[
+            subcommand,
+            *shrunk_args(
+                tmp_path,
+                tiny_model_dir,
+                small_data_dir,
+                "--trainer.logger.init_args.experiment_name",
+                "serve-test",
+                "--ckpt_path",
+                uri,
+            ),
+        ]
+    )
     client = mlflow.MlflowClient()
     run = client.get_run(fitted.trainer.logger.run_id)  # one epoch: its last validation is the kept checkpoint's
     for metric in (f"{stage}/acc", f"{stage}/f1_weighted"):
@@ -102,12 +122,16 @@ def test_a_registered_model_uri_repeats_the_fit_s_scores(
     )  # not the download's temporary folder
 
 
-@pytest.mark.parametrize(("uri", "expected"), [
-    (f"models:/{NAME}@nope", f"registered model '{NAME}' has no alias 'nope' (its aliases: champion (version 1))"),
-    ("models:/no-such-model@champion", "no registered model 'no-such-model' in http://127.0.0.1:"),
-    (f"models:/{NAME}/7", f"registered model '{NAME}' has no version 7 (latest: 1)"),
-    (f"models:/{NAME}", "name a registered model as models:/NAME@ALIAS or models:/NAME/VERSION"),
-], ids=["alias", "model", "version", "malformed"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        (f"models:/{NAME}@nope", f"registered model '{NAME}' has no alias 'nope' (its aliases: champion (version 1))"),
+        ("models:/no-such-model@champion", "no registered model 'no-such-model' in http://127.0.0.1:"),
+        (f"models:/{NAME}/7", f"registered model '{NAME}' has no version 7 (latest: 1)"),
+        (f"models:/{NAME}", "name a registered model as models:/NAME@ALIAS or models:/NAME/VERSION"),
+    ],
+    ids=["alias", "model", "version", "malformed"],
+)
 def test_a_missing_registered_model_is_one_line(
     uri, expected, fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri, capsys
 ):
@@ -138,8 +162,19 @@ def test_the_champion_serves_over_http(fitted, tmp_path, tiny_model_dir, small_d
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "MLFLOW_TRACKING_URI": tracking_uri,
     }
-    command = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
-               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    command = [
+        str(Path(bin_dir) / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{NAME}@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log, "w") as out:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -29,9 +29,22 @@ def test_real_minilm_learns_from_4000_real_examples(tmp_path, data_dir, minilm_d
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fit_on_one_gpu_in_bf16(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
-    cli = EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.accelerator", "gpu",
-                                           "--trainer.precision", "bf16-mixed",
-                                           "--trainer.logger.init_args.experiment_name", "gpu-test")])  # fmt: skip
+    cli = EmoCLI(
+        args=[
+            "fit",
+            *shrunk_args(
+                tmp_path,
+                tiny_model_dir,
+                small_data_dir,
+                "--trainer.accelerator",
+                "gpu",
+                "--trainer.precision",
+                "bf16-mixed",
+                "--trainer.logger.init_args.experiment_name",
+                "gpu-test",
+            ),
+        ]
+    )
     client = mlflow.MlflowClient()
     summary = json.loads(open(client.download_artifacts(cli.trainer.logger.run_id, "summary.json")).read())
     assert summary["devices"] == "1 x cuda"

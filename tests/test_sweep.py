@@ -62,8 +62,21 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(
     name = "grid-sweep-test"
     learning_rates = [1e-3, 3e-3, 1e-2]
     # Enough steps for the tiny random model to tell these learning rates apart.
-    sweep.main(sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null",
-                          "--trainer.max_epochs", "8", "--data.batch_size", "8"))  # fmt: skip
+    sweep.main(
+        sweep_args(
+            tmp_path,
+            tiny_model_dir,
+            small_data_dir,
+            name,
+            learning_rates,
+            "--sweep.pruner",
+            "null",
+            "--trainer.max_epochs",
+            "8",
+            "--data.batch_size",
+            "8",
+        )
+    )
 
     client = mlflow.MlflowClient()
     parent = the_parent(client, name)
@@ -169,8 +182,9 @@ def test_two_processes_share_one_study(tmp_path, tiny_model_dir, small_data_dir,
     learning_rates = [1e-3, 2e-3, 3e-3, 5e-3]
     gate = tmp_path / "gate"
     # Each process holds its first trial until both have one running: both surely take part.
-    args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null",
-                      *gate_callback(gate))  # fmt: skip
+    args = sweep_args(
+        tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null", *gate_callback(gate)
+    )
     first = start_sweep(args, tmp_path / "first.log")
     second = start_sweep(args, tmp_path / "second.log")
     wait_for_reached(gate, processes=2, watch=(first, second))
@@ -192,8 +206,16 @@ def test_an_interrupted_sweep_continues(tmp_path, tiny_model_dir, small_data_dir
     learning_rates = [1e-3, 3e-3, 1e-2]
     gate = tmp_path / "gate"
     # The second trial waits at its second step for the Ctrl-C; the rerun passes the gate.
-    args = sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--sweep.pruner", "null",
-                      *gate_callback(gate, at_step=2, run_suffix="trial-1", once_per_folder=True))  # fmt: skip
+    args = sweep_args(
+        tmp_path,
+        tiny_model_dir,
+        small_data_dir,
+        name,
+        learning_rates,
+        "--sweep.pruner",
+        "null",
+        *gate_callback(gate, at_step=2, run_suffix="trial-1", once_per_folder=True),
+    )
     process = start_sweep(args, tmp_path / "interrupted.log")
     wait_for_reached(gate, processes=1, watch=(process,))
     process.send_signal(signal.SIGINT)  # Ctrl-C during the second trial
@@ -306,8 +328,13 @@ def test_default_sweep_is_the_original_grid_and_tpe_is_one_config_away(hub_offli
     assert grid.n_trials == 3 and grid.grid == [{"model.learning_rate": lr} for lr in (1e-5, 2e-5, 5e-5)]
     tpe = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep_tpe.yaml")]).settings
     assert isinstance(tpe.sampler, optuna.samplers.TPESampler) and tpe.n_trials == 20 and not tpe.grid
-    assert set(tpe.params) == {"model.learning_rate", "data.batch_size", "model.weight_decay",
-                               "model.warmup_ratio", "trainer.max_epochs"}  # fmt: skip
+    assert set(tpe.params) == {
+        "model.learning_rate",
+        "data.batch_size",
+        "model.weight_decay",
+        "model.warmup_ratio",
+        "trainer.max_epochs",
+    }
 
 
 class Constant(mlflow.pyfunc.PythonModel):
@@ -341,8 +368,12 @@ def race(workers: int, action) -> list:
 def test_collisions_cannot_duplicate_parent_trials_or_versions(tmp_path, tracking_uri, monkeypatch):
     """Workers on one study meet at the three critical points at once: starting, taking trials, finishing."""
     name, workers = "collision-test", 4
-    settings = sweep.SweepSettings(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db",
-                                   params={"model.learning_rate": [1e-3, 2e-3, 3e-3]}, report=False)  # fmt: skip
+    settings = sweep.SweepSettings(
+        study_name=name,
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+        params={"model.learning_rate": [1e-3, 2e-3, 3e-3]},
+        report=False,
+    )
     template = {
         "trainer": {"logger": {"init_args": {"experiment_name": name}}, "default_root_dir": str(tmp_path)},
         "registry": {
@@ -480,8 +511,16 @@ def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(
     sweep.main([*args, "--sweep.n_trials", "3"])
     parent = client.get_run(parent.info.run_id)
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
-    assert {f"sweep/{f}" for f in ("param_importances.json", "param_importances.md", "param_importances.png",
-                                   "parallel_coordinate.png", "optimization_history.png")} <= logged  # fmt: skip
+    assert {
+        f"sweep/{f}"
+        for f in (
+            "param_importances.json",
+            "param_importances.md",
+            "param_importances.png",
+            "parallel_coordinate.png",
+            "optimization_history.png",
+        )
+    } <= logged
     trials = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     importances = {
@@ -490,8 +529,12 @@ def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(
     assert set(importances) == {"model.learning_rate", "data.eval_batch_size"} and sum(
         importances.values()
     ) == pytest.approx(1)
-    assert importances == pytest.approx(get_param_importances(optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db"),
-                                                              evaluator=PedAnovaImportanceEvaluator()))  # fmt: skip
+    assert importances == pytest.approx(
+        get_param_importances(
+            optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db"),
+            evaluator=PedAnovaImportanceEvaluator(),
+        )
+    )
     report.main(report_args)
     printed = capsys.readouterr().out.splitlines()
     head = next(i for i, line in enumerate(printed) if line.startswith("parameter importances of val/f1_weighted"))

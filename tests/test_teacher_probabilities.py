@@ -39,8 +39,10 @@ def register_teacher(tiny_model_dir, name: str, seed: int):
 
 @torch.inference_mode()
 def one_by_one(model, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
-    rows = [model(**tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")).logits.softmax(-1)
-            for text in texts]  # fmt: skip
+    rows = [
+        model(**tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")).logits.softmax(-1)
+        for text in texts
+    ]
     return torch.cat(rows)
 
 

@@ -19,8 +19,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 def page_text(url: str, profile) -> str:
     """The page's text once its JavaScript has run (a new browser profile: no memory of an earlier view)."""
-    done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
     return re.sub(r"<[^>]+>", "\n", done.stdout)
 
 
@@ -32,9 +33,22 @@ def test_the_printed_url_opens_the_run_in_the_model_training_view(
 ):
     assert CHROMIUM, "chromium is not installed (Debian's package chromium)"
     name = "ui-test"
-    cli = EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir, "--trainer.max_epochs", "1",
-                                           "--trainer.logger.init_args.experiment_name", name,
-                                           "--registry.registered_model_name", "")])  # fmt: skip
+    cli = EmoCLI(
+        args=[
+            "fit",
+            *shrunk_args(
+                tmp_path,
+                tiny_model_dir,
+                small_data_dir,
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.logger.init_args.experiment_name",
+                name,
+                "--registry.registered_model_name",
+                "",
+            ),
+        ]
+    )
     run_name = cli.trainer.logger._run_name
     url = ui_url(tracking_uri, tracking_uri, name)
     assert url.endswith("/runs?workflowType=machine_learning")

@@ -64,8 +64,15 @@ def normalised_confusion_figure(confusion, label_names: Sequence[str]):
     for (i, j), share in np.ndenumerate(shares):
         ax.text(j, i, f"{share:.2f}", ha="center", va="center", color="white" if share > 0.6 else "black", fontsize=9)
     ticks = range(len(label_names))
-    ax.set(xticks=ticks, yticks=ticks, xticklabels=label_names, yticklabels=label_names,
-           xlabel="predicted", ylabel="true", title="confusion matrix, normalised by true class")  # fmt: skip
+    ax.set(
+        xticks=ticks,
+        yticks=ticks,
+        xticklabels=label_names,
+        yticklabels=label_names,
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix, normalised by true class",
+    )
     figure.colorbar(image, ax=ax, fraction=0.046)
     figure.tight_layout()
     return figure
@@ -78,8 +85,13 @@ def per_class_f1_figure(report: dict):
     figure, ax = plt.subplots(figsize=(7, 4))
     bars = ax.bar(labels, f1, color="tab:blue")
     for bar, label in zip(bars, labels, strict=True):
-        ax.annotate(f"{report[label]['f1']:.3f}\nn={report[label]['support']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)  # fmt: skip
+        ax.annotate(
+            f"{report[label]['f1']:.3f}\nn={report[label]['support']}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set(ylim=(0, 1.12), ylabel="F1", title="test F1 per class")
     ax.grid(axis="y", alpha=0.3)
     figure.tight_layout()
@@ -136,6 +148,12 @@ def paired_bootstrap(
         b = np.mean([score[i] for score in scores[len(group_a) :]], axis=0)
         difference = a - b
         low, high = np.percentile(difference[1:], [2.5, 97.5])
-        result[metric] = {"a": float(a[0]), "b": float(b[0]), "difference": float(difference[0]), "low": float(low),
-                          "high": float(high), "p_b_better": float((difference[1:] < 0).mean())}  # fmt: skip
+        result[metric] = {
+            "a": float(a[0]),
+            "b": float(b[0]),
+            "difference": float(difference[0]),
+            "low": float(low),
+            "high": float(high),
+            "p_b_better": float((difference[1:] < 0).mean()),
+        }
     return result

@@ -58,8 +58,16 @@ def top_level(text: str) -> list[str]:
     return [item for item in [*items, text[start:].strip()] if item]
 
 
-PLAIN_TYPES = {"bool": "true/false", "int": "an integer", "float": "a number", "str": "a text", "NoneType": "null",
-               "dict": "a mapping", "list": "a list", "Path": "a path"}  # fmt: skip
+PLAIN_TYPES = {
+    "bool": "true/false",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a text",
+    "NoneType": "null",
+    "dict": "a mapping",
+    "list": "a list",
+    "Path": "a path",
+}
 
 
 def describe_type(subtype: str, given: str) -> str:

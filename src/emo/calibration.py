@@ -147,8 +147,12 @@ def reliability_figure(probabilities, labels, bins: int = 15, title: str = "test
     )
     top.plot(mean_confidence, accuracy, "o", color="tab:orange", markersize=4, label="(mean confidence, accuracy)")
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
-            title=f"reliability, {title}: ECE {expected_calibration_error(probabilities, labels, bins):.4f} ({bins} bins)")  # fmt: skip
+    top.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        ylabel="accuracy",
+        title=f"reliability, {title}: ECE {expected_calibration_error(probabilities, labels, bins):.4f} ({bins} bins)",
+    )
     top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)
     bottom.bar(edges[:-1], counts, width=1 / bins, align="edge", color="tab:grey", edgecolor="white")
@@ -165,8 +169,11 @@ def classifier_output_layer(model) -> tuple[str, object]:
     import torch
 
     num_labels = model.config.num_labels
-    modules = {name: module for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and module.out_features == num_labels}  # fmt: skip
+    modules = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module.out_features == num_labels
+    }
     known = [name for name in CLASSIFIER_OUTPUTS if name in modules]
     name = (known or list(modules) or [None])[-1]  # else the last such layer
     if name is None:

@@ -36,8 +36,14 @@ def cache_key(sources: list[ModelSource], data_digest: str, max_length: int) -> 
 
 
 @torch.inference_mode()
-def predict_probabilities(model_dir: Path, tokenizer_dir: Path, texts: list[str], max_length: int, given: str,
-                          label_names: list[str] | None = None) -> torch.Tensor:  # fmt: skip
+def predict_probabilities(
+    model_dir: Path,
+    tokenizer_dir: Path,
+    texts: list[str],
+    max_length: int,
+    given: str,
+    label_names: list[str] | None = None,
+) -> torch.Tensor:
     """One teacher's class probabilities for `texts`, in their order: batches sorted by length, bf16 where it is fast.
     A teacher whose classes (names and ids) are not `label_names` is refused."""
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -62,9 +68,14 @@ def predict_probabilities(model_dir: Path, tokenizer_dir: Path, texts: list[str]
     return probabilities
 
 
-def teacher_probabilities(teachers: list[str], texts: list[str], data_digest: str, max_length: int,
-                          tracking_uri: str, label_names: list[str] | None = None,
-                          ) -> tuple[torch.Tensor, Path, list[ModelSource]]:  # fmt: skip
+def teacher_probabilities(
+    teachers: list[str],
+    texts: list[str],
+    data_digest: str,
+    max_length: int,
+    tracking_uri: str,
+    label_names: list[str] | None = None,
+) -> tuple[torch.Tensor, Path, list[ModelSource]]:
     """The mean of the teachers' class probabilities on `texts` (shape: texts x labels), from the cache when it has them.
     Each teacher's classes must be `label_names` (the data's), when given.
 
@@ -77,8 +88,10 @@ def teacher_probabilities(teachers: list[str], texts: list[str], data_digest: st
         return torch.load(path, weights_only=True), path, sources
     each = []
     for source in sources:
-        print(f"emo: computing the probabilities of teacher {source.given} ({source.pinned}) on {len(texts)} training texts",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"emo: computing the probabilities of teacher {source.given} ({source.pinned}) on {len(texts)} training texts",
+            file=sys.stderr,
+        )
         with tempfile.TemporaryDirectory(prefix="emo-teacher-") as folder:
             model_dir, tokenizer_dir = download_model(source, tracking_uri, folder)
             each.append(predict_probabilities(model_dir, tokenizer_dir, texts, max_length, source.given, label_names))

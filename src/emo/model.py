@@ -79,8 +79,11 @@ def load_classifier(name: str, label_names: Sequence[str], attn_implementation: 
     encoder = model.base_model_prefix + "."
     missing = [key for key in loading["missing_keys"] if key.startswith(encoder)]
     if missing:
-        warnings.warn(f"model {name!r}: {len(missing)} encoder weights are not in its checkpoint and start random "
-                      f"({', '.join(missing[:3])}, ...)", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"model {name!r}: {len(missing)} encoder weights are not in its checkpoint and start random "
+            f"({', '.join(missing[:3])}, ...)",
+            stacklevel=2,
+        )
     return model
 
 
@@ -104,11 +107,14 @@ def parameter_groups(
         if not parameter.requires_grad:
             continue
         depth, decays = layer_depth(name, num_layers), name in decayed
-        group = groups.setdefault((depth, decays), {
-            "params": [],
-            "weight_decay": weight_decay if decays else 0.0,
-            "lr": learning_rate * layer_lr_decay ** (num_layers + 1 - depth),
-        })  # fmt: skip
+        group = groups.setdefault(
+            (depth, decays),
+            {
+                "params": [],
+                "weight_decay": weight_decay if decays else 0.0,
+                "lr": learning_rate * layer_lr_decay ** (num_layers + 1 - depth),
+            },
+        )
         group["params"].append(parameter)
     return list(groups.values())
 
@@ -189,8 +195,10 @@ class EmotionClassifier(L.LightningModule):
             labels = self.trainer.datamodule.splits["train"]["label"]
             self.loss.weights = class_weights(labels, len(self.hparams.label_names), self.hparams.class_balance)
         if self.hparams.teacher and self.loss.teacher is None:
-            raise UserError("model.teacher is set but no teacher targets were prepared: fit with the callback "
-                            "emo.tracking.TeacherTargets (emo fit adds it)")  # fmt: skip
+            raise UserError(
+                "model.teacher is set but no teacher targets were prepared: fit with the callback "
+                "emo.tracking.TeacherTargets (emo fit adds it)"
+            )
 
     def forward(self, batch: dict) -> torch.Tensor:
         """The logits of a batch (its labels and example indices are not inputs)."""

@@ -60,8 +60,11 @@ def is_secret_name(name: str) -> bool:
     """Whether a name (an environment variable, a param or tag, a key in text) is credential-like: see the module."""
     parts = words(name)
     joined = "_".join(parts)
-    return (any(part in joined for part in SECRET_PARTS) or any(word in SECRET_WORDS for word in parts)
-            or bool(SECRET_ENDS.search(joined)))  # fmt: skip
+    return (
+        any(part in joined for part in SECRET_PARTS)
+        or any(word in SECRET_WORDS for word in parts)
+        or bool(SECRET_ENDS.search(joined))
+    )
 
 
 def secret_values() -> list[str]:

@@ -22,8 +22,14 @@ class Gate(Callback):
     step under way, as a busy process would), unless `hold_on_stop`: then only a second Ctrl-C ends the wait.
     """
 
-    def __init__(self, folder: str, at_step: int = 1, run_suffix: str = "", once_per_folder: bool = False,
-                 hold_on_stop: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        folder: str,
+        at_step: int = 1,
+        run_suffix: str = "",
+        once_per_folder: bool = False,
+        hold_on_stop: bool = False,
+    ):
         self.folder = Path(folder)
         self.at_step = at_step
         self.run_suffix = run_suffix

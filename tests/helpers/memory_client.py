@@ -51,8 +51,14 @@ class MemoryClient:
                 raise MlflowException(f"API request to memory:// failed with exception {error}") from None
         if self.refusals:
             status = self.refusals.pop(0)
-            code = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST", 429: "REQUEST_LIMIT_EXCEEDED",
-                    503: "TEMPORARILY_UNAVAILABLE"}.get(status, "INTERNAL_ERROR")  # fmt: skip
+            code = {
+                400: "INVALID_PARAMETER_VALUE",
+                401: "UNAUTHENTICATED",
+                403: "PERMISSION_DENIED",
+                404: "RESOURCE_DOES_NOT_EXIST",
+                429: "REQUEST_LIMIT_EXCEEDED",
+                503: "TEMPORARILY_UNAVAILABLE",
+            }.get(status, "INTERNAL_ERROR")
             raise RestException(
                 {"error_code": code, "message": f"refused with HTTP {status}"}
             )  # as the REST client raises it

@@ -23,8 +23,14 @@ def start_emo(args: list[str], log: Path, env: dict | None = None) -> subprocess
     paths = [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **(env or {})}
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "emo", *args], cwd=log.parent, stdout=out, stderr=out, env=env,
-                                   preexec_fn=as_in_a_terminal)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "emo", *args],
+            cwd=log.parent,
+            stdout=out,
+            stderr=out,
+            env=env,
+            preexec_fn=as_in_a_terminal,
+        )
     STARTED.append(process)
     return process
 

@@ -9,8 +9,10 @@ STEPS = 2 * -(-SMALL_SIZES["train"] // 16)  # two epochs of 19 batches
 
 def outage_fit_args(tmp_path, tiny_model_dir, small_data_dir, name: str, *extra: str) -> list[str]:
     # Gate "down": the test cuts the server; gate "up": training has gone on without it.
-    gates = [{"class_path": "helpers.gates.Gate", "init_args": {"folder": str(tmp_path / g), "at_step": step}}
-             for g, step in (("down", 5), ("up", 30))]  # fmt: skip
+    gates = [
+        {"class_path": "helpers.gates.Gate", "init_args": {"folder": str(tmp_path / g), "at_step": step}}
+        for g, step in (("down", 5), ("up", 30))
+    ]
     return ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
                                 "--trainer.logger.init_args.experiment_name", name,
                                 "--registry.registered_model_name", name,

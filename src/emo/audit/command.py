@@ -88,12 +88,17 @@ def audit_problem(config, logger_class: str) -> str | None:
 
 
 def sweep_of(settings: AuditSettings, template: dict) -> SweepSettings:
-    return SweepSettings(study_name=settings.name, storage=settings.storage,
-                         params={"data.holdout_fold": list(range(settings.folds))},
-                         metric=template["checkpoint"]["monitor"],
-                         direction="maximize" if template["checkpoint"]["mode"] == "max" else "minimize",
-                         register_best=False, report=False, trial_heartbeat_s=settings.trial_heartbeat_s,
-                         trial_grace_s=settings.trial_grace_s)  # fmt: skip
+    return SweepSettings(
+        study_name=settings.name,
+        storage=settings.storage,
+        params={"data.holdout_fold": list(range(settings.folds))},
+        metric=template["checkpoint"]["monitor"],
+        direction="maximize" if template["checkpoint"]["mode"] == "max" else "minimize",
+        register_best=False,
+        report=False,
+        trial_heartbeat_s=settings.trial_heartbeat_s,
+        trial_grace_s=settings.trial_grace_s,
+    )
 
 
 def out_of_fold(client, run_ids: list[str]) -> tuple[pd.DataFrame, str]:
@@ -107,8 +112,10 @@ def out_of_fold(client, run_ids: list[str]) -> tuple[pd.DataFrame, str]:
             )
             digests.add(client.get_run(run_id).data.tags.get(AUDITED_DIGEST_TAG))
     if len(digests) != 1:
-        raise UserError(f"the folds were dealt from different training splits ({len(digests)} digests): audit again "
-                        "under a new --audit.name")  # fmt: skip
+        raise UserError(
+            f"the folds were dealt from different training splits ({len(digests)} digests): audit again "
+            "under a new --audit.name"
+        )
     frame = pd.concat(frames).sort_values("index").reset_index(drop=True)
     if not np.array_equal(frame["index"].to_numpy(), np.arange(len(frame))):
         raise UserError("the folds' held-out examples do not cover the training split once each")
@@ -124,9 +131,11 @@ def finish(sweep: Sweep, settings: AuditSettings) -> None:
             for t in sweep.study.get_trials(deepcopy=False)
             if t.state == TrialState.FAIL
         )
-        raise UserError(f"audit {settings.name}: fold(s) {', '.join(map(str, failed))} failed (see above), so "
-                        f"{settings.folds - len(trials)} of {settings.folds} folds are missing; audit again under a new "
-                        "--audit.name")  # fmt: skip
+        raise UserError(
+            f"audit {settings.name}: fold(s) {', '.join(map(str, failed))} failed (see above), so "
+            f"{settings.folds - len(trials)} of {settings.folds} folds are missing; audit again under a new "
+            "--audit.name"
+        )
     if not sweep.queue.claims.claim(f"audit-{len(trials)}", str(os.getpid())):
         return
     client, run_id = sweep.client, sweep.parent_run_id
@@ -143,9 +152,12 @@ def finish(sweep: Sweep, settings: AuditSettings) -> None:
         frame.to_csv(folder / "out_of_fold_probabilities.csv", index=False)
         matrix.to_csv(folder / "noise_matrix.csv")
         noise_figure(matrix).savefig(folder / "noise_matrix.png", dpi=120)
-        for name, artifact in (("label_issues.csv", LABEL_ISSUES_ARTIFACT), ("out_of_fold_probabilities.csv",
-                               OUT_OF_FOLD_ARTIFACT), ("noise_matrix.csv", NOISE_MATRIX_ARTIFACTS[0]),
-                               ("noise_matrix.png", NOISE_MATRIX_ARTIFACTS[1])):  # fmt: skip
+        for name, artifact in (
+            ("label_issues.csv", LABEL_ISSUES_ARTIFACT),
+            ("out_of_fold_probabilities.csv", OUT_OF_FOLD_ARTIFACT),
+            ("noise_matrix.csv", NOISE_MATRIX_ARTIFACTS[0]),
+            ("noise_matrix.png", NOISE_MATRIX_ARTIFACTS[1]),
+        ):
             client.log_artifact(run_id, str(folder / name), os.path.dirname(artifact))
     flagged = issues["given"].value_counts()
     client.log_metric(run_id, "audit/flagged", len(issues))
@@ -157,8 +169,11 @@ def finish(sweep: Sweep, settings: AuditSettings) -> None:
     )
     client.set_tag(run_id, FOLD_RUNS_TAG, ", ".join(fold_runs))
     client.set_tag(run_id, AUDITED_DIGEST_TAG, digest)  # last: the audit is complete (emo.store.read_audit)
-    print(f"emo: audit {settings.name}: {len(issues)} of {len(frame)} training labels flagged "
-          f"({len(issues) / len(frame):.1%}); run {run_id}, {LABEL_ISSUES_ARTIFACT}", file=sys.stderr)  # fmt: skip
+    print(
+        f"emo: audit {settings.name}: {len(issues)} of {len(frame)} training labels flagged "
+        f"({len(issues) / len(frame):.1%}); run {run_id}, {LABEL_ISSUES_ARTIFACT}",
+        file=sys.stderr,
+    )
 
 
 def main(args: list[str]) -> None:

@@ -15,21 +15,27 @@ from cleanlab.rank import get_label_quality_scores
 from emo.analysis import plt
 
 
-def label_issues(texts: Sequence[str], given: np.ndarray, probabilities: np.ndarray, label_names: Sequence[str],
-                 ) -> pd.DataFrame:  # fmt: skip
+def label_issues(
+    texts: Sequence[str],
+    given: np.ndarray,
+    probabilities: np.ndarray,
+    label_names: Sequence[str],
+) -> pd.DataFrame:
     """The flagged examples, most likely wrong first: `index` (place in the split), `text`, `given`, `suggested` (the
     most probable class), `score` (cleanlab's label quality, self-confidence: lower is more likely wrong)."""
     given, probabilities = np.asarray(given), np.asarray(probabilities, dtype=np.float64)
     ranked = find_label_issues(given, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1)
     scores = get_label_quality_scores(given, probabilities, method="self_confidence")
     names = np.asarray(label_names)
-    return pd.DataFrame({
-        "index": ranked,
-        "text": [texts[i] for i in ranked],
-        "given": names[given[ranked]],
-        "suggested": names[probabilities[ranked].argmax(axis=1)],
-        "score": scores[ranked].round(6),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "index": ranked,
+            "text": [texts[i] for i in ranked],
+            "given": names[given[ranked]],
+            "suggested": names[probabilities[ranked].argmax(axis=1)],
+            "score": scores[ranked].round(6),
+        }
+    )
 
 
 def noise_matrix(given: np.ndarray, probabilities: np.ndarray, label_names: Sequence[str]) -> pd.DataFrame:
@@ -45,8 +51,15 @@ def noise_figure(matrix: pd.DataFrame):
     values = matrix.to_numpy()
     ax.imshow(np.log1p(values), cmap="Blues")
     ticks = range(len(matrix))
-    ax.set(xticks=ticks, yticks=ticks, xticklabels=matrix.columns, yticklabels=matrix.index, xlabel="suggested (class)",
-           ylabel="given (label)", title="Estimated label noise: counts (confident joint)")  # fmt: skip
+    ax.set(
+        xticks=ticks,
+        yticks=ticks,
+        xticklabels=matrix.columns,
+        yticklabels=matrix.index,
+        xlabel="suggested (class)",
+        ylabel="given (label)",
+        title="Estimated label noise: counts (confident joint)",
+    )
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
     for (row, column), count in np.ndenumerate(values):
         ax.text(column, row, str(int(count)), ha="center", va="center", color="black" if row != column else "white")

@@ -100,8 +100,10 @@ class EmoCLI(LightningCLI):
     def use_registered_model(self, config, subcommand: str) -> None:
         """`--ckpt_path models:/NAME@ALIAS` (or `/VERSION`): the registered model and tokenizer, no checkpoint file."""
         if subcommand == "fit":
-            raise UserError(f"--ckpt_path {config.ckpt_path}: fit resumes from a checkpoint file; a registered model "
-                            "is for validate, test and predict")  # fmt: skip
+            raise UserError(
+                f"--ckpt_path {config.ckpt_path}: fit resumes from a checkpoint file; a registered model "
+                "is for validate, test and predict"
+            )
         logger = config.trainer.logger
         uri = getattr(getattr(logger, "init_args", None), "tracking_uri", None) or resolve_tracking_uri()
         self.registered_model_dir = tempfile.TemporaryDirectory(prefix="emo-registered-")  # removed with the CLI
@@ -138,9 +140,13 @@ class EmoCLI(LightningCLI):
         parser.add_lightning_class_args(TemperatureScaling, "calibration")
         parser.add_lightning_class_args(ModelRegistry, "registry")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
-        parser.add_argument("--resume_new_run", type=bool, default=False,
-                            help="With --ckpt_path: continue the checkpoint's training in a new MLflow run "
-                                 "(instead of refusing a resume whose settings or records differ).")  # fmt: skip
+        parser.add_argument(
+            "--resume_new_run",
+            type=bool,
+            default=False,
+            help="With --ckpt_path: continue the checkpoint's training in a new MLflow run "
+            "(instead of refusing a resume whose settings or records differ).",
+        )
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
         parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
 

@@ -47,8 +47,10 @@ def check_inputs(subcommand: str, config) -> None:
     check_model_folder(config.model.model_name_or_path)
     positions = max_positions(config.model.model_name_or_path)
     if positions and config.data.max_length > positions:
-        raise UserError(f"--data.max_length {config.data.max_length}: model {config.model.model_name_or_path!r} "
-                        f"takes at most {positions} tokens")  # fmt: skip
+        raise UserError(
+            f"--data.max_length {config.data.max_length}: model {config.model.model_name_or_path!r} "
+            f"takes at most {positions} tokens"
+        )
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
         read_record(Path(ckpt_path))  # exists, and is a checkpoint that loads with weights_only
@@ -65,8 +67,10 @@ def check_validation_interval(trainer, datamodule) -> None:
     limit = trainer.limit_train_batches
     batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
     if interval > batches:
-        raise UserError(f"--trainer.val_check_interval {interval}: an epoch has {batches} training batches; give at most "
-                        f"{batches}, a share of the epoch (0.25), or set --trainer.check_val_every_n_epoch null")  # fmt: skip
+        raise UserError(
+            f"--trainer.val_check_interval {interval}: an epoch has {batches} training batches; give at most "
+            f"{batches}, a share of the epoch (0.25), or set --trainer.check_val_every_n_epoch null"
+        )
 
 
 def data_labels(config) -> list[str] | None:
@@ -120,8 +124,10 @@ def check_checkpoint_fits(ckpt_path, model) -> None:
     resized = [key for key in expected if key in saved and saved[key].shape != expected[key].shape]
     if missing or resized:
         example = (missing or resized)[0]
-        raise UserError(f"--ckpt_path {ckpt_path} is not a checkpoint of model {model.hparams.model_name_or_path!r}: "
-                        f"{len(missing)} weights missing, {len(resized)} of another shape (e.g. {example})")  # fmt: skip
+        raise UserError(
+            f"--ckpt_path {ckpt_path} is not a checkpoint of model {model.hparams.model_name_or_path!r}: "
+            f"{len(missing)} weights missing, {len(resized)} of another shape (e.g. {example})"
+        )
 
 
 def check_audit(config, tracking_uri: str) -> None:
@@ -132,5 +138,7 @@ def check_audit(config, tracking_uri: str) -> None:
     if config.data.data_dir:
         digest = content_digest(load_local_splits(config.data.data_dir, config.data.labels)["train"])
         if digest != audited:
-            raise UserError(f"--data.audit_run {config.data.audit_run} audited other training examples (digest "
-                            f"{audited[:12]}, these are {digest[:12]}): audit this data first")  # fmt: skip
+            raise UserError(
+                f"--data.audit_run {config.data.audit_run} audited other training examples (digest "
+                f"{audited[:12]}, these are {digest[:12]}): audit this data first"
+            )

@@ -82,9 +82,11 @@ def fetch(target: Path, shared: Path) -> str:
                 if isinstance(error, hub.HubUnreachableError)
                 else f"failed ({hub.first_line(error)})"
             )
-            raise UserError(f"no emotion data: {shared} is not there and the download of {HUB_DATASET} from the Hugging "
-                            f"Face Hub {why}; put train/val/test files (text;label a line) in a folder and give it with "
-                            "--data.data_dir PATH") from None  # fmt: skip
+            raise UserError(
+                f"no emotion data: {shared} is not there and the download of {HUB_DATASET} from the Hugging "
+                f"Face Hub {why}; put train/val/test files (text;label a line) in a folder and give it with "
+                "--data.data_dir PATH"
+            ) from None
         export(splits, target)
         source = f"{target}, downloaded from {HUB_DATASET} ({HUB_CONFIG})"
     problem = difference(target)

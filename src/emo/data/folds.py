@@ -31,8 +31,10 @@ def check_folds(labels, folds: int, names: list[str]) -> None:
     counts = np.bincount(np.asarray(labels), minlength=len(names))
     few = [f"{names[i]} ({count})" for i, count in enumerate(counts) if count < folds]
     if few:
-        raise DataFormatError(f"{folds} folds need at least {folds} training examples of each class; "
-                              f"too few: {', '.join(few)}. Give fewer folds (--audit.folds) or more data")  # fmt: skip
+        raise DataFormatError(
+            f"{folds} folds need at least {folds} training examples of each class; "
+            f"too few: {', '.join(few)}. Give fewer folds (--audit.folds) or more data"
+        )
 
 
 def relabel_batch(batch: dict, indices: list[int], new: dict[int, int]) -> dict:
@@ -43,8 +45,10 @@ def audited(train: datasets.Dataset, audit_run: str, action: str, digest: str) -
     """The training split (as read: `digest`) with the audit's flagged examples dropped or relabelled; and how many."""
     issues, audited_digest = read_audit(audit_run, resolve_tracking_uri())
     if audited_digest != digest:
-        raise DataFormatError(f"--data.audit_run {audit_run} audited other training examples (digest "
-                              f"{audited_digest[:12]}, these are {digest[:12]}): audit this data first")  # fmt: skip
+        raise DataFormatError(
+            f"--data.audit_run {audit_run} audited other training examples (digest "
+            f"{audited_digest[:12]}, these are {digest[:12]}): audit this data first"
+        )
     flagged = issues["index"].to_numpy(dtype=np.int64)
     if action == "drop":
         return train.select(np.setdiff1d(np.arange(len(train)), flagged)), len(flagged)

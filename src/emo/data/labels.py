@@ -54,8 +54,9 @@ def encode_labels(split: datasets.Dataset, names: Sequence[str], given: bool) ->
             expected = ", ".join(names) + (f" or 0-{len(names) - 1}" if given else ": the training split's labels")
             raise DataFormatError(f"{where}: unknown label {label!r} (expected one of {expected})")
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))})
-    return split.map(encode_batch, batched=True, fn_kwargs={"ids": found}, features=features,
-                     remove_columns=["where"], desc="Labels")  # fmt: skip
+    return split.map(
+        encode_batch, batched=True, fn_kwargs={"ids": found}, features=features, remove_columns=["where"], desc="Labels"
+    )
 
 
 def encode_splits(splits: dict[str, datasets.Dataset], labels: Sequence[str] | None) -> datasets.DatasetDict:
@@ -71,8 +72,10 @@ def align_hub_labels(splits: datasets.DatasetDict, labels: Sequence[str] | None,
     feature = splits["train"].features["label"]
     if not isinstance(feature, datasets.ClassLabel):
         where = {split: [f"{name} ({split} split, row {i + 1})" for i in range(len(d))] for split, d in splits.items()}
-        with_where = {split: d.add_column("where", where[split]).cast_column("label", datasets.Value("string"))
-                      for split, d in splits.items()}  # fmt: skip
+        with_where = {
+            split: d.add_column("where", where[split]).cast_column("label", datasets.Value("string"))
+            for split, d in splits.items()
+        }
         return encode_splits(with_where, labels)
     if not labels or list(labels) == feature.names:
         return splits

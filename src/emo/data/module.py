@@ -135,8 +135,9 @@ class EmotionDataModule(L.LightningDataModule):
             splits = load_hub_splits(self.hparams.dataset, self.hparams.dataset_config, self.hparams.labels)
         self.train_as_read_digest = content_digest(splits["train"])
         if self.hparams.audit_run:
-            splits["train"], self.audit_changed = audited(splits["train"], self.hparams.audit_run, self.hparams.audit_action,
-                                                          self.train_as_read_digest)  # fmt: skip
+            splits["train"], self.audit_changed = audited(
+                splits["train"], self.hparams.audit_run, self.hparams.audit_action, self.train_as_read_digest
+            )
         if self.hparams.holdout_fold is not None:
             fold = stratified_folds(splits["train"]["label"], self.hparams.folds, self.hparams.fold_seed)
             indexed = splits["train"].add_column("index", list(range(len(fold))))  # its place in the split as read
@@ -169,8 +170,12 @@ class EmotionDataModule(L.LightningDataModule):
     def heldout_loader(self) -> DataLoader:
         """The held-out fold (`holdout_fold`), its `index` column kept: the examples' places in the split as read."""
         examples = self.splits["heldout"]
-        return DataLoader(examples.remove_columns(["text", "length"]), batch_size=self.hparams.eval_batch_size,
-                          collate_fn=self.collator, num_workers=self.hparams.num_workers)  # fmt: skip
+        return DataLoader(
+            examples.remove_columns(["text", "length"]),
+            batch_size=self.hparams.eval_batch_size,
+            collate_fn=self.collator,
+            num_workers=self.hparams.num_workers,
+        )
 
     def tokenized_predict_texts(self) -> datasets.Dataset:
         self.predict_texts = read_predict_texts(self.hparams.predict_file)
@@ -200,8 +205,13 @@ class EmotionDataModule(L.LightningDataModule):
         return trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(self.splits["train"]["length"], self.hparams.batch_size, self.hparams.group_by_length,
-                               seed=torch.initial_seed(), batches_done=self.batches_done)  # fmt: skip
+        sampler = EpochSampler(
+            self.splits["train"]["length"],
+            self.hparams.batch_size,
+            self.hparams.group_by_length,
+            seed=torch.initial_seed(),
+            batches_done=self.batches_done,
+        )
         resumable = self.trainer is None or self.trainer.world_size == 1
         return (ResumableLoader if resumable else DataLoader)(
             self.model_inputs("train"),

@@ -63,15 +63,18 @@ def export(
     params = run.data.params
     test_dir = Path(data_dir or params.get("data.data_dir") or "")
     if not (data_dir or params.get("data.data_dir")) or not test_dir.is_dir():
-        raise UserError(f"--data_dir {test_dir if str(test_dir) != '.' else ''}: no folder with the test split "
-                        "(the source run's data.data_dir is not here); give one with --data_dir")  # fmt: skip
+        raise UserError(
+            f"--data_dir {test_dir if str(test_dir) != '.' else ''}: no folder with the test split "
+            "(the source run's data.data_dir is not here); give one with --data_dir"
+        )
     max_length = int(params.get("data.max_length", DEFAULT_MAX_LENGTH))
     with tempfile.TemporaryDirectory(prefix="emo-export-") as folder:
         folder = Path(folder)
         model_dir, tokenizer_dir = download_model(source, tracking_uri, folder / "source")
         print(f"Exporting {source.pinned} (run {source.run_id}) to ONNX, {'int8' if quantize == 'int8' else 'fp32'}")
-        graph, bundle, labels, source_probabilities, texts, ids = build(model_dir, tokenizer_dir, folder, quantize,
-                                                                        max_length, test_dir)  # fmt: skip
+        graph, bundle, labels, source_probabilities, texts, ids = build(
+            model_dir, tokenizer_dir, folder, quantize, max_length, test_dir
+        )
         exported = OnnxTextClassifier().load(graph, bundle).probabilities(texts)
         parity = Parity.of(ids, source_probabilities, exported)
         print(f"Parity {parity.summary()}")
@@ -151,7 +154,7 @@ def log_and_register(
                 ColSpec(DataType.double, "score"),
                 *(ColSpec(DataType.double, f"p_{label}") for label in labels),
             ]
-        ),  # fmt: skip
+        ),
     )
     run_name = f"export-{source.name}-v{source.version}-{'int8' if settings['quantize'] == 'int8' else 'fp32'}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
@@ -164,10 +167,14 @@ def log_and_register(
         )
         mlflow.log_params({f"export.{key}": value for key, value in settings.items()})
         mlflow.log_metrics(parity.metrics())
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(SERVED_CODE),
-                                       artifacts={"model": str(graph), "tokenizer": str(bundle)},
-                                       signature=signature, input_example=INPUT_EXAMPLE,
-                                       pip_requirements=requirements())  # fmt: skip
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(SERVED_CODE),
+            artifacts={"model": str(graph), "tokenizer": str(bundle)},
+            signature=signature,
+            input_example=INPUT_EXAMPLE,
+            pip_requirements=requirements(),
+        )
     client = mlflow.MlflowClient()
     registered = mlflow.register_model(info.model_uri, name)
     tags = {
@@ -180,9 +187,14 @@ def log_and_register(
     for key, value in tags.items():
         client.set_model_version_tag(name, registered.version, key, value)
     kind = "int8 (dynamic quantization)" if settings["quantize"] == "int8" else "fp32"
-    client.update_model_version(name, registered.version, description=(
-        f"ONNX export ({kind}) of {source.pinned} by run {run.info.run_id}, served without torch by onnxruntime. "
-        f"Parity {parity.summary()}."))  # fmt: skip
+    client.update_model_version(
+        name,
+        registered.version,
+        description=(
+            f"ONNX export ({kind}) of {source.pinned} by run {run.info.run_id}, served without torch by onnxruntime. "
+            f"Parity {parity.summary()}."
+        ),
+    )
     return registered
 
 

@@ -33,9 +33,18 @@ def export_graph(model, tokenizer, path: Path) -> Path:
         warnings.filterwarnings(
             "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
         )  # torch's own
-        torch.onnx.export(wrapped, tuple(example[name] for name in INPUTS), str(path), dynamo=True,
-                          input_names=list(INPUTS), output_names=["logits"], optimize=True, verbose=False, external_data=False,
-                          dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUTS})  # fmt: skip
+        torch.onnx.export(
+            wrapped,
+            tuple(example[name] for name in INPUTS),
+            str(path),
+            dynamo=True,
+            input_names=list(INPUTS),
+            output_names=["logits"],
+            optimize=True,
+            verbose=False,
+            external_data=False,
+            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUTS},
+        )
     return path
 
 

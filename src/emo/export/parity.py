@@ -36,9 +36,14 @@ class Parity:
     def of(cls, labels, source: np.ndarray, exported: np.ndarray) -> "Parity":
         labels, classes = np.asarray(labels), source.shape[1]
         ours, theirs = source.argmax(axis=1), exported.argmax(axis=1)
-        return cls(len(labels), float(np.mean(ours == labels)), float(np.mean(theirs == labels)),
-                   macro_f1(labels, ours, classes), macro_f1(labels, theirs, classes),
-                   float(np.abs(source - exported).max()))  # fmt: skip
+        return cls(
+            len(labels),
+            float(np.mean(ours == labels)),
+            float(np.mean(theirs == labels)),
+            macro_f1(labels, ours, classes),
+            macro_f1(labels, theirs, classes),
+            float(np.abs(source - exported).max()),
+        )
 
     @property
     def accuracy_loss(self) -> float:
@@ -48,17 +53,21 @@ class Parity:
         return {f"parity/{field.name}": float(getattr(self, field.name)) for field in dataclasses.fields(self)}
 
     def summary(self) -> str:
-        return (f"on {self.examples} test examples: accuracy {self.export_acc:.4f} (source {self.source_acc:.4f}), "
-                f"macro F1 {self.export_f1_macro:.4f} (source {self.source_f1_macro:.4f}), "
-                f"largest probability difference {self.max_abs_diff:.2e}")  # fmt: skip
+        return (
+            f"on {self.examples} test examples: accuracy {self.export_acc:.4f} (source {self.source_acc:.4f}), "
+            f"macro F1 {self.export_f1_macro:.4f} (source {self.source_f1_macro:.4f}), "
+            f"largest probability difference {self.max_abs_diff:.2e}"
+        )
 
     def shortfall(self, quantize: str) -> str | None:
         """What this export loses beyond what its kind may lose, in one line; None when within."""
         if quantize == "none" and self.max_abs_diff > FP32_TOLERANCE:
             return f"the fp32 export differs from the source by {self.max_abs_diff:.2e} in a probability (> {FP32_TOLERANCE:g})"
         if quantize == "int8" and self.accuracy_loss > INT8_ACCURACY_LOSS:
-            return (f"the int8 export loses {100 * self.accuracy_loss:.2f} points of accuracy on test "
-                    f"({100 * self.export_acc:.2f} % vs {100 * self.source_acc:.2f} %; at most {100 * INT8_ACCURACY_LOSS:g} allowed)")  # fmt: skip
+            return (
+                f"the int8 export loses {100 * self.accuracy_loss:.2f} points of accuracy on test "
+                f"({100 * self.export_acc:.2f} % vs {100 * self.source_acc:.2f} %; at most {100 * INT8_ACCURACY_LOSS:g} allowed)"
+            )
         return None
 
 

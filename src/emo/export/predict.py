@@ -93,8 +93,11 @@ def read_texts(predict_file: str | None) -> list[str]:
 def load(model_uri: str, folder: str) -> OnnxTextClassifier:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     tracking_uri = resolve_tracking_uri()
-    path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder,
-                                                    tracking_uri=tracking_uri, registry_uri=tracking_uri))  # fmt: skip
+    path = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=folder, tracking_uri=tracking_uri, registry_uri=tracking_uri
+        )
+    )
     return OnnxTextClassifier().load(path / "artifacts" / GRAPH_FILE, path / "artifacts" / "tokenizer")
 
 

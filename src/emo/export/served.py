@@ -32,8 +32,9 @@ def checked_texts(model_input) -> list[str]:
     """The texts of a request: a list, array, Series or one-column DataFrame of strings, at least one."""
     if isinstance(model_input, pd.DataFrame):
         if model_input.shape[1] != 1:
-            raise MlflowException(f"expected one column of texts, got {model_input.shape[1]} columns",
-                                  INVALID_PARAMETER_VALUE)  # fmt: skip
+            raise MlflowException(
+                f"expected one column of texts, got {model_input.shape[1]} columns", INVALID_PARAMETER_VALUE
+            )
         model_input = model_input.iloc[:, 0]
     if isinstance(model_input, str):
         model_input = [model_input]
@@ -94,8 +95,9 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         texts = checked_texts(model_input)
         probabilities = self.probabilities(texts)
         best = probabilities.argmax(axis=1)
-        frame = pd.DataFrame({"label": [self.labels[i] for i in best],
-                              "score": probabilities[np.arange(len(texts)), best].astype(float)})  # fmt: skip
+        frame = pd.DataFrame(
+            {"label": [self.labels[i] for i in best], "score": probabilities[np.arange(len(texts)), best].astype(float)}
+        )
         for i, label in enumerate(self.labels):
             frame[f"p_{label}"] = probabilities[:, i].astype(float)
         return frame

@@ -5,5 +5,14 @@ from emo.report.compare import compare_runs, group_predictions
 from emo.report.table import config_columns, load_runs, seed_groups, select_best
 from emo.report.write import write_report
 
-__all__ = ["compare_runs", "config_columns", "group_predictions", "load_runs", "main", "report", "seed_groups",
-           "select_best", "write_report"]  # fmt: skip
+__all__ = [
+    "compare_runs",
+    "config_columns",
+    "group_predictions",
+    "load_runs",
+    "main",
+    "report",
+    "seed_groups",
+    "select_best",
+    "write_report",
+]

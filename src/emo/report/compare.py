@@ -46,6 +46,8 @@ def compare_runs(client, run_a: str, run_b: str, split: str = "test", draws: int
     print(f"paired bootstrap over the {len(group_a[0])} {split} examples, {draws} draws\n")
     print(f"{'metric':<14}{'A':>8}{'B':>8}{'A - B':>9}   95 % interval        P(B better)")
     for metric, r in result.items():
-        print(f"{split + '/' + metric:<14}{r['a']:>8.4f}{r['b']:>8.4f}{r['difference']:>+9.4f}   "
-              f"[{r['low']:+.4f}, {r['high']:+.4f}]   {r['p_b_better']:.3f}")  # fmt: skip
+        print(
+            f"{split + '/' + metric:<14}{r['a']:>8.4f}{r['b']:>8.4f}{r['difference']:>+9.4f}   "
+            f"[{r['low']:+.4f}, {r['high']:+.4f}]   {r['p_b_better']:.3f}"
+        )
     return result

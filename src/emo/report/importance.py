@@ -60,8 +60,12 @@ def importances_markdown(record: dict) -> str:
     """The importances as a table, or the line saying why there are none."""
     if "importances" not in record:
         return f"No parameter importances: {record['reason']}.\n"
-    lines = [f"Parameter importances of {record['metric']} over {record['finished_trials']} finished trials "
-             f"({record['evaluator']}, summing to 1):\n", "| setting | importance |", "|---|---|"]  # fmt: skip
+    lines = [
+        f"Parameter importances of {record['metric']} over {record['finished_trials']} finished trials "
+        f"({record['evaluator']}, summing to 1):\n",
+        "| setting | importance |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {value:.3f} |" for name, value in record["importances"].items()]
     return "\n".join(lines) + "\n"
 

@@ -6,8 +6,15 @@ import pandas as pd
 from emo.spec import SEED_SETTING, STAGE_TAG, SWEEP_TAG, TRIAL_STATE_TAG, defines_experiment, headline_metrics
 from emo.store import best_step_metrics, children_filter, test_metrics
 
-KEY_PARAMS = ["model.model_name_or_path", "model.learning_rate", "data.batch_size", "model.weight_decay",
-              "model.warmup_ratio", "trainer.max_epochs", "data.train_size"]  # fmt: skip
+KEY_PARAMS = [
+    "model.model_name_or_path",
+    "model.learning_rate",
+    "data.batch_size",
+    "model.weight_decay",
+    "model.warmup_ratio",
+    "trainer.max_epochs",
+    "data.train_size",
+]
 
 
 def load_runs(client, experiment_name: str, parent_run_id: str | None, metric: str, maximize: bool) -> pd.DataFrame:

@@ -29,8 +29,11 @@ def patiently(call, *args, uri: str = "", what: str = "", **kwargs):
                 raise
             if waiting_since is None:
                 waiting_since = time.monotonic()
-                print(f"emo: waiting for the tracking server at {redact(uri) or '?'}{f' ({what})' if what else ''}: "
-                      f"{first_line(error)[:160]}", file=sys.stderr)  # fmt: skip
+                print(
+                    f"emo: waiting for the tracking server at {redact(uri) or '?'}{f' ({what})' if what else ''}: "
+                    f"{first_line(error)[:160]}",
+                    file=sys.stderr,
+                )
             time.sleep(delay)
             delay = min(delay * 2, LONGEST_WAIT_S)
             continue

@@ -124,9 +124,11 @@ def version_description(run) -> str:
     settings = ", ".join(f"{key.split('.')[-1]} {params[key]}" for key in DESCRIBED_SETTINGS if key in params)
     teacher = f" Distilled from {tags[TEACHER_TAG]}." if TEACHER_TAG in tags else ""
     classes = f" Classes: {', '.join(json.loads(tags[LABELS_TAG]))}." if LABELS_TAG in tags else ""
-    return (f"{tags.get(MODEL_TAG, '?')} fine-tuned for text classification on {tags.get(DATASET_TAG, '?')}"
-            f"{f' (data sha256 {digest[:12]})' if digest else ''} by run {run.info.run_id} ({run.info.run_name}); "
-            f"{settings}.{classes} Test: {scores or 'not tested'}.{teacher}")  # fmt: skip
+    return (
+        f"{tags.get(MODEL_TAG, '?')} fine-tuned for text classification on {tags.get(DATASET_TAG, '?')}"
+        f"{f' (data sha256 {digest[:12]})' if digest else ''} by run {run.info.run_id} ({run.info.run_name}); "
+        f"{settings}.{classes} Test: {scores or 'not tested'}.{teacher}"
+    )
 
 
 def is_registered_model_uri(value) -> bool:
@@ -204,15 +206,23 @@ def download_model(source: ModelSource, tracking_uri: str, folder) -> tuple[Path
     Returns its Hugging Face model folder and its tokenizer folder, for `from_pretrained`.
     """
     try:
-        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=source.model_uri, dst_path=str(folder),
-                                                        tracking_uri=tracking_uri, registry_uri=tracking_uri))  # fmt: skip
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source.model_uri,
+                dst_path=str(folder),
+                tracking_uri=tracking_uri,
+                registry_uri=tracking_uri,
+            )
+        )
     except MlflowException as error:
         raise UserError(f"{source.given}: cannot download {source.model_uri}: {hub.first_line(error)}") from None
     flavor = yaml.safe_load((path / "MLmodel").read_text())["flavors"].get("transformers", {})
     model, tokenizer = path / flavor.get("model_binary", MODEL_ARTIFACT), path / "components" / "tokenizer"
     if flavor.get("task") != "text-classification" or not tokenizer.is_dir():
-        raise UserError(f"{source.given}: {source.model_uri} is not a text-classification model with its tokenizer "
-                        "(MLflow's transformers flavor)")  # fmt: skip
+        raise UserError(
+            f"{source.given}: {source.model_uri} is not a text-classification model with its tokenizer "
+            "(MLflow's transformers flavor)"
+        )
     return model, tokenizer
 
 

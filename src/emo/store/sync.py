@@ -43,8 +43,11 @@ def sync(root: Path, timeout_s: float = 300, out=sys.stderr, tracking_uri: str |
         done = sender.stop(timeout_s)
         journal.close()
         why = f": {sender.failure}" if sender.failure else ""
-        print(f"emo: {'sent' if done else 'could not send'} {count if done else journal.unsent} records of run "
-              f"{journal.run_id} to {header['tracking_uri']}{why}", file=out)  # fmt: skip
+        print(
+            f"emo: {'sent' if done else 'could not send'} {count if done else journal.unsent} records of run "
+            f"{journal.run_id} to {header['tracking_uri']}{why}",
+            file=out,
+        )
         complete &= done
     return complete
 

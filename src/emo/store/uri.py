@@ -14,6 +14,14 @@ from emo.redact import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3 refuses ./mlruns; the Model Registry needs a database
 CHECK_TIMEOUT_S = 10
+# What an error's text says when no server answered, and how emo says it.
+UNREACHABLE = (
+    ("NameResolution", "unknown host"),
+    ("Connection refused", "connection refused"),
+    ("NewConnectionError", "connection refused"),
+    ("timed out", f"no answer in {CHECK_TIMEOUT_S} s"),
+    ("Timeout", f"no answer in {CHECK_TIMEOUT_S} s"),
+)
 # MLflow retries a failed request 7 times over about two minutes; emo's journal retries for as long as it takes,
 # so a request may give up sooner and leave the thread free (set these variables to choose otherwise).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
@@ -59,15 +67,17 @@ def tracking_problem(uri: str, error: Exception) -> str:
         return f"tracking URI {shown}: MLflow 3 no longer records into a folder; use {DEFAULT_TRACKING_URI} or a server"
     if "unsupported URI" in text or "Could not find a registered tracking store" in text:
         return f"tracking URI {shown}: unknown scheme; use http(s)://host:port (a server), sqlite:///file.db or a database URL"
-    reason = next((why for pattern, why in (("NameResolution", "unknown host"), ("Connection refused", "connection refused"),
-                                             ("NewConnectionError", "connection refused"), ("timed out", f"no answer in {CHECK_TIMEOUT_S} s"),
-                                             ("Timeout", f"no answer in {CHECK_TIMEOUT_S} s")) if pattern in text), None)  # fmt: skip
+    reason = next((why for pattern, why in UNREACHABLE if pattern in text), None)
     if reason:
-        return (f"cannot reach the MLflow tracking server at {shown} ({reason}): start it (make server), check "
-                f"MLFLOW_TRACKING_URI, or unset it to record into {DEFAULT_TRACKING_URI}")  # fmt: skip
+        return (
+            f"cannot reach the MLflow tracking server at {shown} ({reason}): start it (make server), check "
+            f"MLFLOW_TRACKING_URI, or unset it to record into {DEFAULT_TRACKING_URI}"
+        )
     if status in (401, 403):
-        return (f"the tracking server at {shown} refused emo (HTTP {status}): set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server")  # fmt: skip
+        return (
+            f"the tracking server at {shown} refused emo (HTTP {status}): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server"
+        )
     if status and status != 500:
         return f"{shown} does not answer as an MLflow tracking server (HTTP {status}); check MLFLOW_TRACKING_URI"
     return f"tracking URI {shown}: {redact(text.splitlines()[0][:300])}"

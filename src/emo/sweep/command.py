@@ -68,8 +68,17 @@ class Sweep:
         self.folder = Path(template["trainer"].get("default_root_dir") or ".") / "sweeps" / settings.study_name
         self.client = PatientClient(mlflow.MlflowClient(resolve_tracking_uri()))
         self.trial_loggers = []  # of the trials run here, whose records may wait for the server
-        self.queue = TrialQueue(settings.storage, settings.study_name, settings.sampler, settings.pruner, settings.direction,
-                                settings.n_trials, settings.grid, settings.trial_heartbeat_s, settings.trial_grace_s)  # fmt: skip
+        self.queue = TrialQueue(
+            settings.storage,
+            settings.study_name,
+            settings.sampler,
+            settings.pruner,
+            settings.direction,
+            settings.n_trials,
+            settings.grid,
+            settings.trial_heartbeat_s,
+            settings.trial_grace_s,
+        )
         self.study = self.queue.study
         self.parent = ParentRun(self.client, self.queue.claims, self.study, settings, template)
 
@@ -101,8 +110,10 @@ class Sweep:
         """Records that an outage kept back at the end of earlier trials arrive before the sweep goes on."""
         for logger in self.trial_loggers:
             if not logger.send_the_rest(timeout_s=600):
-                print(f"emo: warning: run {logger.run_id} still has records in {logger.folder}; `emo sync` sends them",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"emo: warning: run {logger.run_id} still has records in {logger.folder}; `emo sync` sends them",
+                    file=sys.stderr,
+                )
         self.trial_loggers = []
 
     def run_trial(self, trial: optuna.Trial) -> None:

@@ -113,13 +113,26 @@ class ParentRun:
             registry = self.template["registry"]
             if self.settings.register_best and registry["registered_model_name"]:
                 name = registry["registered_model_name"]
-                self.patiently(register_once, self.client.client, best_run_id, name, registry["champion_alias"],
-                               registry["champion_metric"], what="registering the best model")  # fmt: skip
+                self.patiently(
+                    register_once,
+                    self.client.client,
+                    best_run_id,
+                    name,
+                    registry["champion_alias"],
+                    registry["champion_metric"],
+                    what="registering the best model",
+                )
                 [version] = self.client.search_model_versions(f"name='{name}' and run_id='{best_run_id}'")
                 self.client.set_tag(self.run_id, REGISTERED_VERSION_TAG, version.version)
             if self.settings.report:
-                self.patiently(write_report, self.experiment_name, parent_run_id=self.run_id, metric=self.settings.metric,
-                               client=self.client.client, what="writing the report")  # fmt: skip
+                self.patiently(
+                    write_report,
+                    self.experiment_name,
+                    parent_run_id=self.run_id,
+                    metric=self.settings.metric,
+                    client=self.client.client,
+                    what="writing the report",
+                )
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def log_what_the_sweep_learnt(self) -> None:

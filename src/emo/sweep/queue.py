@@ -132,14 +132,30 @@ class TrialQueue:
             (its process was killed, or its machine is gone) is failed and queued again.
     """
 
-    def __init__(self, storage_url: str, study_name: str, sampler, pruner, direction: str, n_trials: int, grid: list[dict],
-                 heartbeat_s: int = 30, grace_s: int = 120):  # fmt: skip
+    def __init__(
+        self,
+        storage_url: str,
+        study_name: str,
+        sampler,
+        pruner,
+        direction: str,
+        n_trials: int,
+        grid: list[dict],
+        heartbeat_s: int = 30,
+        grace_s: int = 120,
+    ):
         self.n_trials = n_trials
         self.grid = grid
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
         self.storage = open_storage(storage_url, self.retry_once, heartbeat_s, grace_s)
-        self.study = optuna.create_study(study_name=study_name, storage=self.storage, sampler=sampler, pruner=pruner,
-                                         direction=direction, load_if_exists=True)  # fmt: skip
+        self.study = optuna.create_study(
+            study_name=study_name,
+            storage=self.storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction=direction,
+            load_if_exists=True,
+        )
         self.study_id = self.storage.get_study_id_from_name(study_name)
         self.claims = Claims(self.storage.engine, study_name)
 

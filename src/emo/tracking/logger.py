@@ -154,15 +154,20 @@ class JournalLogger(MLFlowLogger):
         self.sender.start()
         others = [folder for folder in pending_journals(Path(self.runs_dir)) if folder != self.folder]
         if others:  # records an earlier process could not send: send them now, beside training
-            self.background_sync = threading.Thread(target=sync, args=(Path(self.runs_dir),),
-                                                    kwargs={"tracking_uri": self._tracking_uri}, daemon=True)  # fmt: skip
+            self.background_sync = threading.Thread(
+                target=sync, args=(Path(self.runs_dir),), kwargs={"tracking_uri": self._tracking_uri}, daemon=True
+            )
             self.background_sync.start()
 
     def start_system_metrics(self, resumed: bool) -> None:
         """MLflow's own sampler, straight to the server: during an outage it stops (these are the only records not journaled)."""
         if self.system_metrics_interval_s:
-            self.system_metrics = SystemMetricsMonitor(self._run_id, sampling_interval=self.system_metrics_interval_s,
-                                                       resume_logging=resumed, tracking_uri=self._tracking_uri)  # fmt: skip
+            self.system_metrics = SystemMetricsMonitor(
+                self._run_id,
+                sampling_interval=self.system_metrics_interval_s,
+                resume_logging=resumed,
+                tracking_uri=self._tracking_uri,
+            )
             self.system_metrics.start()
 
     def stop_system_metrics(self) -> None:
@@ -288,9 +293,12 @@ class JournalLogger(MLFlowLogger):
             self.background_sync.join(self.flush_timeout_s)
         self.check_sender()
         if not done and not self.sender.failure:
-            print(f"emo: warning: the tracking server at {redact(self._tracking_uri)} did not take {self.journal.unsent} "
-                  f"records of run {self.run_id} in {self.flush_timeout_s:.0f} s; they are kept in {self.folder} and "
-                  f"`emo sync` sends them (so does the next `emo fit` with the same output folder)", file=sys.stderr)  # fmt: skip
+            print(
+                f"emo: warning: the tracking server at {redact(self._tracking_uri)} did not take {self.journal.unsent} "
+                f"records of run {self.run_id} in {self.flush_timeout_s:.0f} s; they are kept in {self.folder} and "
+                f"`emo sync` sends them (so does the next `emo fit` with the same output folder)",
+                file=sys.stderr,
+            )
         return done
 
     def send_the_rest(self, timeout_s: float) -> bool:
@@ -307,8 +315,10 @@ class JournalLogger(MLFlowLogger):
         """A sender that stopped for another reason than an outage fails the run, once, with the cause."""
         if self.sender is not None and self.sender.failure and not self.sender_failure_reported:
             self.sender_failure_reported = True
-            raise RecordsNotSent(f"run {self.run_id}: {self.sender.failure}; {self.journal.unsent} records are kept in "
-                                 f"{self.folder} for `emo sync` once that is fixed")  # fmt: skip
+            raise RecordsNotSent(
+                f"run {self.run_id}: {self.sender.failure}; {self.journal.unsent} records are kept in "
+                f"{self.folder} for `emo sync` once that is fixed"
+            )
 
 
 def run_name(model_name_or_path: str, learning_rate: float, now: datetime.datetime | None = None) -> str:

@@ -94,10 +94,14 @@ def check_settings(path, record: dict, settings: dict, new_run: bool) -> None:
         return
     changes = "; ".join(problems[:4])
     if new_run:
-        raise ResumeError(f"--ckpt_path {path}: {changes}: a checkpoint carries its optimizer and schedule, so only "
-                          f"{', '.join(CONTINUABLE)} may change when continuing it; start a new fit for other changes")  # fmt: skip
-    raise ResumeError(f"--ckpt_path {path}: the settings differ from those of run {record['run_id']}: {changes}; use the "
-                      "run's settings, or add --resume_new_run true to continue its training in a new run")  # fmt: skip
+        raise ResumeError(
+            f"--ckpt_path {path}: {changes}: a checkpoint carries its optimizer and schedule, so only "
+            f"{', '.join(CONTINUABLE)} may change when continuing it; start a new fit for other changes"
+        )
+    raise ResumeError(
+        f"--ckpt_path {path}: the settings differ from those of run {record['run_id']}: {changes}; use the "
+        "run's settings, or add --resume_new_run true to continue its training in a new run"
+    )
 
 
 def hpc_checkpoint(root: Path) -> Path | None:
@@ -114,8 +118,10 @@ def check_run_can_continue(record: dict, folder: Path, client) -> None:
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise ResumeError(f"run {run_id} of this checkpoint is not in {redact(client.tracking_uri)}; add "
-                          "--resume_new_run true to continue its training in a new run") from None  # fmt: skip
+        raise ResumeError(
+            f"run {run_id} of this checkpoint is not in {redact(client.tracking_uri)}; add "
+            "--resume_new_run true to continue its training in a new run"
+        ) from None
     if run.info.status == "FINISHED":
         raise ResumeError(f"run {run_id} has finished: nothing to resume (start a new fit without --ckpt_path)")
     if in_use(folder):
@@ -133,8 +139,10 @@ def check_run_can_continue(record: dict, folder: Path, client) -> None:
         )
     recorded = last_sent_step(folder)
     if recorded is not None and recorded >= step:  # metrics of batch n are logged at step n - 1
-        raise ResumeError(f"run {run_id} already recorded steps up to {recorded}, past this checkpoint (step {step}): "
-                          "resume from its last checkpoint, or add --resume_new_run true for a new run")  # fmt: skip
+        raise ResumeError(
+            f"run {run_id} already recorded steps up to {recorded}, past this checkpoint (step {step}): "
+            "resume from its last checkpoint, or add --resume_new_run true for a new run"
+        )
 
 
 def in_this_folder(folder: Path) -> bool:

@@ -31,19 +31,25 @@ class TeacherTargets(Callback):
         datamodule = trainer.datamodule
         tracking_uri = getattr(trainer.logger, "tracking_uri", None) or resolve_tracking_uri()
         pl_module.loss.teacher, self.cache, self.sources = teacher_probabilities(
-            teachers, list(datamodule.splits["train"]["text"]), datamodule.digests["train"],
-            datamodule.hparams.max_length, tracking_uri, label_names=list(datamodule.label_names),
-        )  # fmt: skip
+            teachers,
+            list(datamodule.splits["train"]["text"]),
+            datamodule.digests["train"],
+            datamodule.hparams.max_length,
+            tracking_uri,
+            label_names=list(datamodule.label_names),
+        )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         logger = journal_logger(trainer)
         if logger is None or self.cache is None or logger.resume_step is not None or not trainer.is_global_zero:
             return
-        logger.record_tags({
-            TEACHER_TAG: ", ".join(source.given for source in self.sources),
-            TEACHER_VERSIONS_TAG: ", ".join(source.pinned for source in self.sources),
-            TEACHER_RUNS_TAG: ", ".join(source.run_id for source in self.sources),
-        })  # fmt: skip
+        logger.record_tags(
+            {
+                TEACHER_TAG: ", ".join(source.given for source in self.sources),
+                TEACHER_VERSIONS_TAG: ", ".join(source.pinned for source in self.sources),
+                TEACHER_RUNS_TAG: ", ".join(source.run_id for source in self.sources),
+            }
+        )
         path = logger.artifact_file(TEACHER_ARTIFACT)
         shutil.copyfile(self.cache, path)
         logger.record_file(path, os.path.dirname(TEACHER_ARTIFACT))
