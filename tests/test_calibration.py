@@ -1,6 +1,8 @@
 """Calibration on logits made up to have known answers: the temperature recovered, ECE as torchmetrics computes it,
 its bootstrap interval, and the temperature folded into real (tiny, random) Hugging Face classifier heads."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from emo.calibration import (
     scaled_probabilities,
     softmax,
 )
+from emo_lab.data import ROOT
 
 
 def tempered_examples(temperature: float, n: int = 20_000, k: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -138,3 +141,32 @@ def test_a_temperature_must_be_positive(tiny_model_dir):
     for temperature in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="positive"):
             scale_classifier_head(model, temperature)
+
+
+def script(name: str):
+    """A module of scripts/ (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_top_label_isotonic_calibrates_what_one_temperature_cannot_and_keeps_every_predicted_label():
+    """scripts/calibration_check.py: right answers drawn with probability 0.55 + 0.45 c^4 at top probability c (too
+    sure in the middle, right about the extremes): no temperature fits that, the isotonic map of c does."""
+    generator = np.random.default_rng(1)
+    logits = generator.normal(0, 2.5, (20_000, 6))
+    probabilities = softmax(logits)
+    top = probabilities.argmax(axis=1)
+    right = generator.random(len(top)) < 0.55 + 0.45 * probabilities.max(axis=1) ** 4
+    wrong = (top + generator.integers(1, 6, len(top))) % 6
+    labels = np.where(right, top, wrong)
+    val, test = slice(0, 10_000), slice(10_000, None)
+    check = script("calibration_check")
+    tempered = scaled_probabilities(logits[test], fit_temperature(logits[val], labels[val]))
+    isotonic = check.top_label_isotonic(probabilities[val], labels[val], probabilities[test])
+    assert (isotonic.argmax(axis=1) == top[test]).all()
+    assert np.allclose(isotonic.sum(axis=1), 1)
+    floor, floor_95 = check.perfect_floor(isotonic.max(axis=1))
+    assert expected_calibration_error(isotonic, labels[test]) < floor_95 + 0.005
+    assert expected_calibration_error(tempered, labels[test]) > 2 * floor_95

@@ -1,0 +1,107 @@
+"""Is a fit's calibration as good as its test split can show, and would more than one temperature help?
+
+    python scripts/calibration_check.py RUN_ID [RUN_ID ...]     # fits, or sweep parents (their finished trials)
+
+For each fit, from the predictions it logged (`val/predictions.csv`: the kept checkpoint's raw probabilities;
+`test/predictions.csv`: after its temperature, tag `emo.temperature`): the test ECE raw, after the run's
+temperature, and after a recalibration of the top-label confidence by isotonic regression fitted on the same
+validation predictions (scikit-learn's `IsotonicRegression`; the other classes share the rest in proportion, and
+the top class stays on top, so the predicted label is unchanged). Beside them the ECE a perfectly calibrated
+model with the same test confidences would show on 2,000 examples (mean and 95th percentile of 200 draws of
+its right answers): below that floor, no calibrator can be told apart from perfect.
+"""
+
+import argparse
+import os
+import tempfile
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a table, not bars
+
+import mlflow
+import numpy as np
+import pandas as pd
+from sklearn.isotonic import IsotonicRegression
+
+from emo.analysis import frame_label_names
+from emo.calibration import expected_calibration_error, log_probabilities, scaled_probabilities
+from emo.spec import TEMPERATURE_TAG, predictions_artifact
+from emo.store import children_filter, resolve_tracking_uri
+
+
+def fits(client, run_id: str) -> list:
+    run = client.get_run(run_id)
+    children = client.search_runs([run.info.experiment_id], filter_string=children_filter(run_id), max_results=5000)
+    return [child for child in children if child.info.status == "FINISHED"] if children else [run]
+
+
+def probabilities_and_labels(client, run, split: str) -> tuple[np.ndarray, np.ndarray]:
+    with tempfile.TemporaryDirectory() as folder:
+        frame = pd.read_csv(client.download_artifacts(run.info.run_id, predictions_artifact(split), folder))
+    names = frame_label_names(frame)
+    return frame[[f"p_{name}" for name in names]].to_numpy(), frame["label"].map(names.index).to_numpy()
+
+
+def top_label_isotonic(validation: np.ndarray, val_labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """The top probability mapped by isotonic regression of right-or-wrong on it (fitted on validation), the others
+    scaled to share the rest; never below what keeps the top class on top."""
+    regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    regression.fit(validation.max(axis=1), validation.argmax(axis=1) == val_labels)
+    ordered = np.sort(probabilities, axis=1)
+    top, second = ordered[:, -1], ordered[:, -2]
+    keeps_top = second / (1 - top + second) + 1e-9  # the top's new value at which it still ties the second's
+    mapped = np.clip(np.maximum(regression.predict(top), keeps_top), None, 1.0)
+    rest = np.where(top < 1, (1 - mapped) / np.maximum(1 - top, 1e-12), 0.0)
+    result = probabilities * rest[:, None]
+    result[np.arange(len(result)), probabilities.argmax(axis=1)] = mapped
+    return result
+
+
+def perfect_floor(confidence: np.ndarray, draws: int = 200, seed: int = 0) -> tuple[float, float]:
+    """The ECE of a model whose confidences are these and exactly right on average: mean and 95th percentile."""
+    generator = np.random.default_rng(seed)
+    as_two = np.stack([confidence, 1 - confidence], axis=1)
+    eces = [
+        expected_calibration_error(as_two, (generator.random(len(confidence)) >= confidence).astype(int))
+        for _ in range(draws)
+    ]
+    return float(np.mean(eces)), float(np.percentile(eces, 95))
+
+
+def check(client, run) -> dict:
+    validation, val_labels = probabilities_and_labels(client, run, "val")
+    logged, labels = probabilities_and_labels(client, run, "test")
+    temperature = float(run.data.tags.get(TEMPERATURE_TAG, 1.0))
+    raw = scaled_probabilities(log_probabilities(logged), 1 / temperature)  # softmax(T log p): the logits before T
+    scaled_validation = scaled_probabilities(log_probabilities(validation), temperature)
+    isotonic = top_label_isotonic(scaled_validation, val_labels, logged)
+    assert (isotonic.argmax(axis=1) == logged.argmax(axis=1)).all()
+    floor, floor_95 = perfect_floor(isotonic.max(axis=1))
+    return {
+        "run": f"{run.info.run_name} ({run.info.run_id[:8]})",
+        "T": temperature,
+        "raw": expected_calibration_error(raw, labels),
+        "temperature": expected_calibration_error(logged, labels),
+        "isotonic": expected_calibration_error(isotonic, labels),
+        "floor": floor,
+        "floor_95": floor_95,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", help="fit run ids, or sweep parents")
+    args = parser.parse_args()
+    client = mlflow.MlflowClient(resolve_tracking_uri())
+    print("| run | T | test ECE raw | after T | after T + isotonic top label | perfect: mean (95th pct) |")
+    print("|---|---|---|---|---|---|")
+    for run_id in args.runs:
+        for run in fits(client, run_id):
+            r = check(client, run)
+            print(
+                f"| {r['run']} | {r['T']:.3f} | {r['raw']:.4f} | {r['temperature']:.4f} | {r['isotonic']:.4f} | "
+                f"{r['floor']:.4f} ({r['floor_95']:.4f}) |"
+            )
+
+
+if __name__ == "__main__":
+    main()
