@@ -80,3 +80,29 @@ def no_data_bars():
     finally:
         if shown:
             datasets.enable_progress_bars()
+
+
+class HeldMessages(logging.Filter):
+    """A logger's records kept instead of printed (`with held:`), until `release()` prints them, in order: what a
+    run says about itself waits until its settings are known to be good, so a bad one prints its one line alone."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.logger = logging.getLogger(name)
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def __enter__(self) -> "HeldMessages":
+        self.logger.addFilter(self)
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.logger.removeFilter(self)
+
+    def release(self) -> None:
+        records, self.records = self.records, []
+        for record in records:
+            self.logger.handle(record)

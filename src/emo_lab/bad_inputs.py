@@ -385,6 +385,7 @@ ONE_OF_EVERY_KIND = (
     "a setting given none of its types",
     "unreadable YAML",  # a config file
     "trainer value Lightning refuses",  # a value that parses, refused by what uses it
+    "trainer value Lightning refuses mid-fit",  # a value that can be checked only once the data is read
     "not UTF-8",  # data files
     "model folder without weights",  # model folders
     "not a checkpoint",  # checkpoints

@@ -33,7 +33,7 @@ from emo.hardware import fast_precision
 from emo.model import EmotionClassifier
 from emo.params import run_settings
 from emo.predict import PredictionWriter
-from emo.quiet import logger_at, no_data_bars
+from emo.quiet import HeldMessages, logger_at, no_data_bars
 from emo.spec import MODEL_TAG
 from emo.store import download_registered_model, is_registered_model_uri, prepare_tracking, resolve_tracking_uri
 from emo.tracking import (
@@ -54,6 +54,7 @@ from emo.tracking import (
 )
 
 SEED_LOGGER = "lightning.fabric.utilities.seed"  # where Lightning's seed_everything says the seed
+STARTUP_LOGGER = "lightning.pytorch.utilities.rank_zero"  # where a new Trainer says its precision and devices
 LOGGER_CLASS = f"{JournalLogger.__module__.removesuffix('.logger')}.{JournalLogger.__name__}"  # as configs name it
 
 
@@ -63,6 +64,7 @@ class EmoCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True, callbacks=()):
         self.resume_step = None
         self.model_labels = None  # (--ckpt_path, the classes of that checkpoint or registered model)
+        self.startup_lines = HeldMessages(STARTUP_LOGGER)  # printed by after_instantiate_classes
         torch.set_float32_matmul_precision("high")  # TF32 on recent GPUs; no effect on CPU
         clock, predictions = TrainingClock(), EvaluationPredictions()
         super().__init__(
@@ -191,7 +193,11 @@ class EmoCLI(LightningCLI):
         if not hasattr(self, "trainer"):  # a sweep builds no trainer: each trial says its own seed and has its run
             return
         config = self.config[self.subcommand] if self.subcommand else self.config
-        self.announce_seed(config)  # once the trainer's settings are known to be good too
+        if self.subcommand == "fit":
+            with no_data_bars():  # the data read and tokenized here, once: the fit reuses it
+                check_validation_interval(self.trainer, self.datamodule)
+        self.startup_lines.release()  # the trainer's own lines and the seed, once its settings are known to be good
+        self.announce_seed(config)
         logger = journal_logger(self.trainer)
         if logger is not None:
             name = run_name(config.model.model_name_or_path, config.model.learning_rate)
@@ -199,13 +205,13 @@ class EmoCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         try:
-            return super().instantiate_trainer(**kwargs)
+            with self.startup_lines:
+                return super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, TypeError) as error:  # Lightning's checks of trainer settings
             raise UserError(f"trainer settings: {str(error).strip().splitlines()[0]}") from None
 
     def before_fit(self):
         check_checkpoint_fits(self.config.fit.ckpt_path, self.model)
-        check_validation_interval(self.trainer, self.datamodule)
         logger = journal_logger(self.trainer)
         if logger is not None and not self.trainer.fast_dev_run:
             logger.keep_open_for_test(True)
