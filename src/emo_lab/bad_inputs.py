@@ -389,6 +389,8 @@ ONE_OF_EVERY_KIND = (
     "not UTF-8",  # data files
     "model folder without weights",  # model folders
     "not a checkpoint",  # checkpoints
+    "checkpoint of another model",  # a checkpoint that loads, of other weights
+    "subset smaller than the classes",  # a setting checked against the data
     "predict file empty",  # predict files
     "server not running",  # tracking
     "sweep storage not a URL",  # sweeps

@@ -21,6 +21,7 @@ from emo.cli.checks import (
     check_inputs,
     check_labels_match,
     check_teachers,
+    check_train_size,
     check_validation_interval,
     checkpoint_labels,
     config_problem,
@@ -185,7 +186,9 @@ class EmoCLI(LightningCLI):
         if subcommand != "predict":
             check_audit(config, uri)
         if subcommand == "fit":
-            check_teachers(config.model.teacher, uri, data_labels(config))
+            labels = data_labels(config)
+            check_train_size(config.data.train_size, labels)
+            check_teachers(config.model.teacher, uri, labels)
             if self.subcommand and tracked:
                 self.resume_step = plan_resume(config, run_settings(config), uri)
 
@@ -193,6 +196,8 @@ class EmoCLI(LightningCLI):
         if not hasattr(self, "trainer"):  # a sweep builds no trainer: each trial says its own seed and has its run
             return
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand:
+            check_checkpoint_fits(config.get("ckpt_path"), self.model)
         if self.subcommand == "fit":
             with no_data_bars():  # the data read and tokenized here, once: the fit reuses it
                 check_validation_interval(self.trainer, self.datamodule)
@@ -211,7 +216,6 @@ class EmoCLI(LightningCLI):
             raise UserError(f"trainer settings: {str(error).strip().splitlines()[0]}") from None
 
     def before_fit(self):
-        check_checkpoint_fits(self.config.fit.ckpt_path, self.model)
         logger = journal_logger(self.trainer)
         if logger is not None and not self.trainer.fast_dev_run:
             logger.keep_open_for_test(True)
@@ -229,12 +233,3 @@ class EmoCLI(LightningCLI):
             saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
             self.model.load_state_dict(saved["state_dict"])
         self.trainer.test(self.model, datamodule=self.datamodule, weights_only=True)
-
-    def before_validate(self):
-        check_checkpoint_fits(self.config.validate.ckpt_path, self.model)
-
-    def before_test(self):
-        check_checkpoint_fits(self.config.test.ckpt_path, self.model)
-
-    def before_predict(self):
-        check_checkpoint_fits(self.config.predict.ckpt_path, self.model)

@@ -73,6 +73,15 @@ def check_validation_interval(trainer, datamodule) -> None:
         )
 
 
+def check_train_size(train_size, labels: list[str] | None) -> None:
+    """`--data.train_size N`: a stratified subset needs an example of every class (datasets refuses it mid-fit)."""
+    if isinstance(train_size, int) and labels and train_size < len(labels):
+        raise UserError(
+            f"--data.train_size {train_size}: a stratified subset needs at least one example of each of the "
+            f"{len(labels)} classes; give at least {len(labels)}"
+        )
+
+
 def data_labels(config) -> list[str] | None:
     """The classes of the data (`emo.data.labels`), without the Hub: None for a Hub dataset without `data.labels`."""
     if config.data.labels:
