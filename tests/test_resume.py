@@ -170,7 +170,8 @@ def test_slurm_requeue_comes_back_to_the_same_run(tmp_path, tiny_model_dir, smal
     """Lightning's auto-requeue (SIGUSR1: hpc checkpoint, requeue) still works, and the requeued job continues the run.
 
     SLURM sends SIGTERM before it ends a job: emo then stops at a step's end with a newer last.ckpt, which the
-    requeued job prefers. Killed outright, the job comes back from Lightning's hpc checkpoint.
+    requeued job prefers. Killed outright, the job comes back from Lightning's hpc checkpoint. Once the training
+    has ended the hpc checkpoint is deleted.
     """
     name = f"slurm-requeue-test-{then.name.lower()}"
     args = fit_args(tmp_path, tiny_model_dir, small_data_dir, name)
@@ -189,6 +190,9 @@ def test_slurm_requeue_comes_back_to_the_same_run(tmp_path, tiny_model_dir, smal
     assert code == 0, output[-3000:]
     assert the_run(client, name).info.run_id == first.info.run_id
     assert_one_complete_record(client, name)  # either way: every step once, no gap
+    # Used up: left behind, Lightning would load it into the test after the fit (in place of the kept checkpoint,
+    # which may be gone if the requeued job improved on it) and the next fit here would try to resume it.
+    assert not list(outputs.glob("hpc_ckpt_*.ckpt"))
 
 
 BEAT_S = 3  # stale after 15 s of silence: a live process's beat, however busy the machine, is never that late

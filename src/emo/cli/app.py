@@ -51,6 +51,7 @@ from emo.tracking import (
     journal_logger,
     plan_resume,
     read_record,
+    remove_hpc_checkpoints,
     run_name,
 )
 
@@ -224,6 +225,9 @@ class EmoCLI(LightningCLI):
         logger = journal_logger(self.trainer)
         if logger is not None:
             logger.keep_open_for_test(False)
+            if self.trainer.is_global_zero:  # the training has ended: else the test would load one
+                remove_hpc_checkpoints(Path(self.trainer.default_root_dir), logger.run_id)
+            self.trainer.strategy.barrier()
         if self.trainer.fast_dev_run:
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""

@@ -10,7 +10,7 @@ from emo.tracking.heldout import HeldOutPredictions
 from emo.tracking.logger import JournalLogger, journal_logger, run_name
 from emo.tracking.predictions import VAL_PREDICTIONS_KEY, EvaluationPredictions
 from emo.tracking.registration import ModelRegistry
-from emo.tracking.resume import ResumeError, plan_resume, read_record
+from emo.tracking.resume import ResumeError, plan_resume, read_record, remove_hpc_checkpoints
 from emo.tracking.run_config import LogRunConfig
 from emo.tracking.teachers import TeacherTargets
 
@@ -30,5 +30,6 @@ __all__ = [
     "journal_logger",
     "plan_resume",
     "read_record",
+    "remove_hpc_checkpoints",
     "run_name",
 ]

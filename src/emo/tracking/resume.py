@@ -112,6 +112,19 @@ def hpc_checkpoint(root: Path) -> Path | None:
     return saved[-1] if saved else None
 
 
+def remove_hpc_checkpoints(root: Path, run_id: str) -> None:
+    """Deletes the SLURM requeue checkpoints of run `run_id` once its training has ended.
+
+    On SLURM, Lightning restores the newest `hpc_ckpt_<n>.ckpt` whenever no `ckpt_path` is given: left
+    behind, it would replace the kept checkpoint's weights in the test after the fit, and be resumed by the
+    next fit in the same folder.
+    """
+    if SLURMEnvironment.detect():
+        for path in root.glob("hpc_ckpt_*.ckpt"):
+            if (read_record(path) or {}).get("run_id") == run_id:
+                path.unlink()
+
+
 def check_run_can_continue(record: dict, folder: Path, client) -> None:
     """The checkpoint's run exists, has not finished, no live process writes it, and it recorded nothing past the checkpoint."""
     run_id, step = record["run_id"], record["step"]
