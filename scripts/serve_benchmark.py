@@ -15,10 +15,8 @@ and the uvicorn it starts) after the load. Writes reports/benchmarks/serve.md (t
 """
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from emo_lab.data import ROOT
-from emo_lab.server import free_port, wait_for_http
+from emo_lab.server import free_port, served_model
 
 CLIENTS = 4
 BATCH = 32
@@ -84,28 +82,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def serve(uri: str, texts: list[str], labels: list[str], singles: int, folder: Path) -> dict:
-    port, log = free_port(), folder / f"serve-{free_port()}.log"
-    url = f"http://127.0.0.1:{port}"
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
-    command = [
-        str(Path(bin_dir) / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        uri,
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
     started = time.perf_counter()
-    with open(log, "w") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_http(server, f"{url}/ping", 600, log)
+    with served_model(uri, folder / f"serve-{free_port()}.log", timeout_s=600) as (url, server):
         ready_s = time.perf_counter() - started
         invocations = f"{url}/invocations"
         load(invocations, [[text] for text in texts[:8]])  # warm-up
@@ -114,14 +92,6 @@ def serve(uri: str, texts: list[str], labels: list[str], singles: int, folder: P
         batch_s, _, answers = load(invocations, jobs)
         memory = tree_rss(server.pid)
         load_average = os.getloadavg()[0]  # the machine is shared: how busy it was during this model's turn
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
     predicted = [row["label"] for answer in answers for row in answer]
     return {
         "uri": uri,

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from emo.cli import EmoCLI
 from emo.losses import TrainingLoss, distillation_loss
 from emo.spec import TEACHER_ARTIFACT
-from emo_lab.data import ROOT, SMALL_SIZES, shrunk_args
+from emo_lab.data import ROOT, SMALL_SIZES, one_epoch_named, shrunk_args
 
 CARER = ["sadness", "joy", "love", "anger", "fear", "surprise"]  # the ids a teacher's classes must have
 
@@ -25,12 +25,7 @@ def fit(tmp_path, tiny_model_dir, small_data_dir, name: str, *extra: str) -> Emo
                 tmp_path,
                 tiny_model_dir,
                 small_data_dir,
-                "--trainer.max_epochs",
-                "1",
-                "--trainer.logger.init_args.experiment_name",
-                "distill-test",
-                "--registry.registered_model_name",
-                name,
+                *one_epoch_named("distill-test", name),
                 *extra,
             ),
         ]

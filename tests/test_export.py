@@ -2,11 +2,9 @@
 NAME-onnx, served by a real `mlflow models serve` with the transformers flavor's JSON, and read by `emo predict`
 without torch; each bad input one line, no run left RUNNING."""
 
-import contextlib
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -20,7 +18,7 @@ import pytest
 from emo.export.parity import FP32_TOLERANCE, INT8_ACCURACY_LOSS
 from emo.store.registry import log_transformers_model, register, tracking_store
 from emo_lab.data import ROOT
-from emo_lab.server import free_port, wait_for_http
+from emo_lab.server import served_model
 from helpers.processes import run_emo
 
 NAME = "emotion-export-test"
@@ -195,31 +193,8 @@ def process_tree(pid: int) -> list[int]:
 
 
 def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source, fp32, tmp_path, tracking_uri):
-    port, log = free_port(), tmp_path / "serve.log"
-    url = f"http://127.0.0.1:{port}"
-    bin_dir = str(Path(sys.executable).parent)  # the venv's: `mlflow` and the `uvicorn` it starts
-    env = {
-        **os.environ,
-        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
-        "MLFLOW_TRACKING_URI": tracking_uri,
-    }
-    command = [
-        str(Path(bin_dir) / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        f"models:/{NAME}-onnx/1",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with open(log, "w") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_http(server, f"{url}/ping", 240, log)
+    serving = served_model(f"models:/{NAME}-onnx/1", tmp_path / "serve.log", {"MLFLOW_TRACKING_URI": tracking_uri})
+    with serving as (url, server):
         answers = {
             "texts": post(f"{url}/invocations", {"inputs": TEXTS}),
             "split": post(
@@ -230,14 +205,6 @@ def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source,
             "number": post(f"{url}/invocations", {"inputs": ["a text", 3]}),
         }
         maps = "".join(Path(f"/proc/{pid}/maps").read_text() for pid in process_tree(server.pid))
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)  # mlflow and the uvicorn it started
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
     assert "libtorch" not in maps and "onnxruntime" in maps  # the served processes run onnxruntime, not torch
     _, _, names = source
     status, body = answers["texts"]

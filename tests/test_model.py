@@ -86,6 +86,15 @@ def test_training_loss_smooths_and_weighs(tiny_model_dir):
     assert smoothed > plain  # a confident right answer costs more when the target is not one-hot
 
 
+def train_steps(model, data_dir, tokenizer_dir, steps: int, **settings) -> L.Trainer:
+    """A bare trainer (no logger, checkpoints, bars or validation) that trains `model` `steps` steps on `data_dir`."""
+    data = EmotionDataModule(data_dir=str(data_dir), tokenizer_name_or_path=str(tokenizer_dir))
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "limit_val_batches": 0}
+    trainer = L.Trainer(max_steps=steps, **quiet, **settings)
+    trainer.fit(model, datamodule=data)
+    return trainer
+
+
 def test_linear_warmup_then_decay(classifier, small_data_dir, tiny_model_dir):
     class RecordLearningRate(L.Callback):
         rates = []
@@ -93,17 +102,8 @@ def test_linear_warmup_then_decay(classifier, small_data_dir, tiny_model_dir):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
     recorder = RecordLearningRate()
-    trainer = L.Trainer(
-        max_steps=8,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        callbacks=[recorder],
-    )
-    trainer.fit(classifier, datamodule=data)
+    trainer = train_steps(classifier, small_data_dir, tiny_model_dir, 8, callbacks=[recorder])
     rates = recorder.rates
     assert len(rates) == 8 and {group["weight_decay"] for group in trainer.optimizers[0].param_groups} == {0.1, 0.0}
     assert rates[0] == 0.0 and rates[2] == pytest.approx(1e-3)  # 2 warm-up steps (25 % of 8)
@@ -125,11 +125,7 @@ def test_frozen_embeddings_stay_as_pretrained_and_the_rest_trains(small_data_dir
     model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS, learning_rate=1e-2, freeze_embeddings=True)
     embeddings = model.model.get_input_embeddings().weight.detach().clone()
     head = model.model.classifier.weight.detach().clone()
-    data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
-    trainer = L.Trainer(
-        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0
-    )
-    trainer.fit(model, datamodule=data)
+    trainer = train_steps(model, small_data_dir, tiny_model_dir, 3)
     assert torch.equal(model.model.get_input_embeddings().weight, embeddings)
     assert not torch.equal(model.model.classifier.weight, head)
     trained = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
@@ -149,15 +145,7 @@ def test_dropout_setting_reaches_every_dropout_layer(tiny_model_dir):
 
 def test_a_cpu_fit_draws_dropout_masks_the_fast_way_with_the_same_rate(small_data_dir, tiny_model_dir):
     model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS)
-    data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
-    L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        accelerator="cpu",
-    ).fit(model, datamodule=data)
+    train_steps(model, small_data_dir, tiny_model_dir, 1, accelerator="cpu")
     layers = [m for m in model.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert layers and all(isinstance(m, CpuDropout) and m.p == 0.1 for m in layers)
     assert model.model.config._attn_implementation == "emo_cpu"
@@ -201,13 +189,5 @@ def test_cpu_attention_computes_what_sdpa_computes(tiny_model_dir):
 
 def test_a_chosen_attention_kernel_is_kept_on_the_cpu(small_data_dir, tiny_model_dir):
     model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS, attn_implementation="sdpa")
-    data = EmotionDataModule(data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir))
-    L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        accelerator="cpu",
-    ).fit(model, datamodule=data)
+    train_steps(model, small_data_dir, tiny_model_dir, 1, accelerator="cpu")
     assert model.model.config._attn_implementation == "sdpa"

@@ -13,7 +13,7 @@ import torch
 from mlflow.server import get_app_client
 
 from emo.tracking import ResumeError, read_record
-from emo_lab.data import ROOT, shrunk_args
+from emo_lab.data import ROOT, one_epoch_named, shrunk_args
 from emo_lab.server import MlflowServer
 from helpers.gates import open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
@@ -191,12 +191,7 @@ def test_registered_weights_are_safetensors(tmp_path, tiny_model_dir, small_data
                 tmp_path,
                 tiny_model_dir,
                 small_data_dir,
-                "--trainer.max_epochs",
-                "1",
-                "--trainer.logger.init_args.experiment_name",
-                name,
-                "--registry.registered_model_name",
-                name,
+                *one_epoch_named(name),
             ),
         ],
         tmp_path / "fit.log",

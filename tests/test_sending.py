@@ -6,7 +6,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from emo.store import Journal, Sender, pending_journals
 from emo.store.journal import SENT, read_entries
-from emo_lab.data import shrunk_args
+from emo_lab.data import one_epoch_named, shrunk_args
 from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 
@@ -73,12 +73,7 @@ def test_the_next_fit_sends_a_journal_left_behind(tmp_path, tiny_model_dir, smal
             tmp_path,
             tiny_model_dir,
             small_data_dir,
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.logger.init_args.experiment_name",
-            "left-behind-next",
-            "--registry.registered_model_name",
-            "left-behind-next",
+            *one_epoch_named("left-behind-next"),
         ),
     ]
     code, output = run_emo(args, tmp_path / "fit.log")

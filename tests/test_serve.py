@@ -1,12 +1,7 @@
 """A registered model, used by name: `emo predict --ckpt_path models:/NAME@ALIAS`, and `mlflow models serve` over HTTP."""
 
-import contextlib
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +13,7 @@ from emo.cli import EmoCLI
 from emo.commands import main
 from emo.data.fetch import CARER_LABELS
 from emo_lab.data import shrunk_args
-from emo_lab.server import free_port, wait_for_http
+from emo_lab.server import served_model
 
 NAME = "emotion-serve-test"
 TEXTS = ["i feel so happy and loved", "this makes me furious", "i am scared of the dark", "what a surprise to see you"]
@@ -154,40 +149,9 @@ def post_json(url: str, payload: dict) -> dict:
 
 
 def test_the_champion_serves_over_http(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
-    port, log = free_port(), tmp_path / "serve.log"
-    url = f"http://127.0.0.1:{port}"
-    bin_dir = str(Path(sys.executable).parent)  # the venv's: `mlflow` and the `uvicorn` it starts
-    env = {
-        **os.environ,
-        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
-        "MLFLOW_TRACKING_URI": tracking_uri,
-    }
-    command = [
-        str(Path(bin_dir) / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        f"models:/{NAME}@champion",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with open(log, "w") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_http(server, f"{url}/ping", 240, log)
+    serving = served_model(f"models:/{NAME}@champion", tmp_path / "serve.log", {"MLFLOW_TRACKING_URI": tracking_uri})
+    with serving as (url, _):
         served = post_json(f"{url}/invocations", {"inputs": TEXTS})["predictions"]
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)  # mlflow and the uvicorn it started
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
     assert len(served) == len(TEXTS) and all(set(row) == {"label", "score"} for row in served), served
     assert {row["label"] for row in served} <= set(CARER_LABELS)
     rows = predict(tmp_path, tiny_model_dir, small_data_dir, f"models:/{NAME}@champion")

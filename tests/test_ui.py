@@ -9,7 +9,7 @@ import pytest
 
 from emo.cli import EmoCLI
 from emo.store import ui_url
-from emo_lab.data import shrunk_args
+from emo_lab.data import one_epoch_named, shrunk_args
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # As the probe of this machine kind starts it: no sandbox as root, and no calls to Google's services.
@@ -40,12 +40,7 @@ def test_the_printed_url_opens_the_run_in_the_model_training_view(
                 tmp_path,
                 tiny_model_dir,
                 small_data_dir,
-                "--trainer.max_epochs",
-                "1",
-                "--trainer.logger.init_args.experiment_name",
-                name,
-                "--registry.registered_model_name",
-                "",
+                *one_epoch_named(name, ""),
             ),
         ]
     )

@@ -54,6 +54,13 @@ SHIPPED_TRAINING_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") i
 TRAINING_CONFIGS = ["--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
 
 
+def one_epoch_named(name: str, registered_model: str | None = None) -> list[str]:
+    """Flags of a one-epoch fit in experiment `name` that registers `registered_model` (default `name`; "": none)."""
+    registered = name if registered_model is None else registered_model
+    return ["--trainer.max_epochs", "1", "--trainer.logger.init_args.experiment_name", name,
+            "--registry.registered_model_name", registered]  # fmt: skip
+
+
 def shrunk_args(tmp_path: Path, model_dir: Path, data: Path, *extra: str, configs=TRAINING_CONFIGS) -> list[str]:
     """The shipped configs, shrunk: tiny model, small data, short training, temp folders."""
     return [

@@ -1,5 +1,6 @@
-"""A real MLflow tracking server for tests and scripts, and waiting for an HTTP service without a fixed sleep."""
+"""A real MLflow tracking server for tests and scripts, a served model, and waiting for an HTTP service without a fixed sleep."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -29,6 +30,32 @@ def wait_for_http(process: subprocess.Popen, url: str, timeout_s: float, log: Pa
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def served_model(uri: str, log: Path, env: dict | None = None, timeout_s: float = 240):
+    """`mlflow models serve -m uri --env-manager local` on a free port, ready: yields its URL and process.
+
+    Stopped on leaving with every process it started (SIGTERM, then SIGKILL after 30 s).
+    """
+    url = f"http://127.0.0.1:{free_port()}"
+    bin_dir = str(Path(sys.executable).parent)  # the venv's: `mlflow` and the `uvicorn` it starts
+    env = {**os.environ, **(env or {}), "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+    command = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]  # fmt: skip
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_http(server, f"{url}/ping", timeout_s, log)
+        yield url, server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 class MlflowServer:
