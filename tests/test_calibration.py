@@ -153,7 +153,8 @@ def script(name: str):
 
 def test_top_label_isotonic_calibrates_what_one_temperature_cannot_and_keeps_every_predicted_label():
     """scripts/calibration_check.py: right answers drawn with probability 0.55 + 0.45 c^4 at top probability c (too
-    sure in the middle, right about the extremes): no temperature fits that, the isotonic map of c does."""
+    sure in the middle, right about the extremes): no temperature fits that (chosen for NLL or for ECE), the isotonic
+    map of c does."""
     generator = np.random.default_rng(1)
     logits = generator.normal(0, 2.5, (20_000, 6))
     probabilities = softmax(logits)
@@ -170,3 +171,5 @@ def test_top_label_isotonic_calibrates_what_one_temperature_cannot_and_keeps_eve
     floor, floor_95 = check.perfect_floor(isotonic.max(axis=1))
     assert expected_calibration_error(isotonic, labels[test]) < floor_95 + 0.005
     assert expected_calibration_error(tempered, labels[test]) > 2 * floor_95
+    by_ece = scaled_probabilities(logits[test], check.ece_temperature(logits[val], labels[val]))
+    assert expected_calibration_error(by_ece, labels[test]) > 2 * floor_95  # nor does the temperature of least ECE
