@@ -67,7 +67,9 @@ def test_a_student_learns_from_a_registered_teacher_computed_once(
     version = client.search_model_versions("name='tiny-student'")[0]
     assert f"Distilled from {uri}." in version.description
 
-    again = fit(tmp_path / "again", tiny_model_dir, small_data_dir, "tiny-student", "--model.teacher", f"[{uri}]")
+    again = fit(
+        tmp_path / "again", tiny_model_dir, small_data_dir, "tiny-student", "--model.teacher", uri
+    )  # one: plain
     err = capsys.readouterr().err
     assert "teacher probabilities from the cache" in err and "computing" not in err
     assert torch.equal(again.model.loss.teacher, logged)

@@ -171,9 +171,9 @@ class EmotionClassifier(L.LightningModule):
         super().__init__()
         if len(label_names) < 2:
             raise UserError(f"the model needs at least two class names (label_names: {list(label_names)})")
-        if isinstance(teacher, str):  # one teacher, as naturally written: --model.teacher models:/NAME/1
-            teacher = [teacher]
         self.save_hyperparameters(logger=False)  # every setting reaches MLflow from the resolved config instead
+        if isinstance(teacher, str):  # one teacher, as naturally written: --model.teacher models:/NAME/1
+            self.hparams.teacher = [teacher]  # (LightningCLI saves the value as given, not this function's locals)
         self.model = load_classifier(model_name_or_path, label_names, attn_implementation)
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps a module's mode: dropout on
         if freeze_embeddings:
