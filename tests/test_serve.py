@@ -108,10 +108,13 @@ def test_a_registered_model_uri_repeats_the_fit_s_scores(
     run = client.get_run(fitted.trainer.logger.run_id)  # one epoch: its last validation is the kept checkpoint's
     for metric in (f"{stage}/acc", f"{stage}/f1_weighted"):
         assert cli.trainer.callback_metrics[metric].item() == pytest.approx(run.data.metrics[metric], abs=1e-5), metric
-    # The registered model is calibrated: its validation loss is the fit's after temperature scaling (the test ran
-    # calibrated already). The mean loss under bf16 autocast moves in its 6th digit on a loaded CPU.
-    loss = run.data.metrics["test/loss" if stage == "test" else "calibration/val_after_nll"]
-    assert cli.trainer.callback_metrics[f"{stage}/loss"].item() == pytest.approx(loss, rel=1e-4)
+    # The registered model is calibrated: its loss is the fit's after temperature scaling (the fit's test ran
+    # calibrated already), far nearer it than the raw model's. Under bf16 autocast (where the CPU has bf16 units) the
+    # head with T folded in rounds otherwise than logits / T: the mean loss moves in its 4th digit.
+    after = run.data.metrics["test/loss" if stage == "test" else "calibration/val_after_nll"]
+    before = run.data.metrics[f"calibration/{stage}_before_nll"]
+    loss = cli.trainer.callback_metrics[f"{stage}/loss"].item()
+    assert loss == pytest.approx(after, rel=1e-3) and abs(loss - after) < abs(loss - before) / 4
     assert (
         client.get_run(cli.trainer.logger.run_id).data.tags["emo.model"] == uri
     )  # not the download's temporary folder
