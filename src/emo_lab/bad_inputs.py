@@ -10,9 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from emo_lab.data import ROOT
-
-CONFIGS = ["--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml")]
+from emo_lab.data import ROOT, TRAINING_CONFIGS
 
 
 @dataclasses.dataclass
@@ -36,7 +34,7 @@ class Case:
 def fit(
     ctx: Context, *extra: str, model: Path | None = None, data: Path | None = None, command: str = "fit"
 ) -> list[str]:
-    return [command, *CONFIGS, "--model.model_name_or_path", str(model or ctx.model_dir),
+    return [command, *TRAINING_CONFIGS, "--model.model_name_or_path", str(model or ctx.model_dir),
             "--data.data_dir", str(data or ctx.data_dir), "--trainer.max_epochs", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(ctx.folder / "outputs"),
             "--trainer.logger.init_args.experiment_name", ctx.name, "--registry.registered_model_name", ctx.name, *extra]  # fmt: skip
