@@ -1,9 +1,15 @@
 """The masking rule of `emo.redact`, name by name and text by text, exactly as docs/reliability.md states it.
 (End to end, a secret in the environment, a tag, a URL and a config file reaching nothing emo writes: test_security.py.)"""
 
-import pytest
+import os
+import sys
+import threading
 
-from emo.redact import MASK, is_secret_name, redact, redact_item, without_userinfo
+import pytest
+from mlflow.utils.model_utils import env_var_tracker
+
+from emo.redact import MASK, is_secret_name, redact, redact_item, secret_values, without_userinfo
+from emo.store import use_mlflow_defaults
 
 SECRET = "s3cr3t-Value-0042"
 
@@ -81,3 +87,49 @@ def test_a_secret_in_text_is_masked_where_it_stands(text, masked):
 def test_the_journal_keeps_where_to_send_without_any_credentials():
     assert without_userinfo("http://alice:pw1@host:5000") == "http://host:5000"
     assert without_userinfo("https://token@host") == "https://host"
+
+
+def test_masking_reads_the_environment_whole_while_another_thread_changes_it(monkeypatch):
+    """MLflow sets and removes variables in the sender's thread while it logs a model; the main thread masks text
+    meanwhile (a suite run failed with KeyError: '_MLFLOW_IS_IN_SERVING_ENVIRONMENT')."""
+    monkeypatch.setenv("PGPASSWORD", SECRET)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython can, so the copies and the changes interleave
+    stop = threading.Event()
+
+    def change() -> None:
+        while not stop.is_set():
+            for index in range(20):
+                os.environ[f"EMO_TEST_CHANGING_{index}"] = "x"
+            for index in range(20):
+                del os.environ[f"EMO_TEST_CHANGING_{index}"]
+
+    changer = threading.Thread(target=change, daemon=True)
+    changer.start()
+    try:
+        seen = [secret_values() for _ in range(3000)]
+    finally:
+        stop.set()
+        changer.join()
+        sys.setswitchinterval(interval)
+    assert all(values == [SECRET] for values in seen)
+
+
+def test_mlflow_logs_a_model_without_watching_the_environment_that_masking_reads(monkeypatch):
+    """MLflow's default replaces os.environ's reads in every thread while it logs a model and collects the names read
+    into a set it then iterates: masking, reading every variable meanwhile, broke the sender ("Set changed size during
+    iteration"). emo turns that off for every command (and conftest, as emo does)."""
+    monkeypatch.delenv("MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING", raising=False)
+    use_mlflow_defaults()
+    with env_var_tracker() as read_while_logging:
+        redact(f"password={SECRET}")
+    assert read_while_logging == set()
+
+
+@pytest.mark.parametrize("name", ["PWD", "OLDPWD"])
+def test_the_shell_s_working_directory_is_not_taken_for_a_password(name, monkeypatch):
+    """`PWD` is a word of MYSQL_PWD's kind, but the shell sets it to the working directory: every path under it in a
+    run's config would read `***/data/emotion`. As a key in text (`PWD=...` in an ODBC connection string) it is one."""
+    monkeypatch.setenv(name, "/home/someone/emo")
+    assert redact("data_dir: /home/someone/emo/data/emotion") == "data_dir: /home/someone/emo/data/emotion"
+    assert redact("Driver={PostgreSQL};Uid=emo;PWD=hunter22;") == f"Driver={{PostgreSQL}};Uid=emo;PWD={MASK};"

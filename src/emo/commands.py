@@ -85,9 +85,9 @@ def main(args: list[str] | None = None) -> None:
     if command is None:
         print(f"emo: error: unknown command {args[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    from emo.store.uri import use_http_defaults  # MLflow loads here, once a command that uses it is chosen
+    from emo.store.uri import use_mlflow_defaults  # MLflow loads here, once a command that uses it is chosen
 
-    use_http_defaults()
+    use_mlflow_defaults()
     run, _ = command
     try:
         run(args if run is lightning else args[1:])

@@ -12,7 +12,8 @@ the tracking URI kept in the journal, and the lines emo prints. The rule, exactl
   - begins with AUTH (not AUTHOR) or ends in DSN (`AUTH_HEADER`, `AUTHTOKEN`, `PGDSN`).
   Not credential-like: `tokenizer_name`, `max_tokens`, `author`, `passes`.
 - The value (6 characters or more) of every environment variable with a credential-like name is
-  masked wherever it appears.
+  masked wherever it appears; but for the shell's working directories `PWD` and `OLDPWD` (a word PWD,
+  not a password: masked, every path under them would read `***/...`).
 - A value of any length is masked where a secret is known to stand:
   - the password of a URL, any scheme (`http://user:***@host`, `postgresql+psycopg://user:***@host/db`,
     `mysql://user:***@host`); userinfo without a password (`https://***@host`) is masked whole;
@@ -50,6 +51,7 @@ URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]+):[^/@\s]+@")  # user:password@
 URL_USERINFO = re.compile(r"(?<=://)[^/@:\s]+@")  # a token alone as userinfo: token@
 MASK = "***"
 MIN_ANYWHERE = 6
+SHELL_DIRECTORIES = ("PWD", "OLDPWD")  # environment variables named like a password that hold the shell's directories
 
 
 def words(name: str) -> list[str]:
@@ -67,9 +69,23 @@ def is_secret_name(name: str) -> bool:
     )
 
 
+def environment() -> dict[str, str]:
+    """A copy of the environment, whole even while another thread changes it (MLflow sets and removes variables while
+    the journal's sender logs a model): a copy that a change broke is taken again."""
+    while True:
+        try:
+            return dict(os.environ)
+        except (RuntimeError, KeyError):  # the variables changed in number, or one went, during the copy
+            continue
+
+
 def secret_values() -> list[str]:
     """Values of environment variables named like credentials (MLflow, Hugging Face, cloud, databases), longest first."""
-    values = {value for name, value in os.environ.items() if len(value) >= MIN_ANYWHERE and is_secret_name(name)}
+    values = {
+        value
+        for name, value in environment().items()
+        if len(value) >= MIN_ANYWHERE and is_secret_name(name) and name not in SHELL_DIRECTORIES
+    }
     return sorted(values, key=len, reverse=True)
 
 

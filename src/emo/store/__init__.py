@@ -27,7 +27,7 @@ from emo.store.uri import (
     TrackingServerError,
     check_tracking_uri,
     resolve_tracking_uri,
-    use_http_defaults,
+    use_mlflow_defaults,
 )
 
 __all__ = [
@@ -68,7 +68,7 @@ __all__ = [
     "sync",
     "test_metrics",
     "ui_url",
-    "use_http_defaults",
+    "use_mlflow_defaults",
     "version_description",
     "wait_for_server",
 ]

@@ -83,7 +83,7 @@ def send_status(client, journal: Journal, lines: list[dict]) -> None:
 
 def show_run_link(client, run_id: str) -> None:
     """The run's page, as MLflow prints it when a run ends on a server, without the credentials: MLflow's own line
-    shows the tracking URI as given, password and all (`emo.store.uri.use_http_defaults` turns that one off)."""
+    shows the tracking URI as given, password and all (`emo.store.uri.use_mlflow_defaults` turns that one off)."""
     if not str(client.tracking_uri).startswith(("http://", "https://")):
         return
     with contextlib.suppress(Exception):  # a link is no record: never a reason to stop sending

@@ -22,17 +22,25 @@ UNREACHABLE = (
     ("timed out", f"no answer in {CHECK_TIMEOUT_S} s"),
     ("Timeout", f"no answer in {CHECK_TIMEOUT_S} s"),
 )
-# MLflow retries a failed request 7 times over about two minutes; emo's journal retries for as long as it takes,
-# so a request may give up sooner and leave the thread free (set these variables to choose otherwise).
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# MLflow's settings as emo runs it (set these variables to choose otherwise):
+MLFLOW_DEFAULTS = {
+    # MLflow retries a failed request 7 times over about two minutes; emo's journal retries for as long as it takes,
+    # so a request may give up sooner and leave the thread free.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    # While it logs a model, MLflow replaces how every thread reads os.environ, to note which variables the model
+    # needs: emo's masking reads them all from the main thread meanwhile, and the sender logging the model failed with
+    # "Set changed size during iteration". An emo model needs no variable.
+    "MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING": "false",
+}
 
 
 class TrackingServerError(UserError):
     """The tracking URI is wrong, or its server does not answer or refuses emo."""
 
 
-def use_http_defaults() -> None:
-    for name, value in HTTP_DEFAULTS.items():
+def use_mlflow_defaults() -> None:
+    for name, value in MLFLOW_DEFAULTS.items():
         os.environ.setdefault(name, value)
     # MLflow prints a run's link with the tracking URI as given, password and all: emo prints it masked (emo.store.sender).
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
