@@ -4,12 +4,11 @@
 
 For each fit, from the predictions it logged (`val/predictions.csv`: the kept checkpoint's raw probabilities;
 `test/predictions.csv`: after its temperature, tag `emo.temperature`): the test ECE raw, after the run's
-temperature, after the temperature that minimises validation ECE (not NLL; a grid from 0.3 to 2), and after a
-recalibration of the top-label confidence by isotonic regression fitted on the same
-validation predictions (scikit-learn's `IsotonicRegression`; the other classes share the rest in proportion, and
-the top class stays on top, so the predicted label is unchanged). Beside them the ECE a perfectly calibrated
-model with the same test confidences would show on 2,000 examples (mean and 95th percentile of 200 draws of
-its right answers): below that floor, no calibrator can be told apart from perfect.
+temperature, after the temperature that minimises validation ECE (not NLL; a grid from 0.3 to 2), and after the
+top-label map fitted on the same validation predictions (`emo.calibration.fit_top_label_map`, applied as `emo
+export`'s served model applies it: isotonic in the top probability, the predicted label unchanged). Beside them
+the ECE a perfectly calibrated model with the same test confidences would show on 2,000 examples (mean and 95th
+percentile of 200 draws of its right answers): below that floor, no calibrator can be told apart from perfect.
 """
 
 import argparse
@@ -21,10 +20,10 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a tabl
 import mlflow
 import numpy as np
 import pandas as pd
-from sklearn.isotonic import IsotonicRegression
 
 from emo.analysis import frame_label_names
-from emo.calibration import expected_calibration_error, log_probabilities, scaled_probabilities
+from emo.calibration import expected_calibration_error, fit_top_label_map, log_probabilities, scaled_probabilities
+from emo.export.served import top_label_calibrated
 from emo.spec import TEMPERATURE_TAG, predictions_artifact
 from emo.store import children_filter, resolve_tracking_uri
 
@@ -40,21 +39,6 @@ def probabilities_and_labels(client, run, split: str) -> tuple[np.ndarray, np.nd
         frame = pd.read_csv(client.download_artifacts(run.info.run_id, predictions_artifact(split), folder))
     names = frame_label_names(frame)
     return frame[[f"p_{name}" for name in names]].to_numpy(), frame["label"].map(names.index).to_numpy()
-
-
-def top_label_isotonic(validation: np.ndarray, val_labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """The top probability mapped by isotonic regression of right-or-wrong on it (fitted on validation), the others
-    scaled to share the rest; never below what keeps the top class on top."""
-    regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-    regression.fit(validation.max(axis=1), validation.argmax(axis=1) == val_labels)
-    ordered = np.sort(probabilities, axis=1)
-    top, second = ordered[:, -1], ordered[:, -2]
-    keeps_top = second / (1 - top + second) + 1e-9  # the top's new value at which it still ties the second's
-    mapped = np.clip(np.maximum(regression.predict(top), keeps_top), None, 1.0)
-    rest = np.where(top < 1, (1 - mapped) / np.maximum(1 - top, 1e-12), 0.0)
-    result = probabilities * rest[:, None]
-    result[np.arange(len(result)), probabilities.argmax(axis=1)] = mapped
-    return result
 
 
 def ece_temperature(log_validation: np.ndarray, val_labels: np.ndarray) -> float:
@@ -83,7 +67,7 @@ def check(client, run) -> dict:
     raw = scaled_probabilities(log_probabilities(logged), 1 / temperature)  # softmax(T log p): the logits before T
     scaled_validation = scaled_probabilities(log_probabilities(validation), temperature)
     by_ece = scaled_probabilities(log_probabilities(raw), ece_temperature(log_probabilities(validation), val_labels))
-    isotonic = top_label_isotonic(scaled_validation, val_labels, logged)
+    isotonic = top_label_calibrated(logged, **fit_top_label_map(scaled_validation, val_labels))
     assert (isotonic.argmax(axis=1) == logged.argmax(axis=1)).all()
     floor, floor_95 = perfect_floor(isotonic.max(axis=1))
     return {

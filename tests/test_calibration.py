@@ -13,6 +13,7 @@ from emo.calibration import (
     ece_bootstrap,
     expected_calibration_error,
     fit_temperature,
+    fit_top_label_map,
     log_probabilities,
     nll,
     reliability_figure,
@@ -20,6 +21,7 @@ from emo.calibration import (
     scaled_probabilities,
     softmax,
 )
+from emo.export.served import top_label_calibrated
 from emo_lab.data import ROOT
 
 
@@ -151,10 +153,9 @@ def script(name: str):
     return module
 
 
-def test_top_label_isotonic_calibrates_what_one_temperature_cannot_and_keeps_every_predicted_label():
-    """scripts/calibration_check.py: right answers drawn with probability 0.55 + 0.45 c^4 at top probability c (too
-    sure in the middle, right about the extremes): no temperature fits that (chosen for NLL or for ECE), the isotonic
-    map of c does."""
+def test_the_top_label_map_calibrates_what_one_temperature_cannot_and_keeps_every_predicted_label():
+    """Right answers drawn with probability 0.55 + 0.45 c^4 at top probability c (too sure in the middle, right about
+    the extremes): no temperature fits that (chosen for NLL or for ECE), the map of c fitted on validation does."""
     generator = np.random.default_rng(1)
     logits = generator.normal(0, 2.5, (20_000, 6))
     probabilities = softmax(logits)
@@ -165,11 +166,33 @@ def test_top_label_isotonic_calibrates_what_one_temperature_cannot_and_keeps_eve
     val, test = slice(0, 10_000), slice(10_000, None)
     check = script("calibration_check")
     tempered = scaled_probabilities(logits[test], fit_temperature(logits[val], labels[val]))
-    isotonic = check.top_label_isotonic(probabilities[val], labels[val], probabilities[test])
-    assert (isotonic.argmax(axis=1) == top[test]).all()
-    assert np.allclose(isotonic.sum(axis=1), 1)
-    floor, floor_95 = check.perfect_floor(isotonic.max(axis=1))
-    assert expected_calibration_error(isotonic, labels[test]) < floor_95 + 0.005
+    mapped = top_label_calibrated(probabilities[test], **fit_top_label_map(probabilities[val], labels[val]))
+    assert (mapped.argmax(axis=1) == top[test]).all()
+    assert np.allclose(mapped.sum(axis=1), 1)
+    floor, floor_95 = check.perfect_floor(mapped.max(axis=1))
+    assert expected_calibration_error(mapped, labels[test]) < floor_95 + 0.005
     assert expected_calibration_error(tempered, labels[test]) > 2 * floor_95
     by_ece = scaled_probabilities(logits[test], check.ece_temperature(logits[val], labels[val]))
     assert expected_calibration_error(by_ece, labels[test]) > 2 * floor_95  # nor does the temperature of least ECE
+
+
+def test_the_top_label_map_is_scikit_learn_s_isotonic_regression_kept_from_changing_a_label():
+    from sklearn.isotonic import IsotonicRegression
+
+    generator = np.random.default_rng(2)
+    probabilities = softmax(generator.normal(0, 2, (3000, 4)))
+    top = probabilities.argmax(axis=1)
+    right = generator.random(3000) < 0.8 * probabilities.max(axis=1)  # too sure by a fifth at every confidence
+    labels = np.where(right, top, (top + generator.integers(1, 4, 3000)) % 4)
+    knots = fit_top_label_map(probabilities, labels)
+    reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(
+        probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+    )
+    new = np.array([[0.6, 0.2, 0.1, 0.1], [0.9, 0.05, 0.03, 0.02], [0.4, 0.39, 0.2, 0.01], [1.0, 0.0, 0.0, 0.0]])
+    mapped = top_label_calibrated(new, **knots)
+    expected = reference.predict(new.max(axis=1))
+    assert mapped[:2, 0] == pytest.approx(expected[:2])  # where the label is not at stake: the regression's value
+    assert mapped[:2, 1:] / new[:2, 1:] == pytest.approx(((1 - mapped[:2, 0]) / (1 - new[:2, 0]))[:, None] * np.ones(3))
+    assert expected[2] < 0.39 and mapped[2, 0] > mapped[2, 1]  # the regression would drop it below the second
+    assert mapped[3].tolist() == [1.0, 0.0, 0.0, 0.0]  # a certain row stays certain, nothing divided by zero
+    assert (mapped.argmax(axis=1) == new.argmax(axis=1)).all() and np.allclose(mapped.sum(axis=1), 1)

@@ -15,13 +15,16 @@ import mlflow
 import numpy as np
 import pytest
 
+from emo.calibration import expected_calibration_error, fit_top_label_map
 from emo.export.parity import FP32_TOLERANCE, INT8_ACCURACY_LOSS
+from emo.export.served import top_label_calibrated
 from emo.store.registry import log_transformers_model, register, tracking_store
-from emo_lab.data import ROOT
+from emo_lab.data import DATA_DIR, ROOT
 from emo_lab.server import served_model
 from helpers.processes import run_emo
 
 NAME = "emotion-export-test"
+MAPPED, MAP_VAL = f"{NAME}-mapped", 1200  # an export with a top-label map, and the validation examples it is fitted on
 TEXTS = ["i feel so happy and loved", "this makes me furious", "i am scared of the dark", "what a surprise to see you"]
 
 
@@ -101,6 +104,28 @@ def fp32(source, mlflow_server, tmp_path_factory):
     return mlflow.MlflowClient(mlflow_server).get_model_version(f"{NAME}-onnx", "1")
 
 
+@pytest.fixture(scope="module")
+def mapped(source, small_data_dir, mlflow_server, tmp_path_factory):
+    """NAME-mapped version 1: the fp32 export with a top-label map, fitted on 1,200 real validation examples."""
+    data = tmp_path_factory.mktemp("mapped-data")
+    (data / "val.txt").write_text(
+        "\n".join([line for line in (DATA_DIR / "val.txt").read_text().splitlines() if line.strip()][:MAP_VAL]) + "\n"
+    )
+    (data / "test.txt").write_text((small_data_dir / "test.txt").read_text())
+    args = ["--model", f"models:/{NAME}/1", "--quantize", "none", "--data_dir", str(data)]
+    code, output = export(tmp_path_factory.mktemp("mapped"), mlflow_server, *args, "--registered_model_name", MAPPED)
+    assert code == 0, output
+    return mlflow.MlflowClient(mlflow_server).get_model_version(MAPPED, "1"), data, output
+
+
+def top_label_mapped(source, data: Path, texts: list[str]) -> np.ndarray:
+    """The source's probabilities of `texts` through a top-label map fitted on its own of the validation split."""
+    _, _, names = source
+    val_texts, val_labels = examples(data, "val")
+    knots = fit_top_label_map(source_probabilities(source, val_texts), [names.index(n) for n in val_labels])
+    return top_label_calibrated(source_probabilities(source, texts), **knots)
+
+
 def test_an_fp32_export_matches_its_source_and_names_it(fp32, mlflow_server):
     client = mlflow.MlflowClient(mlflow_server)
     assert fp32.tags["emo.export.source"] == f"models:/{NAME}/1" and fp32.tags["emo.export.quantize"] == "none"
@@ -113,6 +138,30 @@ def test_an_fp32_export_matches_its_source_and_names_it(fp32, mlflow_server):
     assert metrics["parity/export_acc"] == metrics["parity/source_acc"]
     assert metrics["parity/export_f1_macro"] == metrics["parity/source_f1_macro"]
     assert metrics["parity/examples"] == 100
+    assert "emo.export.top_label_map" not in fp32.tags and "top_label_map/examples" not in metrics
+    assert run.data.params["export.top_label_map"] == "True"  # asked for, but 100 validation examples are too few
+
+
+def test_an_export_serves_through_a_top_label_map_fitted_on_validation(source, mapped, mlflow_server, tmp_path):
+    version, data, output = mapped
+    assert f"Top-label map fitted on {MAP_VAL} validation examples: test ECE" in output, output
+    assert version.tags["emo.export.top_label_map"] == str(MAP_VAL) and "top-label map" in version.description
+    metrics = mlflow.MlflowClient(mlflow_server).get_run(version.run_id).data.metrics
+    assert metrics["top_label_map/examples"] == MAP_VAL
+    assert metrics["parity/max_abs_diff"] <= FP32_TOLERANCE  # the parity is the export's before the map
+    _, _, names = source
+    test_texts, test_labels = examples(data, "test")
+    labels = [names.index(name) for name in test_labels]
+    before, after = source_probabilities(source, test_texts), top_label_mapped(source, data, test_texts)
+    assert metrics["top_label_map/test_before_ece"] == pytest.approx(
+        expected_calibration_error(before, labels), abs=1e-3
+    )
+    assert metrics["top_label_map/test_after_ece"] == pytest.approx(expected_calibration_error(after, labels), abs=1e-3)
+    assert np.abs(after - before).max() > 0.01  # the map moved the probabilities
+    rows = predict_onnx(tmp_path, f"models:/{MAPPED}/1", mlflow_server)  # emo predict applies the map
+    got = np.array([[float(row[f"p_{name}"]) for name in names] for row in rows])
+    assert np.abs(got - top_label_mapped(source, data, TEXTS)).max() < FP32_TOLERANCE
+    assert [row["label"] for row in rows] == [names[i] for i in source_probabilities(source, TEXTS).argmax(axis=1)]
 
 
 def test_an_int8_export_registers_within_its_stated_loss_or_says_so(source, fp32, mlflow_server, tmp_path):
@@ -192,8 +241,9 @@ def process_tree(pid: int) -> list[int]:
     return [root.pid, *(child.pid for child in root.children(recursive=True))]
 
 
-def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source, fp32, tmp_path, tracking_uri):
-    serving = served_model(f"models:/{NAME}-onnx/1", tmp_path / "serve.log", {"MLFLOW_TRACKING_URI": tracking_uri})
+def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source, mapped, tmp_path, tracking_uri):
+    """The export with a top-label map: served as `emo predict` gives it, the source's probabilities through the map."""
+    serving = served_model(f"models:/{MAPPED}/1", tmp_path / "serve.log", {"MLFLOW_TRACKING_URI": tracking_uri})
     with serving as (url, server):
         answers = {
             "texts": post(f"{url}/invocations", {"inputs": TEXTS}),
@@ -211,7 +261,7 @@ def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source,
     assert status == 200, body
     served = body["predictions"]
     assert [set(row) for row in served] == [{"label", "score", *(f"p_{name}" for name in names)}] * len(TEXTS)
-    expected = source_probabilities(source, TEXTS)
+    expected = top_label_mapped(source, mapped[1], TEXTS)
     assert [row["label"] for row in served] == [names[i] for i in expected.argmax(axis=1)]
     assert [row["score"] for row in served] == pytest.approx(expected.max(axis=1), abs=FP32_TOLERANCE)
     assert [row[f"p_{name}"] for row in served for name in names] == pytest.approx(expected.ravel(), abs=FP32_TOLERANCE)

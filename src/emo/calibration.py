@@ -6,6 +6,10 @@ logged predictions without torch. A temperature T is fitted after training on th
 predictions (never test) by minimising the negative log-likelihood of softmax(z / T); `scale_classifier_head` folds
 1/T into the model's last linear layer, so the saved model's logits are z / T and every consumer of the model
 returns calibrated probabilities. Dividing the logits by T > 0 never changes the predicted label.
+
+Where one temperature is not enough, `fit_top_label_map` fits a monotone map of the top probability (isotonic
+regression). No such map folds into weights (of the maps of logits that keep every argmax, a linear layer can
+only hold a temperature), so `emo export` fits it on validation and its served model applies it after the softmax.
 """
 
 import math
@@ -70,6 +74,23 @@ def fit_temperature(scores, labels, bounds: tuple[float, float] = TEMPERATURE_RA
         middle = (low + high) / 2
         low, high = (middle, high) if slope(middle) < 0 else (low, middle)
     return 1 / math.exp((low + high) / 2)
+
+
+def fit_top_label_map(probabilities, labels) -> dict[str, list[float]]:
+    """A monotone map of the top probability to how often the top class is right, fitted on these examples by
+    isotonic regression (scikit-learn's `IsotonicRegression`): its knots, `confidence` to `calibrated`, linear
+    between them and flat beyond. `emo.export.served.top_label_calibrated` applies it.
+
+    One temperature scales every confidence alike; this map corrects each confidence by its own amount, where a
+    model is too sure at some confidences and too unsure at others (docs/results.md). Fit it on a few thousand
+    examples: on fewer, it learns their noise.
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    regression.fit(probabilities.max(axis=1), probabilities.argmax(axis=1) == np.asarray(labels))
+    return {"confidence": regression.X_thresholds_.tolist(), "calibrated": regression.y_thresholds_.tolist()}
 
 
 def calibration_bins(probabilities, labels, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

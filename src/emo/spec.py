@@ -91,6 +91,7 @@ TEACHER_TAG, TEACHER_VERSIONS_TAG, TEACHER_RUNS_TAG = (
 )  # distilled
 TEMPERATURE_TAG = "emo.temperature"  # a calibrated run and its registered version: the temperature in its head
 EXPORT_SOURCE_TAG, QUANTIZE_TAG = "emo.export.source", "emo.export.quantize"  # an ONNX export: its source version, int8
+TOP_LABEL_MAP_TAG = "emo.export.top_label_map"  # an export served through a top-label map: its validation examples
 MODEL_URI_TAG = "emo.model_uri"  # where the run's logged model is, so a sweep can register its best trial later
 HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG, ENDED_BY_TAG = "emo.heartbeat", "emo.heartbeat_interval_s", "emo.ended_by"
 SWEEP_TAG, WORKER_TAG = "emo.sweep", "emo.worker"  # a sweep's parent run; which sweep process ran a trial

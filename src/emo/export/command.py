@@ -5,7 +5,9 @@ test split, logged as an MLflow model that `mlflow models serve` serves, and reg
     python -m emo export --model models:/NAME@champion --quantize none     (fp32)
 
 Everything is checked before a run exists: the model (a registered emo model: MLflow's transformers flavor,
-text classification), the test split, and the parity of the export. An export that loses more than its kind may
+text classification), the test split, and the parity of the export. Then a top-label map (`emo.calibration`) is
+fitted on the export's own probabilities of the validation split and served with it, where one temperature
+left the confidences off (docs/serving.md); the parity is the export's before the map. An export that loses more than its kind may
 (`emo.export.parity`) is one line and no run, unless `--force`. The export run is in the source run's
 experiment; its params are the settings, its metrics the parity figures; the version's tags name the source.
 """
@@ -23,14 +25,16 @@ from jsonargparse import auto_cli
 
 from emo import UserError
 from emo.arguments import OneLineParser
-from emo.export.parity import Parity, test_examples
-from emo.export.served import GRAPH_FILE, SETTINGS_FILE, OnnxTextClassifier
-from emo.spec import EXPORT_SOURCE_TAG, QUANTIZE_TAG, TEMPERATURE_TAG
+from emo.calibration import calibration_scores, fit_top_label_map
+from emo.export.parity import Parity, split_examples
+from emo.export.served import GRAPH_FILE, SETTINGS_FILE, TOP_LABEL_MAP, OnnxTextClassifier, top_label_calibrated
+from emo.spec import EXPORT_SOURCE_TAG, QUANTIZE_TAG, TEMPERATURE_TAG, TOP_LABEL_MAP_TAG
 from emo.store import is_registered_model_uri, model_source, resolve_tracking_uri
 from emo.store.registry import INPUT_EXAMPLE, download_model, tracking_store
 
 SERVED_CODE = Path(__file__).with_name("served.py")
 DEFAULT_MAX_LENGTH = 128
+MAP_EXAMPLES = 1000  # the fewest validation examples a top-label map is fitted on: on fewer it learns their noise
 
 
 def export(
@@ -40,6 +44,7 @@ def export(
     data_dir: str | None = None,
     force: bool = False,
     registered_model_name: str | None = None,
+    top_label_map: bool = True,
 ) -> None:
     """Export a registered model to ONNX and register it as the next version of NAME-onnx.
 
@@ -49,6 +54,8 @@ def export(
         data_dir: The folder with the test split for the parity check; default: the source run's data.data_dir.
         force: Register even if the export loses more than it may (int8: 0.5 points of accuracy; fp32: 1e-3).
         registered_model_name: Register as this name; default NAME-onnx.
+        top_label_map: Fit a map of the top probability on the validation split (at least 1000 examples, the test
+            split's folder) and serve through it; the predicted labels are unchanged. False: the source's probabilities.
     """
     if not is_registered_model_uri(model):
         raise UserError(f"--model {model}: name a registered model as models:/NAME@ALIAS or models:/NAME/VERSION")
@@ -75,7 +82,8 @@ def export(
         graph, bundle, labels, source_probabilities, texts, ids = build(
             model_dir, tokenizer_dir, folder, quantize, max_length, test_dir
         )
-        exported = OnnxTextClassifier().load(graph, bundle).probabilities(texts)
+        classifier = OnnxTextClassifier().load(graph, bundle)
+        exported = classifier.probabilities(texts)
         parity = Parity.of(ids, source_probabilities, exported)
         print(f"Parity {parity.summary()}")
         problem = parity.shortfall(quantize)
@@ -83,11 +91,18 @@ def export(
             raise UserError(f"{problem}; not registered (--force registers it anyway)")
         if problem:
             print(f"emo: warning: {problem}; registered anyway (--force)", file=sys.stderr)
+        mapped = fit_served_map(classifier, bundle, test_dir, labels, exported, ids) if top_label_map else {}
         name = registered_model_name or f"{source.name}-onnx"
-        settings = {"source": source.pinned, "quantize": quantize, "max_length": max_length, "data_dir": str(test_dir)}
+        settings = {
+            "source": source.pinned,
+            "quantize": quantize,
+            "max_length": max_length,
+            "data_dir": str(test_dir),
+            "top_label_map": top_label_map,
+        }
         with tracking_store(tracking_uri):
             registered = log_and_register(
-                run.info.experiment_id, source, version, graph, bundle, labels, settings, parity, name
+                run.info.experiment_id, source, version, graph, bundle, labels, settings, parity, name, mapped
             )
     print(f"Registered {name!r} version {registered.version} ({parity.summary()}): models:/{name}/{registered.version}")
 
@@ -102,7 +117,7 @@ def build(model_dir: Path, tokenizer_dir: Path, folder: Path, quantize: str, max
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    texts, ids = test_examples(test_dir, {label: i for i, label in enumerate(labels)})
+    texts, ids = split_examples(test_dir, {label: i for i, label in enumerate(labels)})
     bundle = folder / "tokenizer"
     tokenizer.save_pretrained(bundle)
     settings = {
@@ -127,6 +142,41 @@ def build(model_dir: Path, tokenizer_dir: Path, folder: Path, quantize: str, max
     return graph, bundle, labels, np.concatenate(probabilities), texts, ids
 
 
+def fit_served_map(classifier, bundle: Path, data_dir: Path, labels, test: np.ndarray, test_ids) -> dict[str, float]:
+    """Fits the top-label map on the export's probabilities of the validation split and adds it to the served
+    settings in `bundle`. Returns the validation examples and the ECE and NLL before and after the map on
+    validation and test; {} and one line why when there is no validation split of `MAP_EXAMPLES` or more."""
+    from emo.data import DataFormatError
+
+    try:
+        texts, ids = split_examples(data_dir, {label: i for i, label in enumerate(labels)}, "validation")
+    except DataFormatError:
+        print(f"No top-label map: no validation split in {data_dir}; served with the source's probabilities")
+        return {}
+    if len(texts) < MAP_EXAMPLES:
+        print(
+            f"No top-label map: {len(texts)} validation examples in {data_dir}, fewer than {MAP_EXAMPLES} "
+            "(it would learn their noise); served with the source's probabilities"
+        )
+        return {}
+    validation = classifier.probabilities(texts, calibrated=False)
+    classifier.top_label_map = fit_top_label_map(validation, ids)
+    settings_file = bundle / SETTINGS_FILE
+    settings = json.loads(settings_file.read_text()) | {TOP_LABEL_MAP: classifier.top_label_map}
+    settings_file.write_text(json.dumps(settings, indent=1) + "\n")
+    figures = {"top_label_map/examples": float(len(texts))}
+    for split, probabilities, truth in (("val", validation, ids), ("test", test, test_ids)):
+        after = top_label_calibrated(probabilities, **classifier.top_label_map)
+        for when, p in (("before", probabilities), ("after", after)):
+            figures |= {f"top_label_map/{split}_{when}_{k}": v for k, v in calibration_scores(p, truth).items()}
+    print(
+        f"Top-label map fitted on {len(texts)} validation examples: test ECE {figures['top_label_map/test_before_ece']:.4f}"
+        f" -> {figures['top_label_map/test_after_ece']:.4f} (validation {figures['top_label_map/val_before_ece']:.4f}"
+        f" -> {figures['top_label_map/val_after_ece']:.4f})"
+    )
+    return figures
+
+
 def requirements() -> list[str]:
     import importlib.metadata
 
@@ -137,9 +187,19 @@ def requirements() -> list[str]:
 
 
 def log_and_register(
-    experiment_id, source, version, graph: Path, bundle: Path, labels, settings: dict, parity: Parity, name: str
+    experiment_id,
+    source,
+    version,
+    graph: Path,
+    bundle: Path,
+    labels,
+    settings: dict,
+    parity: Parity,
+    name: str,
+    mapped: dict[str, float],
 ):
-    """The export run (params: settings; metrics: parity) with the served model, registered as a version of `name`."""
+    """The export run (params: settings; metrics: parity, the top-label map's figures) with the served model,
+    registered as a version of `name`."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
     from mlflow.types.schema import AnyType
@@ -166,7 +226,7 @@ def log_and_register(
             }
         )
         mlflow.log_params({f"export.{key}": value for key, value in settings.items()})
-        mlflow.log_metrics(parity.metrics())
+        mlflow.log_metrics(parity.metrics() | mapped)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(SERVED_CODE),
@@ -182,6 +242,9 @@ def log_and_register(
         QUANTIZE_TAG: settings["quantize"],
         **{k: f"{v:.6g}" for k, v in parity.metrics().items()},
     }
+    if mapped:
+        tags[TOP_LABEL_MAP_TAG] = str(int(mapped["top_label_map/examples"]))
+        tags["top_label_map/test_after_ece"] = f"{mapped['top_label_map/test_after_ece']:.6g}"
     if TEMPERATURE_TAG in version.tags:
         tags[TEMPERATURE_TAG] = version.tags[TEMPERATURE_TAG]
     for key, value in tags.items():
@@ -193,6 +256,13 @@ def log_and_register(
         description=(
             f"ONNX export ({kind}) of {source.pinned} by run {run.info.run_id}, served without torch by onnxruntime. "
             f"Parity {parity.summary()}."
+            + (
+                f" Served through a top-label map fitted on {int(mapped['top_label_map/examples'])} validation "
+                f"examples: test ECE {mapped['top_label_map/test_before_ece']:.4f} -> "
+                f"{mapped['top_label_map/test_after_ece']:.4f}."
+                if mapped
+                else ""
+            )
         ),
     )
     return registered

@@ -71,11 +71,11 @@ class Parity:
         return None
 
 
-def test_examples(data_dir: Path, label2id: dict[str, int]) -> tuple[list[str], list[int]]:
-    """The texts and class ids of the test split in `data_dir`, in file order (labels as names or as ids)."""
+def split_examples(data_dir: Path, label2id: dict[str, int], split: str = "test") -> tuple[list[str], list[int]]:
+    """The texts and class ids of a split in `data_dir`, in file order (labels as names or as ids)."""
     from emo.data import READERS, find_split_file
 
-    path = find_split_file(data_dir, "test")
+    path = find_split_file(data_dir, split)
     texts, labels = [], []
     for example in READERS[path.suffix](path):
         label = example["label"]

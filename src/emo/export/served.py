@@ -19,13 +19,31 @@ import pandas as pd
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 GRAPH_FILE = "model.onnx"  # logged as artifacts/model.onnx, beside artifacts/tokenizer/
-SETTINGS_FILE = "classifier.json"  # labels (in id order), max_length, what was exported from
+SETTINGS_FILE = "classifier.json"  # labels (in id order), max_length, pad_id; the top-label map if fitted
+TOP_LABEL_MAP = "top_label_map"  # its key in SETTINGS_FILE: {"confidence": [...], "calibrated": [...]}
 BATCH_SIZE = 64  # texts per forward pass, sorted by length so that a batch holds texts of similar length
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def top_label_calibrated(probabilities: np.ndarray, confidence: Sequence[float], calibrated: Sequence[float]):
+    """Each row's top probability mapped by the knots `confidence` -> `calibrated` (linear between them, flat
+    beyond; `emo.calibration.fit_top_label_map`), the other classes scaled to share the rest. The top class keeps
+    at least the probability that ties it with the second, so no predicted label changes."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    ordered = np.sort(probabilities, axis=1)
+    top, second = ordered[:, -1], ordered[:, -2]
+    # the new top at which it would tie the second, the others scaled alike (a top of exactly 1 stays 1), and a
+    # margin that survives rounding to float32
+    keeps_top = np.divide(second, 1 - top + second, out=np.ones_like(top), where=top < 1) + 1e-6
+    mapped = np.clip(np.maximum(np.interp(top, confidence, calibrated), keeps_top), None, 1.0)
+    rest = np.divide(1 - mapped, 1 - top, out=np.zeros_like(top), where=top < 1)
+    result = probabilities * rest[:, None]
+    result[np.arange(len(result)), probabilities.argmax(axis=1)] = mapped
+    return result
 
 
 def checked_texts(model_input) -> list[str]:
@@ -64,6 +82,7 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         self.tokenizer.no_padding()  # each batch is padded to its longest text here
         self.tokenizer.enable_truncation(max_length=settings["max_length"])
         self.pad_id: int = settings["pad_id"]
+        self.top_label_map: dict | None = settings.get(TOP_LABEL_MAP)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
         # Threads that wait by sleeping, not spinning: on a CPU shared with other work (uvicorn, other processes),
@@ -73,8 +92,9 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         self.session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         return self
 
-    def probabilities(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """One row of class probabilities per text, in the texts' order (computed in batches of similar length)."""
+    def probabilities(self, texts: Sequence[str], batch_size: int = BATCH_SIZE, calibrated: bool = True) -> np.ndarray:
+        """One row of class probabilities per text, in the texts' order (computed in batches of similar length);
+        through the export's top-label map when it has one, unless not `calibrated`."""
         encoded = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         result = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
@@ -88,6 +108,8 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
                 attention_mask[row, : len(encoded[i])] = 1
             logits = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
             result[rows] = softmax(logits.astype(np.float64))
+        if calibrated and self.top_label_map:
+            return top_label_calibrated(result, **self.top_label_map)
         return result
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
