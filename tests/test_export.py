@@ -101,6 +101,7 @@ def fp32(source, mlflow_server, tmp_path_factory):
     )
     assert code == 0, output
     assert f"Registered '{NAME}-onnx' version 1" in output, output
+    assert "No top-label map: 100 validation examples" in output and "fewer than 1000" in output, output
     return mlflow.MlflowClient(mlflow_server).get_model_version(f"{NAME}-onnx", "1")
 
 

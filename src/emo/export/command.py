@@ -150,8 +150,8 @@ def fit_served_map(classifier, bundle: Path, data_dir: Path, labels, test: np.nd
 
     try:
         texts, ids = split_examples(data_dir, {label: i for i, label in enumerate(labels)}, "validation")
-    except DataFormatError:
-        print(f"No top-label map: no validation split in {data_dir}; served with the source's probabilities")
+    except DataFormatError as error:  # none, or several files for it
+        print(f"No top-label map: {error}; served with the source's probabilities")
         return {}
     if len(texts) < MAP_EXAMPLES:
         print(
