@@ -185,8 +185,8 @@ def test_the_top_label_map_is_scikit_learn_s_isotonic_regression_kept_from_chang
     right = generator.random(3000) < 0.8 * probabilities.max(axis=1)  # too sure by a fifth at every confidence
     labels = np.where(right, top, (top + generator.integers(1, 4, 3000)) % 4)
     knots = fit_top_label_map(probabilities, labels)
-    reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(
-        probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+    reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(  # and one wrong answer at 1
+        np.append(probabilities.max(axis=1), 1.0), np.append(probabilities.argmax(axis=1) == labels, False)
     )
     new = np.array([[0.6, 0.2, 0.1, 0.1], [0.9, 0.05, 0.03, 0.02], [0.4, 0.39, 0.2, 0.01], [1.0, 0.0, 0.0, 0.0]])
     mapped = top_label_calibrated(new, **knots)
@@ -196,3 +196,14 @@ def test_the_top_label_map_is_scikit_learn_s_isotonic_regression_kept_from_chang
     assert expected[2] < 0.39 and mapped[2, 0] > mapped[2, 1]  # the regression would drop it below the second
     assert mapped[3].tolist() == [1.0, 0.0, 0.0, 0.0]  # a certain row stays certain, nothing divided by zero
     assert (mapped.argmax(axis=1) == new.argmax(axis=1)).all() and np.allclose(mapped.sum(axis=1), 1)
+
+
+def test_the_top_label_map_never_says_certain_so_a_wrong_answer_keeps_a_finite_log_likelihood():
+    generator = np.random.default_rng(3)
+    probabilities = softmax(generator.normal(0, 3, (2000, 6)))
+    top = probabilities.argmax(axis=1)
+    labels = np.where(probabilities.max(axis=1) > 0.9, top, generator.integers(0, 6, 2000))  # always right above 0.9
+    knots = fit_top_label_map(probabilities, labels)
+    assert max(knots["calibrated"]) < 1
+    sure_but_wrong = np.array([[0.999, 0.0005, 0.0003, 0.0001, 0.00005, 0.00005]])
+    assert nll(top_label_calibrated(sure_but_wrong, **knots), np.array([1])) < 15
