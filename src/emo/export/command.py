@@ -5,11 +5,12 @@ test split, logged as an MLflow model that `mlflow models serve` serves, and reg
     python -m emo export --model models:/NAME@champion --quantize none     (fp32)
 
 Everything is checked before a run exists: the model (a registered emo model: MLflow's transformers flavor,
-text classification), the test split, and the parity of the export. Then a top-label map (`emo.calibration`) is
-fitted on the export's own probabilities of the validation split and served with it, where one temperature
-left the confidences off (docs/serving.md); the parity is the export's before the map. An export that loses more than its kind may
-(`emo.export.parity`) is one line and no run, unless `--force`. The export run is in the source run's
-experiment; its params are the settings, its metrics the parity figures; the version's tags name the source.
+text classification), the test split, and the parity of the export. An export that loses more than its kind may
+(`emo.export.parity`) is one line and no run, unless `--force`. Then a top-label map (`emo.calibration`) is
+fitted on the export's own probabilities of the validation split and served with it: it calibrates what one
+temperature left (docs/serving.md); the parity is the export's before the map. The export run is in the source
+run's experiment; its params are the settings, its metrics the parity and the map's figures; the version's tags
+name the source.
 """
 
 import json
