@@ -24,7 +24,7 @@ from emo_lab.server import served_model
 from helpers.processes import run_emo
 
 NAME = "emotion-export-test"
-MAPPED, MAP_VAL = f"{NAME}-mapped", 1200  # an export with a top-label map, and the validation examples it is fitted on
+MAP_EXAMPLES = 1200  # the validation examples of the test exports' top-label map
 TEXTS = ["i feel so happy and loved", "this makes me furious", "i am scared of the dark", "what a surprise to see you"]
 
 
@@ -94,29 +94,24 @@ def export(tmp_path: Path, tracking_uri: str, *args: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def fp32(source, mlflow_server, tmp_path_factory):
-    """Version 1 of NAME-onnx: the fp32 export."""
-    code, output = export(
-        tmp_path_factory.mktemp("fp32"), mlflow_server, "--model", f"models:/{NAME}/1", "--quantize", "none"
-    )
-    assert code == 0, output
-    assert f"Registered '{NAME}-onnx' version 1" in output, output
-    assert "No top-label map: 100 validation examples" in output and "fewer than 1000" in output, output
-    return mlflow.MlflowClient(mlflow_server).get_model_version(f"{NAME}-onnx", "1")
+def map_data(small_data_dir, tmp_path_factory) -> Path:
+    """The small test split beside 1,200 real validation examples, enough for a top-label map."""
+    data = tmp_path_factory.mktemp("map-data")
+    validation = [line for line in (DATA_DIR / "val.txt").read_text().splitlines() if line.strip()][:MAP_EXAMPLES]
+    (data / "val.txt").write_text("\n".join(validation) + "\n")
+    (data / "test.txt").write_text((small_data_dir / "test.txt").read_text())
+    return data
 
 
 @pytest.fixture(scope="module")
-def mapped(source, small_data_dir, mlflow_server, tmp_path_factory):
-    """NAME-mapped version 1: the fp32 export with a top-label map, fitted on 1,200 real validation examples."""
-    data = tmp_path_factory.mktemp("mapped-data")
-    (data / "val.txt").write_text(
-        "\n".join([line for line in (DATA_DIR / "val.txt").read_text().splitlines() if line.strip()][:MAP_VAL]) + "\n"
-    )
-    (data / "test.txt").write_text((small_data_dir / "test.txt").read_text())
-    args = ["--model", f"models:/{NAME}/1", "--quantize", "none", "--data_dir", str(data)]
-    code, output = export(tmp_path_factory.mktemp("mapped"), mlflow_server, *args, "--registered_model_name", MAPPED)
+def fp32(source, map_data, mlflow_server, tmp_path_factory):
+    """Version 1 of NAME-onnx: the fp32 export, with a top-label map fitted on `map_data`'s validation split."""
+    args = ["--model", f"models:/{NAME}/1", "--quantize", "none", "--data_dir", str(map_data)]
+    code, output = export(tmp_path_factory.mktemp("fp32"), mlflow_server, *args)
     assert code == 0, output
-    return mlflow.MlflowClient(mlflow_server).get_model_version(MAPPED, "1"), data, output
+    assert f"Registered '{NAME}-onnx' version 1" in output, output
+    assert f"Top-label map fitted on {MAP_EXAMPLES} validation examples: test ECE" in output, output
+    return mlflow.MlflowClient(mlflow_server).get_model_version(f"{NAME}-onnx", "1")
 
 
 def top_label_mapped(source, data: Path, texts: list[str]) -> np.ndarray:
@@ -135,34 +130,25 @@ def test_an_fp32_export_matches_its_source_and_names_it(fp32, mlflow_server):
     run = client.get_run(fp32.run_id)
     assert run.info.status == "FINISHED" and run.data.params["export.quantize"] == "none"
     metrics = run.data.metrics
-    assert metrics["parity/max_abs_diff"] <= FP32_TOLERANCE
+    assert metrics["parity/max_abs_diff"] <= FP32_TOLERANCE  # the parity is the export's before the map
     assert metrics["parity/export_acc"] == metrics["parity/source_acc"]
     assert metrics["parity/export_f1_macro"] == metrics["parity/source_f1_macro"]
     assert metrics["parity/examples"] == 100
-    assert "emo.export.top_label_map" not in fp32.tags and "top_label_map/examples" not in metrics
-    assert run.data.params["export.top_label_map"] == "True"  # asked for, but 100 validation examples are too few
 
 
-def test_an_export_serves_through_a_top_label_map_fitted_on_validation(source, mapped, mlflow_server, tmp_path):
-    version, data, output = mapped
-    assert f"Top-label map fitted on {MAP_VAL} validation examples: test ECE" in output, output
-    assert version.tags["emo.export.top_label_map"] == str(MAP_VAL) and "top-label map" in version.description
-    metrics = mlflow.MlflowClient(mlflow_server).get_run(version.run_id).data.metrics
-    assert metrics["top_label_map/examples"] == MAP_VAL
-    assert metrics["parity/max_abs_diff"] <= FP32_TOLERANCE  # the parity is the export's before the map
+def test_an_export_is_calibrated_by_a_top_label_map_fitted_on_validation(source, fp32, map_data, mlflow_server):
+    assert fp32.tags["emo.export.top_label_map"] == str(MAP_EXAMPLES) and "top-label map" in fp32.description
+    metrics = mlflow.MlflowClient(mlflow_server).get_run(fp32.run_id).data.metrics
+    assert metrics["top_label_map/examples"] == MAP_EXAMPLES
     _, _, names = source
-    test_texts, test_labels = examples(data, "test")
-    labels = [names.index(name) for name in test_labels]
-    before, after = source_probabilities(source, test_texts), top_label_mapped(source, data, test_texts)
-    assert metrics["top_label_map/test_before_ece"] == pytest.approx(
-        expected_calibration_error(before, labels), abs=1e-3
-    )
-    assert metrics["top_label_map/test_after_ece"] == pytest.approx(expected_calibration_error(after, labels), abs=1e-3)
+    texts, names_given = examples(map_data, "test")
+    labels = [names.index(name) for name in names_given]
+    before, after = source_probabilities(source, texts), top_label_mapped(source, map_data, texts)
     assert np.abs(after - before).max() > 0.01  # the map moved the probabilities
-    rows = predict_onnx(tmp_path, f"models:/{MAPPED}/1", mlflow_server)  # emo predict applies the map
-    got = np.array([[float(row[f"p_{name}"]) for name in names] for row in rows])
-    assert np.abs(got - top_label_mapped(source, data, TEXTS)).max() < FP32_TOLERANCE
-    assert [row["label"] for row in rows] == [names[i] for i in source_probabilities(source, TEXTS).argmax(axis=1)]
+    assert (after.argmax(axis=1) == before.argmax(axis=1)).all()
+    for when, probabilities in (("before", before), ("after", after)):
+        ece = expected_calibration_error(probabilities, labels)
+        assert metrics[f"top_label_map/test_{when}_ece"] == pytest.approx(ece, abs=1e-3)
 
 
 def test_an_int8_export_registers_within_its_stated_loss_or_says_so(source, fp32, mlflow_server, tmp_path):
@@ -176,7 +162,12 @@ def test_an_int8_export_registers_within_its_stated_loss_or_says_so(source, fp32
         assert code == 0 and "registered anyway (--force)" in output, output
     int8 = client.get_model_version(f"{NAME}-onnx", "2")
     assert int8.tags["emo.export.quantize"] == "int8"
-    metrics = client.get_run(int8.run_id).data.metrics
+    # the source run's data: 100 validation examples, too few for a map
+    assert "No top-label map: 100 validation examples" in output and "fewer than 1000" in output, output
+    run = client.get_run(int8.run_id)
+    assert run.data.params["export.top_label_map"] == "True" and "emo.export.top_label_map" not in int8.tags
+    metrics = run.data.metrics
+    assert "top_label_map/examples" not in metrics
     refused = metrics["parity/source_acc"] - metrics["parity/export_acc"] > INT8_ACCURACY_LOSS
     assert refused == ("--force" in output), metrics
     assert 0 < metrics["parity/max_abs_diff"] < 0.2, metrics  # quantized: close, not equal
@@ -213,13 +204,13 @@ def predict_onnx(tmp_path: Path, uri: str, tracking_uri: str) -> list[dict]:
     return list(csv.DictReader(open(output)))
 
 
-def test_emo_predict_reads_the_onnx_version_without_torch(source, fp32, tmp_path, tracking_uri):
+def test_emo_predict_reads_the_onnx_version_without_torch(source, fp32, map_data, tmp_path, tracking_uri):
     rows = predict_onnx(tmp_path, f"models:/{NAME}-onnx/1", tracking_uri)
     _, _, names = source
     assert list(rows[0]) == ["text", "label", *(f"p_{name}" for name in names)]  # the model's labels, in id order
     assert [row["text"] for row in rows] == TEXTS
-    expected = source_probabilities(source, TEXTS)
-    assert [row["label"] for row in rows] == [names[i] for i in expected.argmax(axis=1)]
+    assert [row["label"] for row in rows] == [names[i] for i in source_probabilities(source, TEXTS).argmax(axis=1)]
+    expected = top_label_mapped(source, map_data, TEXTS)  # through the export's map
     got = np.array([[float(row[f"p_{name}"]) for name in names] for row in rows])
     assert np.abs(got - expected).max() < FP32_TOLERANCE
 
@@ -242,9 +233,11 @@ def process_tree(pid: int) -> list[int]:
     return [root.pid, *(child.pid for child in root.children(recursive=True))]
 
 
-def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source, mapped, tmp_path, tracking_uri):
-    """The export with a top-label map: served as `emo predict` gives it, the source's probabilities through the map."""
-    serving = served_model(f"models:/{MAPPED}/1", tmp_path / "serve.log", {"MLFLOW_TRACKING_URI": tracking_uri})
+def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(
+    source, fp32, map_data, tmp_path, tracking_uri
+):
+    """Served as `emo predict` gives it: the source's probabilities through the export's map."""
+    serving = served_model(f"models:/{NAME}-onnx/1", tmp_path / "serve.log", {"MLFLOW_TRACKING_URI": tracking_uri})
     with serving as (url, server):
         answers = {
             "texts": post(f"{url}/invocations", {"inputs": TEXTS}),
@@ -262,7 +255,7 @@ def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(source,
     assert status == 200, body
     served = body["predictions"]
     assert [set(row) for row in served] == [{"label", "score", *(f"p_{name}" for name in names)}] * len(TEXTS)
-    expected = top_label_mapped(source, mapped[1], TEXTS)
+    expected = top_label_mapped(source, map_data, TEXTS)
     assert [row["label"] for row in served] == [names[i] for i in expected.argmax(axis=1)]
     assert [row["score"] for row in served] == pytest.approx(expected.max(axis=1), abs=FP32_TOLERANCE)
     assert [row[f"p_{name}"] for row in served for name in names] == pytest.approx(expected.ravel(), abs=FP32_TOLERANCE)
