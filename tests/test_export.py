@@ -138,7 +138,10 @@ def test_an_fp32_export_matches_its_source_and_names_it(fp32, mlflow_server):
 
 def test_an_export_is_calibrated_by_a_top_label_map_fitted_on_validation(source, fp32, map_data, mlflow_server):
     assert fp32.tags["emo.export.top_label_map"] == str(MAP_EXAMPLES) and "top-label map" in fp32.description
-    metrics = mlflow.MlflowClient(mlflow_server).get_run(fp32.run_id).data.metrics
+    client = mlflow.MlflowClient(mlflow_server)
+    with tracking_store(mlflow_server):
+        assert [f.path for f in client.list_artifacts(fp32.run_id, "test")] == ["test/reliability_diagram.png"]
+    metrics = client.get_run(fp32.run_id).data.metrics
     assert metrics["top_label_map/examples"] == MAP_EXAMPLES
     _, _, names = source
     texts, names_given = examples(map_data, "test")

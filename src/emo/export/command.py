@@ -26,10 +26,10 @@ from jsonargparse import auto_cli
 
 from emo import UserError
 from emo.arguments import OneLineParser
-from emo.calibration import calibration_scores, fit_top_label_map
+from emo.calibration import calibration_scores, fit_top_label_map, reliability_figure
 from emo.export.parity import Parity, split_examples
 from emo.export.served import GRAPH_FILE, SETTINGS_FILE, TOP_LABEL_MAP, OnnxTextClassifier, top_label_calibrated
-from emo.spec import EXPORT_SOURCE_TAG, QUANTIZE_TAG, TEMPERATURE_TAG, TOP_LABEL_MAP_TAG
+from emo.spec import EXPORT_SOURCE_TAG, QUANTIZE_TAG, RELIABILITY_ARTIFACT, TEMPERATURE_TAG, TOP_LABEL_MAP_TAG
 from emo.store import is_registered_model_uri, model_source, resolve_tracking_uri
 from emo.store.registry import INPUT_EXAMPLE, download_model, tracking_store
 
@@ -92,7 +92,9 @@ def export(
             raise UserError(f"{problem}; not registered (--force registers it anyway)")
         if problem:
             print(f"emo: warning: {problem}; registered anyway (--force)", file=sys.stderr)
-        mapped = fit_served_map(classifier, bundle, test_dir, labels, exported, ids) if top_label_map else {}
+        mapped, diagram = (
+            fit_served_map(classifier, bundle, test_dir, labels, exported, ids) if top_label_map else ({}, None)
+        )
         name = registered_model_name or f"{source.name}-onnx"
         settings = {
             "source": source.pinned,
@@ -103,7 +105,7 @@ def export(
         }
         with tracking_store(tracking_uri):
             registered = log_and_register(
-                run.info.experiment_id, source, version, graph, bundle, labels, settings, parity, name, mapped
+                run.info.experiment_id, source, version, graph, bundle, labels, settings, parity, name, mapped, diagram
             )
     print(f"Registered {name!r} version {registered.version} ({parity.summary()}): models:/{name}/{registered.version}")
 
@@ -143,23 +145,24 @@ def build(model_dir: Path, tokenizer_dir: Path, folder: Path, quantize: str, max
     return graph, bundle, labels, np.concatenate(probabilities), texts, ids
 
 
-def fit_served_map(classifier, bundle: Path, data_dir: Path, labels, test: np.ndarray, test_ids) -> dict[str, float]:
+def fit_served_map(classifier, bundle: Path, data_dir: Path, labels, test: np.ndarray, test_ids):
     """Fits the top-label map on the export's probabilities of the validation split and adds it to the served
     settings in `bundle`. Returns the validation examples and the ECE and NLL before and after the map on
-    validation and test; {} and one line why when there is no validation split of `MAP_EXAMPLES` or more."""
+    validation and test, and the test's reliability diagram after it; ({}, None) and one line why when there is no
+    validation split of `MAP_EXAMPLES` or more."""
     from emo.data import DataFormatError
 
     try:
         texts, ids = split_examples(data_dir, {label: i for i, label in enumerate(labels)}, "validation")
     except DataFormatError as error:  # none, or several files for it
         print(f"No top-label map: {error}; served with the source's probabilities")
-        return {}
+        return {}, None
     if len(texts) < MAP_EXAMPLES:
         print(
             f"No top-label map: {len(texts)} validation examples in {data_dir}, fewer than {MAP_EXAMPLES} "
             "(it would learn their noise); served with the source's probabilities"
         )
-        return {}
+        return {}, None
     validation = classifier.probabilities(texts, calibrated=False)
     classifier.top_label_map = fit_top_label_map(validation, ids)
     settings_file = bundle / SETTINGS_FILE
@@ -167,7 +170,7 @@ def fit_served_map(classifier, bundle: Path, data_dir: Path, labels, test: np.nd
     settings_file.write_text(json.dumps(settings, indent=1) + "\n")
     figures = {"top_label_map/examples": float(len(texts))}
     for split, probabilities, truth in (("val", validation, ids), ("test", test, test_ids)):
-        after = top_label_calibrated(probabilities, **classifier.top_label_map)
+        after = top_label_calibrated(probabilities, **classifier.top_label_map)  # the test's is last: the diagram's
         for when, p in (("before", probabilities), ("after", after)):
             figures |= {f"top_label_map/{split}_{when}_{k}": v for k, v in calibration_scores(p, truth).items()}
     print(
@@ -175,7 +178,7 @@ def fit_served_map(classifier, bundle: Path, data_dir: Path, labels, test: np.nd
         f" -> {figures['top_label_map/test_after_ece']:.4f} (validation {figures['top_label_map/val_before_ece']:.4f}"
         f" -> {figures['top_label_map/val_after_ece']:.4f})"
     )
-    return figures
+    return figures, reliability_figure(after, test_ids, title="test, through the top-label map")
 
 
 def requirements() -> list[str]:
@@ -198,6 +201,7 @@ def log_and_register(
     parity: Parity,
     name: str,
     mapped: dict[str, float],
+    diagram,
 ):
     """The export run (params: settings; metrics: parity, the top-label map's figures) with the served model,
     registered as a version of `name`."""
@@ -228,6 +232,8 @@ def log_and_register(
         )
         mlflow.log_params({f"export.{key}": value for key, value in settings.items()})
         mlflow.log_metrics(parity.metrics() | mapped)
+        if diagram is not None:
+            mlflow.log_figure(diagram, RELIABILITY_ARTIFACT)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(SERVED_CODE),
