@@ -11,7 +11,7 @@ import pytest
 from emo.spec import ENDED_BY_TAG, HEARTBEAT_TAG
 from emo.store import is_stale
 from emo.tracking import read_record
-from emo_lab.data import SMALL_SIZES, shrunk_args
+from emo_lab.data import SLURM, SMALL_SIZES, shrunk_args
 from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 
@@ -152,17 +152,6 @@ def test_resume_is_refused_or_a_new_run_when_asked(tmp_path, tiny_model_dir, sma
 
     code, output = run_emo([*args, "--ckpt_path", "last", "--trainer.max_epochs", "3"], tmp_path / "finished.log")
     assert code != 0 and "has finished: nothing to resume" in output.strip().splitlines()[-1]
-
-
-SLURM = {
-    "SLURM_NTASKS": "1",
-    "SLURM_JOB_NAME": "emo-test",
-    "SLURM_JOB_ID": "4242",
-    "SLURM_PROCID": "0",
-    "SLURM_LOCALID": "0",
-    "SLURM_NODEID": "0",
-    "SLURM_NODELIST": "127.0.0.1",
-}
 
 
 @pytest.mark.parametrize("then", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from emo_lab.data import ROOT, TRAINING_CONFIGS
+from emo_lab.data import ROOT, SLURM, TRAINING_CONFIGS
 
 
 @dataclasses.dataclass
@@ -68,6 +68,15 @@ def file(ctx: Context, name: str, content: bytes) -> Path:
     path = ctx.folder / name
     path.write_bytes(content)
     return path
+
+
+def slurm_test_beside_a_requeue_checkpoint(ctx: Context) -> tuple[list[str], dict]:
+    """`emo test` without a checkpoint, in a SLURM job, where a fit stopped by its time limit and never requeued left
+    its checkpoint (Lightning's name for it) in the folder."""
+    left = ctx.folder / "outputs" / "hpc_ckpt_1.ckpt"
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_bytes(b"the checkpoint of an unfinished fit")
+    return fit(ctx, command="test"), SLURM
 
 
 def plain(args: Callable[[Context], list[str]]) -> Callable[[Context], tuple[list[str], dict]]:
@@ -246,6 +255,11 @@ CASES = [
         plain(lambda c: fit(c, "--ckpt_path", str(foreign_checkpoint(c)), command="test")),
     ),
     Case("nothing to resume", "no last checkpoint of an emo run", plain(lambda c: fit(c, "--ckpt_path", "last"))),
+    Case(
+        "test on SLURM beside a requeue checkpoint",
+        "test without --ckpt_path on SLURM would load",
+        slurm_test_beside_a_requeue_checkpoint,
+    ),
     # predict files
     Case(
         "predict file missing",

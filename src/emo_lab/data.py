@@ -11,6 +11,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PROJECT_DATA, LAB_DATA = ROOT / "data" / "emotion", ROOT.parent / "shared" / "data" / "emotion"
 DATA_DIR = Path(os.environ.get("EMO_DATA_DIR") or (PROJECT_DATA if (PROJECT_DATA / "train.txt").exists() else LAB_DATA))
 SMALL_SIZES = {"train": 300, "val": 100, "test": 100}
+# A one-task SLURM job step as Lightning detects it (`SLURMEnvironment.detect`): its requeue and its hpc checkpoints.
+SLURM = {
+    "SLURM_NTASKS": "1",
+    "SLURM_JOB_NAME": "emo-test",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "127.0.0.1",
+}
 
 
 def write_small_data(folder: Path, data_dir: Path = DATA_DIR) -> Path:

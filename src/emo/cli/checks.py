@@ -13,7 +13,7 @@ from emo.data import checked_names, content_digest, load_local_splits
 from emo.hub import check_model_folder, max_positions
 from emo.spec import LABELS_TAG, is_maximized, is_metric_name, metric_names
 from emo.store import model_source, read_audit
-from emo.tracking import read_record
+from emo.tracking import hpc_checkpoint, read_record
 
 
 def config_problem(subcommand: str, config) -> str | None:
@@ -54,6 +54,12 @@ def check_inputs(subcommand: str, config) -> None:
     ckpt_path = config.get("ckpt_path")
     if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
         read_record(Path(ckpt_path))  # exists, and is a checkpoint that loads with weights_only
+    evaluates_what_it_finds = subcommand != "fit" and not ckpt_path  # on SLURM, Lightning restores an hpc checkpoint
+    if evaluates_what_it_finds and (left := hpc_checkpoint(Path(config.trainer.default_root_dir or "."))):
+        raise UserError(
+            f"{subcommand} without --ckpt_path on SLURM would load {left}, an unfinished fit's requeue checkpoint; "
+            f"name the checkpoint to {subcommand} (--ckpt_path PATH, or hpc for that one)"
+        )
 
 
 def check_validation_interval(trainer, datamodule) -> None:

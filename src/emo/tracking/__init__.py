@@ -10,7 +10,7 @@ from emo.tracking.heldout import HeldOutPredictions
 from emo.tracking.logger import JournalLogger, journal_logger, run_name
 from emo.tracking.predictions import VAL_PREDICTIONS_KEY, EvaluationPredictions
 from emo.tracking.registration import ModelRegistry
-from emo.tracking.resume import ResumeError, plan_resume, read_record, remove_hpc_checkpoints
+from emo.tracking.resume import ResumeError, hpc_checkpoint, plan_resume, read_record, remove_hpc_checkpoints
 from emo.tracking.run_config import LogRunConfig
 from emo.tracking.teachers import TeacherTargets
 
@@ -27,6 +27,7 @@ __all__ = [
     "TeacherTargets",
     "TemperatureScaling",
     "TrainingClock",
+    "hpc_checkpoint",
     "journal_logger",
     "plan_resume",
     "read_record",
