@@ -546,3 +546,16 @@ def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(
     text = (tmp_path / "reports" / name / "report.md").read_text()
     assert "## What the sweep learnt" in text and "](param_importances.png)" in text
     assert (tmp_path / "reports" / name / "param_importances.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_trial_queued_by_one_process_takes_its_settings_in_another(tmp_path):
+    """Process A queues a slot, process B takes that trial before its Optuna cache has seen it: B still runs it."""
+    storage, space = f"sqlite:///{tmp_path}/optuna.db", [1e-3, 2e-3]
+    grid = [{"model.learning_rate": value} for value in space]  # a grid point's values are fixed: no sampler reads
+    a, b = (sweep.TrialQueue(storage, "queued-elsewhere", None, None, "maximize", 2, grid) for _ in range(2))
+    assert a.queue_next_slot()
+    trial = b.take_waiting_trial()
+    assert trial is not None and trial.number == 0
+    assert sweep.suggest(trial, "model.learning_rate", space) == space[0]
+    b.study.tell(trial, 0.5)
+    assert [t.state for t in a.study.get_trials()] == [TrialState.COMPLETE]

@@ -169,7 +169,9 @@ class TrialQueue:
 
     def take_waiting_trial(self) -> optuna.Trial | None:
         # Optuna's own WAITING -> RUNNING step is atomic on PostgreSQL and MySQL but not on SQLite: claim first.
-        for waiting in self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        # Listed through the study, whose storage caches every trial it reads: a trial another process queued
+        # since this one last looked would be unknown to that cache, and its first setting a KeyError.
+        for waiting in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             if not self.claims.claim(f"take-{waiting.number}", str(os.getpid())):
                 continue
             trial_id = self.trial_id(waiting.number)
