@@ -18,7 +18,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: a process per core, so
 from emo.store import use_mlflow_defaults  # noqa: E402
 
 use_mlflow_defaults()  # MLflow's settings as `python -m emo` makes them, for the tests that run emo in this process
-import emo.cli  # noqa: E402,F401 - Lightning binds its log handler to sys.stderr on import: here, not in a test's captured one
+import emo.fit  # noqa: E402,F401 - Lightning binds its log handler to sys.stderr on import: here, not in a test's captured one
 from emo_lab.data import DATA_DIR, write_small_data, write_tiny_model  # noqa: E402
 from emo_lab.server import MlflowServer  # noqa: E402
 from helpers.processes import STARTED  # noqa: E402

@@ -3,16 +3,17 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import f1_score
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from emo.analysis import (
-    accuracy_and_macro_f1,
     confident_mistakes,
     confusion_counts,
+    confusion_metric,
     paired_bootstrap,
     predictions_frame,
 )
 from emo.data.fetch import CARER_LABELS
+from emo.export.parity import macro_f1
 
 
 def frame(truth: list[int], predicted: list[int], confidence: float = 0.9) -> pd.DataFrame:
@@ -23,16 +24,32 @@ def frame(truth: list[int], predicted: list[int], confidence: float = 0.9) -> pd
     )
 
 
-def test_macro_f1_and_accuracy_match_scikit_learn():
+@pytest.mark.parametrize("absent", [False, True])
+def test_every_confusion_metric_matches_scikit_learn_also_with_a_class_nobody_has(absent):
+    """The one macro F1 (and its kin) that the metrics, the paired bootstrap and an export's parity use; a class absent
+    from truth and predictions counts for nothing in the macro mean, as in scikit-learn and torchmetrics."""
     generator = np.random.default_rng(1)
-    truth = generator.integers(0, 6, 500)
-    predicted = np.where(generator.random(500) < 0.7, truth, generator.integers(0, 6, 500))
+    k = 6
+    truth = generator.integers(0, k - absent, 500)
+    predicted = np.where(generator.random(500) < 0.7, truth, generator.integers(0, k - absent, 500))
     weights = np.vstack([np.ones(500), generator.multinomial(500, np.full(500, 1 / 500), size=3)])
-    accuracy, macro = accuracy_and_macro_f1(confusion_counts(truth, predicted, weights, 6))
-    assert accuracy[0] == pytest.approx((truth == predicted).mean())
-    assert macro[0] == pytest.approx(f1_score(truth, predicted, average="macro"))
+    confusion = confusion_counts(truth, predicted, weights, k)
     drawn = np.repeat(np.arange(500), weights[1].astype(int))  # a resample is the same examples, repeated
-    assert macro[1] == pytest.approx(f1_score(truth[drawn], predicted[drawn], average="macro"))
+    labels = list(CARER_LABELS)
+    expected = {
+        "acc": accuracy_score(truth, predicted),
+        "f1_macro": f1_score(truth, predicted, average="macro"),
+        "f1_weighted": f1_score(truth, predicted, average="weighted"),
+        "f1_joy": f1_score(truth, predicted, average=None, labels=range(k))[1],
+        "precision_love": precision_score(truth, predicted, average=None, labels=range(k), zero_division=0)[2],
+        "recall_anger": recall_score(truth, predicted, average=None, labels=range(k), zero_division=0)[3],
+    }
+    for key, value in expected.items():
+        assert confusion_metric(confusion, key, labels)[0] == pytest.approx(value), key
+    assert confusion_metric(confusion, "f1_macro", labels)[1] == pytest.approx(
+        f1_score(truth[drawn], predicted[drawn], average="macro")
+    )
+    assert macro_f1(truth, predicted, k) == pytest.approx(expected["f1_macro"])  # an export's parity
 
 
 def test_a_clearly_better_run_has_an_interval_above_zero():

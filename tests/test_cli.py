@@ -8,8 +8,8 @@ import pytest
 import transformers
 import yaml
 
-from emo.cli import EmoCLI
 from emo.data import DataFormatError
+from emo.fit import EmoCLI
 from emo_lab.data import ROOT, SHIPPED_TRAINING_CONFIGS
 
 

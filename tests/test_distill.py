@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from emo.cli import EmoCLI
+from emo.fit import EmoCLI
 from emo.losses import TrainingLoss, distillation_loss
 from emo.spec import TEACHER_ARTIFACT
 from emo_lab.data import ROOT, SMALL_SIZES, one_epoch_named, shrunk_args

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from emo import hardware
-from emo.cli import EmoCLI
+from emo.fit import EmoCLI
 from emo_lab.data import ROOT
 
 

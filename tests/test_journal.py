@@ -6,10 +6,10 @@ import time
 
 import pytest
 
+from emo.fit.resume import ResumeError, check_run_can_continue, check_settings, differences
 from emo.spec import HEARTBEAT_INTERVAL_TAG, HEARTBEAT_TAG
 from emo.store import Journal, JournalBusyError, Sender, is_stale, last_sent_step
 from emo.store.journal import JOURNAL
-from emo.tracking.resume import ResumeError, check_run_can_continue, check_settings, differences
 from helpers.memory_client import MemoryClient
 
 RUN = "run-1"

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from emo import UserError, report, sweep
-from emo.cli import EmoCLI
 from emo.data.fetch import CARER_LABELS
+from emo.fit import EmoCLI
 from emo.spec import METRICS
 from emo_lab.data import DATA_DIR, ROOT, TRAINING_CONFIGS, shrunk_args
 from helpers.processes import run_emo

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 
 from emo import spec
-from emo.cli import EmoCLI
+from emo.fit import EmoCLI
 from emo.hardware import cpu_has_fast_bf16
 from emo.report.table import load_runs, summary_table
 from emo.spec import Metric

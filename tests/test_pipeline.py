@@ -12,10 +12,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from emo.cli import EmoCLI
 from emo.data.fetch import CARER_LABELS
+from emo.fit import EmoCLI
 from emo.spec import MODEL_URI_TAG
-from emo.store import register
 from emo_lab.data import ROOT, SMALL_SIZES, shrunk_args
 
 
@@ -175,25 +174,6 @@ def test_registered_champion_predicts_a_label(fitted, tracking_uri):
     model = mlflow.pyfunc.load_model("models:/emotion-pipeline-test@champion")
     prediction = model.predict(["i can't stop smiling today"])
     assert prediction["label"][0] in CARER_LABELS and 0 < prediction["score"][0] <= 1
-
-
-def test_champion_moves_only_to_a_better_model(fitted, tracking_uri):
-    _, client, run = fitted
-    name = "emotion-pipeline-test"
-    score = run.data.metrics["test/f1_weighted"]
-    champion = client.get_model_version_by_alias(name, "champion").version
-
-    def run_with(test_f1):  # a run that reuses the logged model with another test score
-        with mlflow.start_run(experiment_id=run.info.experiment_id) as other:
-            mlflow.log_metric("test/f1_weighted", test_f1)
-            mlflow.set_tag(MODEL_URI_TAG, run.data.tags[MODEL_URI_TAG])
-        return other.info.run_id
-
-    worse, promoted = register(run_with(score - 0.1), name)
-    assert not promoted and client.get_model_version_by_alias(name, "champion").version == champion
-    better, promoted = register(run_with(score + 0.1), name)
-    assert promoted and client.get_model_version_by_alias(name, "champion").version == better.version
-    assert int(better.version) == int(worse.version) + 1
 
 
 def test_predict_writes_labels_and_probabilities(fitted, tmp_path, tiny_model_dir, small_data_dir):

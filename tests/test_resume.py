@@ -8,9 +8,10 @@ import time
 import mlflow
 import pytest
 
+from emo.fit.checkpoint_files import CheckpointFiles
+from emo.fit.resume import read_record
 from emo.spec import ENDED_BY_TAG, HEARTBEAT_TAG
 from emo.store import is_stale
-from emo.tracking import read_record
 from emo_lab.data import SLURM, SMALL_SIZES, shrunk_args
 from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
@@ -84,7 +85,9 @@ def test_a_killed_fit_continues_its_own_run_and_ends_as_if_never_stopped(
     assert killed.info.status == "RUNNING"  # nobody could say otherwise yet
     assert max(steps(client, killed.info.run_id, "train/loss")) < STOP_AT  # only what a checkpoint holds
     [last] = (tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")
-    assert STEPS_PER_EPOCH < read_record(last)["step"] < STOP_AT  # mid-epoch: the resume starts inside epoch 2
+    assert (
+        STEPS_PER_EPOCH < read_record(CheckpointFiles(), last)["step"] < STOP_AT
+    )  # mid-epoch: the resume starts inside epoch 2
 
     code, output = run_emo([*args, "--ckpt_path", "last"], tmp_path / "resumed.log")
     assert code == 0, output[-3000:]
@@ -307,7 +310,9 @@ def test_a_second_ctrl_c_stops_at_once_keeping_the_checkpoint_before_it(
     stopped = the_run(client, name)
     assert stopped.info.status == "KILLED"
     [last] = (tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")
-    assert read_record(last)["step"] == STOP_AT - STOP_AT % 5  # the step checkpoint before the stop; none at the stop
+    assert (
+        read_record(CheckpointFiles(), last)["step"] == STOP_AT - STOP_AT % 5
+    )  # the step checkpoint before the stop; none at the stop
     code, output = run_emo([*args, "--ckpt_path", "last"], tmp_path / "resumed.log")
     assert code == 0, output[-3000:]
     assert_one_complete_record(client, name)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.server import get_app_client
 
-from emo.tracking import ResumeError, read_record
+from emo.fit.checkpoint_files import CheckpointError, CheckpointFiles
 from emo_lab.data import ROOT, one_epoch_named, shrunk_args
 from emo_lab.server import MlflowServer
 from helpers.gates import open_gate, wait_for_reached
@@ -210,6 +210,6 @@ class Payload:
 def test_checkpoints_are_read_without_running_pickled_code(tmp_path, capsys):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "emo": Payload()}, path, pickle_protocol=pickle.HIGHEST_PROTOCOL)
-    with pytest.raises(ResumeError, match="not a checkpoint that can be loaded safely"):
-        read_record(path)
+    with pytest.raises(CheckpointError, match="not a checkpoint that can be loaded safely"):
+        CheckpointFiles().read(path)
     assert "pwned" not in capsys.readouterr().out

@@ -9,9 +9,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from emo.cli import EmoCLI
 from emo.commands import main
 from emo.data.fetch import CARER_LABELS
+from emo.fit import EmoCLI
 from emo_lab.data import shrunk_args
 from emo_lab.server import served_model
 

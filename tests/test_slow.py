@@ -6,8 +6,8 @@ import mlflow
 import pytest
 import torch
 
-from emo.cli import EmoCLI
 from emo.data.fetch import CARER_LABELS
+from emo.fit import EmoCLI
 from emo_lab.data import ROOT, shrunk_args
 
 

@@ -151,14 +151,16 @@ def test_a_seed_sweep_holds_mean_and_std_and_compares(
     assert "validation" not in printed and "val examples" in printed
 
 
-def test_destructive_learning_rate_is_pruned(tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch):
+def test_a_sweep_that_minimizes_prunes_a_destructive_rate_and_marks_reports_and_registers_its_lowest_loss(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     name = "pruning-test"
     storage = f"sqlite:///{tmp_path}/optuna.db"
     learning_rates = [1e-3, 3e-3, 50.0]  # a grid runs in the listed order: the median exists for the last
-    # Ranked by validation loss, which a tiny random model moves from the first epoch on.
+    # Ranked by validation loss, which a tiny random model moves from the first epoch on; the direction is the metric's.
     sweep.main(sweep_args(tmp_path, tiny_model_dir, small_data_dir, name, learning_rates, "--trainer.max_epochs", "3",
-                          "--sweep.metric", "val/loss", "--sweep.direction", "minimize",
+                          "--sweep.metric", "val/loss", "--registry.champion_metric", "val/loss",
                           "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "min"))  # fmt: skip
 
     trials = {t.params["model.learning_rate"]: t for t in optuna.load_study(study_name=name, storage=storage).trials}
@@ -171,6 +173,17 @@ def test_destructive_learning_rate_is_pruned(tmp_path, tiny_model_dir, small_dat
     assert "test/f1_weighted" not in pruned_run.data.metrics
     versions = client.search_model_versions(f"name='{name}'")
     assert len(versions) == 1 and versions[0].run_id != pruned_run.info.run_id
+    # The best run is the one of lowest validation loss at its kept checkpoint: marked, first in the report, registered.
+    kept_loss = {t.user_attrs["mlflow_run_id"]: min(m.value for m in client.get_metric_history(
+        t.user_attrs["mlflow_run_id"], "val/loss")) for t in trials.values() if t.state == TrialState.COMPLETE}  # fmt: skip
+    lowest = min(kept_loss, key=kept_loss.get)
+    assert len(set(kept_loss.values())) == 2  # two trials told apart
+    parent = the_parent(client, name)
+    assert parent.data.tags["emo.best_run_id"] == lowest == versions[0].run_id
+    report_text = (tmp_path / "reports" / name / "report.md").read_text()
+    rows = [line for line in report_text.splitlines() if line.startswith(f"| {name}-trial-")]
+    assert len(rows) == 3 and lowest in rows[0] and f"(run `{lowest}`)" in report_text
+    assert f"best run by val/loss: {lowest}" in capsys.readouterr().out
 
 
 def start_sweep(args: list[str], log: Path):

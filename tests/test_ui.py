@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from emo.cli import EmoCLI
+from emo.fit import EmoCLI
 from emo.store import ui_url
 from emo_lab.data import one_epoch_named, shrunk_args
 

@@ -6,6 +6,13 @@ __version__ = "0.1.0"
 STARTED = time.monotonic()  # before torch, Lightning and the rest load: start-up is measured from here
 
 
+def first_line(what: BaseException | str, limit: int = 300) -> str:
+    """The first line of a message (of an error: its text, else its type's name), cut at `limit` characters: what emo
+    prints of a library's long, many-line errors."""
+    text = str(what).strip() or (type(what).__name__ if isinstance(what, BaseException) else "")
+    return text.splitlines()[0][:limit] if text else ""
+
+
 class UserError(Exception):
     """Something the user can fix (a path, a file, a setting, a server): `emo` prints it as one line, exit status 1."""
 

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from emo.spec import is_maximized  # noqa: E402
+
 
 def predictions_frame(
     texts: Sequence[str], labels, probabilities, label_names: Sequence[str], examples
@@ -104,14 +106,44 @@ def confusion_counts(truth: np.ndarray, predicted: np.ndarray, weights: np.ndarr
     return (weights @ cells).reshape(len(weights), k, k)
 
 
-def accuracy_and_macro_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per confusion matrix; like torchmetrics, the macro mean leaves out classes absent from truth and predictions."""
+def confusion_matrix(truth, predicted, k: int) -> np.ndarray:
+    """Counts, true class by row, predicted class by column."""
+    return confusion_counts(np.asarray(truth), np.asarray(predicted), np.ones((1, len(truth))), k)[0]
+
+
+PER_CLASS_KEYS = ("f1", "precision", "recall")  # `<key>_<label>`: one class's score
+
+
+def confusion_metric(confusion: np.ndarray, key: str, label_names: Sequence[str]) -> np.ndarray:
+    """A metric of `emo.spec.METRICS` from confusion matrices (..., k, k), as torchmetrics computes it: `acc`,
+    `f1_macro` (the mean over classes present in truth or predictions), `f1_weighted` (weighted by each class's true
+    examples), or one class's `f1_<label>`, `precision_<label>`, `recall_<label>`. Scikit-learn's `accuracy_score`,
+    `f1_score`, `precision_score`, `recall_score` agree (tests/test_analysis.py)."""
     diagonal = np.diagonal(confusion, axis1=-2, axis2=-1)
     true, predicted = confusion.sum(axis=-1), confusion.sum(axis=-2)
-    accuracy = diagonal.sum(axis=-1) / confusion.sum(axis=(-2, -1))
+    if key == "acc":
+        return diagonal.sum(axis=-1) / confusion.sum(axis=(-2, -1))
     f1 = np.divide(2 * diagonal, true + predicted, out=np.zeros_like(diagonal), where=(true + predicted) > 0)
-    present = (true + predicted) > 0
-    return accuracy, (f1 * present).sum(axis=-1) / present.sum(axis=-1)
+    if key == "f1_macro":
+        present = (true + predicted) > 0
+        return (f1 * present).sum(axis=-1) / present.sum(axis=-1)
+    if key == "f1_weighted":
+        return (f1 * true).sum(axis=-1) / true.sum(axis=-1)
+    per_class = {
+        "f1": f1,
+        "precision": np.divide(diagonal, predicted, out=np.zeros_like(diagonal), where=predicted > 0),
+        "recall": np.divide(diagonal, true, out=np.zeros_like(diagonal), where=true > 0),
+    }
+    name, _, label = key.partition("_")
+    if name in per_class and label in label_names:
+        return per_class[name][..., list(label_names).index(label)]
+    raise ValueError(f"{key}: not a metric of a confusion matrix (acc, f1_macro, f1_weighted, f1_<label>, ...)")
+
+
+def is_bootstrapped(key: str, label_names: Sequence[str]) -> bool:
+    """Whether `paired_bootstrap` computes metric `key` (its name without the split) from logged predictions."""
+    name, _, label = key.partition("_")
+    return key in ("acc", "f1_macro", "f1_weighted", "loss") or (name in PER_CLASS_KEYS and label in label_names)
 
 
 def paired_bootstrap(
@@ -120,8 +152,10 @@ def paired_bootstrap(
     label_names: Sequence[str],
     draws: int = 10_000,
     seed: int = 0,
+    metrics: Sequence[str] = ("acc", "f1_macro"),
 ) -> dict[str, dict[str, float]]:
-    """A minus B in accuracy and macro F1, with a 95 % interval from resampling the examples (of one split).
+    """A minus B in each of `metrics` (see `is_bootstrapped`; `loss` is the mean negative log-likelihood of the true
+    class), with a 95 % interval from resampling the examples (of one split).
 
     Each group is one run or several (seeds): a group's score is the mean of its runs' scores on
     the same resampled examples, so the interval covers the split's sampling, paired.
@@ -134,18 +168,25 @@ def paired_bootstrap(
         frame = frame.sort_values("example").reset_index(drop=True)
         if not frame[["example", "text", "label"]].equals(reference):
             raise ValueError("the runs were evaluated on different examples: a paired comparison needs the same split")
-        aligned.append(frame["predicted"].map(index).to_numpy())
+        aligned.append(frame)
     truth = reference["label"].map(index).to_numpy()
     n, k = len(truth), len(label_names)
     generator = np.random.default_rng(seed)
     weights = np.vstack(
         [np.ones(n), generator.multinomial(n, np.full(n, 1 / n), size=draws)]
     )  # row 0: the split itself
-    scores = [accuracy_and_macro_f1(confusion_counts(truth, predicted, weights, k)) for predicted in aligned]
+    scores = []  # per frame: {metric: value per draw}
+    for frame in aligned:
+        confusion = confusion_counts(truth, frame["predicted"].map(index).to_numpy(), weights, k)
+        true_probability = frame[[f"p_{name}" for name in label_names]].to_numpy()[np.arange(n), truth]
+        loss = -np.log(np.clip(true_probability, 1e-12, None))
+        scores.append(
+            {m: (weights @ loss) / n if m == "loss" else confusion_metric(confusion, m, label_names) for m in metrics}
+        )
     result = {}
-    for i, metric in enumerate(("acc", "f1_macro")):
-        a = np.mean([score[i] for score in scores[: len(group_a)]], axis=0)
-        b = np.mean([score[i] for score in scores[len(group_a) :]], axis=0)
+    for metric in metrics:
+        a = np.mean([score[metric] for score in scores[: len(group_a)]], axis=0)
+        b = np.mean([score[metric] for score in scores[len(group_a) :]], axis=0)
         difference = a - b
         low, high = np.percentile(difference[1:], [2.5, 97.5])
         result[metric] = {
@@ -154,6 +195,6 @@ def paired_bootstrap(
             "difference": float(difference[0]),
             "low": float(low),
             "high": float(high),
-            "p_b_better": float((difference[1:] < 0).mean()),
+            "p_b_better": float((difference[1:] < 0 if is_maximized(metric) else difference[1:] > 0).mean()),
         }
     return result

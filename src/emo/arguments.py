@@ -1,7 +1,7 @@
 """Command lines and config files read as a person typed them: a bad option, value or config file is one line that
 names it (with a suggestion for a misspelt option), exit status 2, never the full usage or a traceback.
 
-`OneLineErrors` joins any jsonargparse parser: the Lightning CLI's (`emo.cli.parser`) and those of
+`OneLineErrors` joins any jsonargparse parser: the Lightning CLI's (`emo.fit.parser`) and those of
 `emo report` and `emo sync` (`OneLineParser`).
 """
 

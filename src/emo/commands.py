@@ -6,7 +6,7 @@ A new command is a function below and a line in COMMANDS.
 
 import sys
 
-from emo import UserError
+from emo import UserError, first_line
 
 
 def lightning(args: list[str]) -> None:
@@ -15,7 +15,7 @@ def lightning(args: list[str]) -> None:
     exported = exported_version(args)  # `predict --ckpt_path models:/...` naming an ONNX export: no torch
     if exported:
         return predict(args, exported)
-    from emo.cli import main
+    from emo.fit import main
 
     main(args)
 
@@ -92,5 +92,5 @@ def main(args: list[str] | None = None) -> None:
     try:
         run(args if run is lightning else args[1:])
     except UserError as error:  # exit status 2 for the command line or a config file (UsageError), else 1
-        print(f"emo: error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"emo: error: {first_line(error)}", file=sys.stderr)
         sys.exit(error.exit_status)

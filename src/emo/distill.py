@@ -20,9 +20,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from emo import UserError
 from emo.hardware import fast_precision
+from emo.inference import text_probabilities
 from emo.store import ModelSource, download_model, model_source
-
-BATCH_SIZE = 64
 
 
 def cache_dir() -> Path:
@@ -35,7 +34,6 @@ def cache_key(sources: list[ModelSource], data_digest: str, max_length: int) -> 
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 
-@torch.inference_mode()
 def predict_probabilities(
     model_dir: Path,
     tokenizer_dir: Path,
@@ -44,28 +42,16 @@ def predict_probabilities(
     given: str,
     label_names: list[str] | None = None,
 ) -> torch.Tensor:
-    """One teacher's class probabilities for `texts`, in their order: batches sorted by length, bf16 where it is fast.
-    A teacher whose classes (names and ids) are not `label_names` is refused."""
+    """One teacher's class probabilities for `texts`, in their order, bf16 where it is fast. A teacher whose classes
+    (names and ids) are not `label_names` is refused."""
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if label_names is not None and labels != list(label_names):
         raise UserError(f"--model.teacher {given}: its classes are {labels}, the data's are {list(label_names)}")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    autocast = fast_precision("cuda" if device.type == "cuda" else "cpu") != "32-true"
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
-    order = sorted(range(len(texts)), key=lengths.__getitem__)
-    probabilities = torch.empty(len(texts), len(labels))
-    for start in range(0, len(order), BATCH_SIZE):
-        rows = order[start : start + BATCH_SIZE]
-        batch = tokenizer(
-            [texts[i] for i in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        )
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(**batch.to(device)).logits
-        probabilities[rows] = logits.float().softmax(dim=-1).cpu()
-    return probabilities
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return text_probabilities(model, tokenizer, texts, max_length, bf16=fast_precision(device) != "32-true")
 
 
 def teacher_probabilities(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from huggingface_hub import constants
 
-from emo import UserError
+from emo import UserError, first_line
 
 OFFLINE_HINT = (
     "to run without the Hub add --config configs/offline.yaml (local MiniLM and data), "
@@ -101,11 +101,6 @@ def max_positions(name: str) -> int | None:
     if not config.is_file():
         return None
     return json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
 
 
 def from_pretrained(cls, name: str, what: str, **kwargs):

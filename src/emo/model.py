@@ -1,6 +1,6 @@
 """The classifier: a Hugging Face encoder with a classification head, fine-tuned with AdamW, evaluated with torchmetrics.
 
-Only the model: the loss is `emo.losses`, the teachers' targets are prepared by `emo.tracking.TeacherTargets`, and
+Only the model: the loss is `emo.losses`, the teachers' targets are prepared by `emo.fit.teachers`, and
 what a run keeps of an evaluation (predictions, confusion matrices) is `emo.tracking.EvaluationPredictions`.
 """
 
@@ -185,19 +185,26 @@ class EmotionClassifier(L.LightningModule):
         self.metrics = nn.ModuleDict({stage: evaluation_metrics(label_names, stage) for stage in EVAL_STAGES})
         self.loss = TrainingLoss(label_smoothing, distill_alpha, distill_temperature)
 
+    @property
+    def needs_training_data(self) -> bool:
+        """Whether the loss needs the training split before the fit: class weights, or a teacher's targets."""
+        return self.hparams.class_balance > 0 or bool(self.hparams.teacher)
+
+    def use_training_data(self, labels: Sequence[int]) -> None:
+        """The training split's labels (as ids), for the class weights of the loss (`class_balance`)."""
+        if self.hparams.class_balance > 0:
+            self.loss.weights = class_weights(labels, len(self.hparams.label_names), self.hparams.class_balance)
+
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
         if self.trainer.strategy.root_device.type == "cpu":
             # The same dropout with masks drawn faster, and plain attention unless one was chosen (emo.hardware).
             use_cpu_kernels(self.model, attention=self.hparams.attn_implementation is None)
-        if self.hparams.class_balance > 0:
-            labels = self.trainer.datamodule.splits["train"]["label"]
-            self.loss.weights = class_weights(labels, len(self.hparams.label_names), self.hparams.class_balance)
         if self.hparams.teacher and self.loss.teacher is None:
             raise UserError(
-                "model.teacher is set but no teacher targets were prepared: fit with the callback "
-                "emo.tracking.TeacherTargets (emo fit adds it)"
+                "model.teacher is set but the loss has no teacher targets (loss.teacher): compute them with "
+                "emo.fit.teachers.prepare_teachers before fitting (emo fit does)"
             )
 
     def forward(self, batch: dict) -> torch.Tensor:

@@ -82,6 +82,8 @@ def is_maximized(name: str) -> bool:
 # Tags emo sets on runs ("emo.*"), and those of MLflow and Optuna it sets or reads.
 TASK_TAG, STAGE_TAG = "emo.task", "emo.stage"
 MODEL_TAG, DATASET_TAG, DATA_DIGEST_TAG = "emo.model", "emo.dataset", "emo.data_digest"
+VALIDATION_DIGEST_TAG = "emo.validation_digest"  # of the validation split alone: runs validated on the same examples
+KEPT_STEP_TAG = "emo.kept_step"  # the step the validation metrics of the checkpoint a fit kept were logged at
 LABELS_TAG = "emo.labels"  # the classes a run trained on, in id order (a JSON list)
 CONFIG_FILES_TAG, FAILURE_TAG = "emo.config_files", "emo.failure"
 TEACHER_TAG, TEACHER_VERSIONS_TAG, TEACHER_RUNS_TAG = (

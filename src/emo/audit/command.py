@@ -25,9 +25,9 @@ from emo.analysis import frame_label_names
 from emo.arguments import check_config_files
 from emo.audit.issues import label_issues, noise_figure, noise_matrix
 from emo.audit.settings import AuditSettings
-from emo.cli import LOGGER_CLASS, lightning_errors
 from emo.data import load_local_splits
 from emo.data.folds import check_folds
+from emo.fit import LOGGER_CLASS, lightning_errors
 from emo.quiet import quiet_libraries
 from emo.spec import (
     AUDIT_TAG,
@@ -93,7 +93,6 @@ def sweep_of(settings: AuditSettings, template: dict) -> SweepSettings:
         storage=settings.storage,
         params={"data.holdout_fold": list(range(settings.folds))},
         metric=template["checkpoint"]["monitor"],
-        direction="maximize" if template["checkpoint"]["mode"] == "max" else "minimize",
         register_best=False,
         report=False,
         trial_heartbeat_s=settings.trial_heartbeat_s,

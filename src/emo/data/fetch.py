@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 from jsonargparse import auto_cli
 
-from emo import UserError, hub
+from emo import UserError, first_line, hub
 from emo.arguments import OneLineParser
 from emo.data.splits import content_digest, load_hub_splits, load_local_splits
 from emo.spec import SPLITS
@@ -77,11 +77,7 @@ def fetch(target: Path, shared: Path) -> str:
             hub.require(HUB_DATASET, "dataset")
             splits = load_hub_splits(HUB_DATASET, HUB_CONFIG)
         except Exception as error:  # unreachable, offline without a cached copy, or refused: say what to do instead
-            why = (
-                "cannot be reached"
-                if isinstance(error, hub.HubUnreachableError)
-                else f"failed ({hub.first_line(error)})"
-            )
+            why = "cannot be reached" if isinstance(error, hub.HubUnreachableError) else f"failed ({first_line(error)})"
             raise UserError(
                 f"no emotion data: {shared} is not there and the download of {HUB_DATASET} from the Hugging "
                 f"Face Hub {why}; put train/val/test files (text;label a line) in a folder and give it with "

@@ -112,6 +112,8 @@ class EmotionDataModule(L.LightningDataModule):
     def prepare_data(self):
         if self.trainer is not None and self.trainer.state.fn == "predict":
             return  # predict reads its own file only: no training data needed
+        if self.digests:
+            return  # already read and tokenized (`setup`) in this process
         self.tokenized_splits()  # downloads, parses and tokenizes into the datasets cache, on one process
 
     def setup(self, stage: str):

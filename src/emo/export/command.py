@@ -112,10 +112,10 @@ def export(
 
 def build(model_dir: Path, tokenizer_dir: Path, folder: Path, quantize: str, max_length: int, test_dir: Path):
     """The graph (quantized or not), the tokenizer folder the served model reads, and the source's test predictions."""
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from emo.export.graph import export_graph, quantize_int8
+    from emo.inference import text_probabilities
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -135,14 +135,7 @@ def build(model_dir: Path, tokenizer_dir: Path, folder: Path, quantize: str, max
     if quantize == "int8":
         (folder / "int8").mkdir()
         graph = quantize_int8(graph, folder / "int8" / GRAPH_FILE)
-    with torch.inference_mode():
-        probabilities = []
-        for start in range(0, len(texts), 64):
-            batch = tokenizer(
-                texts[start : start + 64], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-            )
-            probabilities.append(model(**batch).logits.float().softmax(-1).numpy())
-    return graph, bundle, labels, np.concatenate(probabilities), texts, ids
+    return graph, bundle, labels, text_probabilities(model, tokenizer, texts, max_length).numpy(), texts, ids
 
 
 def fit_served_map(classifier, bundle: Path, data_dir: Path, labels, test: np.ndarray, test_ids):

@@ -7,18 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from emo import UserError
+from emo.analysis import confusion_matrix, confusion_metric
 
 FP32_TOLERANCE = 1e-3  # largest absolute difference of a class probability, fp32 graph vs. the source
 INT8_ACCURACY_LOSS = 0.005  # an int8 export may lose at most 0.5 points of accuracy
 
 
 def macro_f1(labels: np.ndarray, predicted: np.ndarray, classes: int) -> float:
-    scores = []
-    for c in range(classes):
-        tp = np.sum((predicted == c) & (labels == c))
-        fp, fn = np.sum((predicted == c) & (labels != c)), np.sum((predicted != c) & (labels == c))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return float(np.mean(scores))
+    """Macro F1 as a fit logs it (`emo.analysis.confusion_metric`)."""
+    names = [str(c) for c in range(classes)]
+    return float(confusion_metric(confusion_matrix(labels, predicted, classes), "f1_macro", names))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Literal
 import mlflow
 from jsonargparse import auto_cli
 
-from emo import UserError
+from emo import UserError, first_line
 from emo.arguments import OneLineParser
 from emo.report.compare import compare_runs
 from emo.report.write import write_report
@@ -33,7 +33,6 @@ def report(
     sweep: str | None = None,
     parent_run_id: str | None = None,
     metric: str = "val/f1_weighted",
-    direction: Literal["maximize", "minimize"] = "maximize",
     output_dir: str = "reports",
     compare: tuple[str, str] | None = None,
     compare_split: Literal["val", "test"] = "test",
@@ -44,8 +43,7 @@ def report(
         experiment: MLflow experiment to read.
         sweep: Only the trials of this sweep (its study name).
         parent_run_id: Only the children of this run.
-        metric: Validation metric that selects the best run.
-        direction: Whether larger or smaller is better.
+        metric: Validation metric that selects the best run: the largest, or the smallest for a loss or an error.
         output_dir: Where the report folder goes.
         compare: Two run ids (or sweep parent run ids, for groups of seeds): is A better than B?
         compare_split: The split to compare on: `val` (the kept checkpoints' validation) to choose, `test` to report.
@@ -59,7 +57,7 @@ def report(
         try:
             compare_runs(client, *compare, split=compare_split)
         except (ValueError, mlflow.exceptions.MlflowException) as error:
-            raise UserError(f"--compare: {str(error).splitlines()[0]}") from None
+            raise UserError(f"--compare: {first_line(error)}") from None
         return
     if sweep and not parent_run_id:
         found = client.get_experiment_by_name(experiment)
@@ -68,7 +66,7 @@ def report(
             raise UserError(f"--sweep {sweep}: no sweep of that name in experiment {experiment!r}")
         parent_run_id = parents[0].info.run_id
     try:
-        write_report(experiment, parent_run_id, metric, direction, output_dir, client)
+        write_report(experiment, parent_run_id, metric, output_dir, client)
     except ValueError as error:
         raise UserError(str(error)) from None
 

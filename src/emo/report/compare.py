@@ -1,14 +1,11 @@
 """`emo report --compare A B`: is A better than B? A paired bootstrap over the predictions both logged, on test
 (to report) or on the kept checkpoints' validation (to choose); a sweep parent counts as its trials' mean."""
 
-import tempfile
-
 import mlflow
 import pandas as pd
 
 from emo.analysis import frame_label_names, paired_bootstrap
-from emo.spec import predictions_artifact
-from emo.store import children_filter
+from emo.store import children_filter, logged_predictions
 
 
 def group_predictions(client, run_id: str, split: str = "test") -> tuple[str, list[pd.DataFrame]]:
@@ -19,15 +16,7 @@ def group_predictions(client, run_id: str, split: str = "test") -> tuple[str, li
         raise ValueError(f"no run {run_id!r} at {client.tracking_uri}") from None
     children = client.search_runs([run.info.experiment_id], filter_string=children_filter(run_id), max_results=5000)
     members = [child for child in children if child.info.status == "FINISHED"] if children else [run]
-    frames, artifact = [], predictions_artifact(split)
-    with tempfile.TemporaryDirectory() as folder:
-        for member in members:
-            try:
-                frames.append(pd.read_csv(client.download_artifacts(member.info.run_id, artifact, folder)))
-            except Exception as error:  # a run from before predictions were logged, or one that never tested
-                raise ValueError(
-                    f"run {member.info.run_id} ({member.info.run_name}) has no {artifact}: {error}"
-                ) from None
+    frames = [logged_predictions(client, member, split) for member in members]
     name = f"{run.info.run_name} ({len(frames)} runs)" if children else run.info.run_name
     return name, frames
 

@@ -3,8 +3,17 @@ the best run by a validation metric, and the mean ± std of runs that differ onl
 
 import pandas as pd
 
-from emo.spec import SEED_SETTING, STAGE_TAG, SWEEP_TAG, TRIAL_STATE_TAG, defines_experiment, headline_metrics
-from emo.store import best_step_metrics, children_filter, test_metrics
+from emo.selection import best_index
+from emo.spec import (
+    SEED_SETTING,
+    STAGE_TAG,
+    SWEEP_TAG,
+    TRIAL_STATE_TAG,
+    defines_experiment,
+    headline_metrics,
+    is_maximized,
+)
+from emo.store import children_filter, kept_validation, test_metrics
 
 KEY_PARAMS = [
     "model.model_name_or_path",
@@ -17,7 +26,9 @@ KEY_PARAMS = [
 ]
 
 
-def load_runs(client, experiment_name: str, parent_run_id: str | None, metric: str, maximize: bool) -> pd.DataFrame:
+def load_runs(client, experiment_name: str, parent_run_id: str | None) -> pd.DataFrame:
+    """The emo fits of an experiment (or the children of a parent run), oldest first: params, validation at the kept
+    checkpoint (`best.val/...`), test scores, status and duration."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise ValueError(f"no MLflow experiment named {experiment_name!r} at {client.tracking_uri}")
@@ -30,7 +41,6 @@ def load_runs(client, experiment_name: str, parent_run_id: str | None, metric: s
     for run in runs:
         if SWEEP_TAG in run.data.tags or STAGE_TAG not in run.data.tags:
             continue  # sweep parents and runs that are not emo fits
-        at_best = best_step_metrics(client, run.info.run_id, metric, maximize)
         rows.append(
             {
                 "run_id": run.info.run_id,
@@ -38,21 +48,22 @@ def load_runs(client, experiment_name: str, parent_run_id: str | None, metric: s
                 "status": run.data.tags.get(TRIAL_STATE_TAG, run.info.status),
                 "minutes": f"{((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000:.1f}",
                 **{f"params.{k}": v for k, v in run.data.params.items()},
-                **{f"best.{k}": v for k, v in at_best.items()},  # validation at the kept checkpoint
+                **{f"best.{k}": v for k, v in kept_validation(client, run).items()},  # at the kept checkpoint
                 **test_metrics(run),
             }
         )
     return pd.DataFrame(rows)
 
 
-def select_best(runs: pd.DataFrame, metric: str, maximize: bool = True) -> pd.Series:
+def select_best(runs: pd.DataFrame, metric: str) -> pd.Series:
+    """The best run by `metric` at the kept checkpoints, in its direction (`emo.selection.best_index`)."""
     if not metric.startswith("val/"):
         raise ValueError(f"select runs by a validation metric, not {metric!r}: test scores must stay unseen")
     column = f"best.{metric}"
-    if runs.empty or column not in runs or runs[column].isna().all():
+    best = best_index(runs[column].tolist(), metric) if column in runs else None
+    if best is None:
         raise ValueError(f"no run has {metric}")
-    candidates = runs.dropna(subset=[column])
-    return candidates.loc[candidates[column].idxmax() if maximize else candidates[column].idxmin()]
+    return runs.iloc[best]
 
 
 def varying_params(runs: pd.DataFrame, swept: list[str]) -> list[str]:
@@ -102,11 +113,12 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_table(runs: pd.DataFrame, params: list[str], metric: str, maximize: bool) -> pd.DataFrame:
+def summary_table(runs: pd.DataFrame, params: list[str], metric: str) -> pd.DataFrame:
+    """The runs as the report shows them, the best first (`metric`'s direction; of equals, the oldest first)."""
     columns = {"run_name": "run", "status": "status", "minutes": "minutes"}
     columns |= {f"params.{p}": p for p in params}
     columns |= {f"best.{m}": m for m in headline_metrics("val")}
     columns |= {m: m for m in headline_metrics("test")}
     columns |= {f"best.{metric}": metric, "run_id": "run id"}
     present = [c for c in columns if c in runs]
-    return runs[present].rename(columns=columns).sort_values(metric, ascending=not maximize)
+    return runs[present].rename(columns=columns).sort_values(metric, ascending=not is_maximized(metric), kind="stable")

@@ -3,7 +3,6 @@ and logged to the sweep's parent run when there is one."""
 
 import shutil
 from pathlib import Path
-from typing import Literal
 
 import mlflow
 import pandas as pd
@@ -19,14 +18,12 @@ def write_report(
     experiment_name: str = DEFAULT_EXPERIMENT,
     parent_run_id: str | None = None,
     metric: str = "val/f1_weighted",
-    direction: Literal["maximize", "minimize"] = "maximize",
     output_dir: str = "reports",
     client=None,
 ) -> Path:
     client = client or mlflow.MlflowClient(resolve_tracking_uri())
-    maximize = direction == "maximize"
-    runs = load_runs(client, experiment_name, parent_run_id, metric, maximize)
-    best = select_best(runs, metric, maximize)
+    runs = load_runs(client, experiment_name, parent_run_id)
+    best = select_best(runs, metric)
     swept = []
     name = experiment_name
     parent = None
@@ -46,7 +43,7 @@ def write_report(
         shutil.rmtree(folder / "test", ignore_errors=True)
     except Exception:  # a run without a test (pruned, interrupted) has none
         confusion = None
-    table = summary_table(runs, params, metric, maximize)
+    table = summary_table(runs, params, metric)
     is_sweep = parent is not None and SWEEP_TAG in parent.data.tags
     learnt = logged_sweep_analysis(client, parent_run_id, folder) if is_sweep else None
     text = [

@@ -19,7 +19,7 @@ from emo.store.registry import (
     registered_version,
     version_description,
 )
-from emo.store.runs import best_step_metrics, children_filter, log_params, test_metrics
+from emo.store.runs import children_filter, kept_step, kept_validation, log_params, logged_predictions, test_metrics
 from emo.store.sender import Sender
 from emo.store.sync import sync
 from emo.store.uri import (
@@ -38,7 +38,9 @@ __all__ = [
     "JournalBusyError",
     "Sender",
     "TrackingServerError",
-    "best_step_metrics",
+    "kept_step",
+    "kept_validation",
+    "logged_predictions",
     "check_tracking_uri",
     "children_filter",
     "download_model",

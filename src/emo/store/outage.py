@@ -9,6 +9,8 @@ import requests
 import sqlalchemy
 from mlflow.exceptions import MlflowException, RestException
 
+from emo import first_line
+
 RETRIED_STATUSES = {429} | set(range(500, 600))
 
 
@@ -36,6 +38,6 @@ def is_outage(error: BaseException) -> bool:
     return False
 
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return f"{type(error).__name__}: {text.splitlines()[0][:300]}"
+def described(error: BaseException) -> str:
+    """`Type: first line`: an error of the tracking server's, as a warning names it."""
+    return f"{type(error).__name__}: {first_line(error)}"

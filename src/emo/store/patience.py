@@ -12,7 +12,7 @@ import time
 import mlflow
 
 from emo.redact import redact
-from emo.store.outage import first_line, is_outage
+from emo.store.outage import described, is_outage
 from emo.store.uri import CHECK_TIMEOUT_S, mlflow_http
 
 LONGEST_WAIT_S = 30
@@ -31,7 +31,7 @@ def patiently(call, *args, uri: str = "", what: str = "", **kwargs):
                 waiting_since = time.monotonic()
                 print(
                     f"emo: waiting for the tracking server at {redact(uri) or '?'}{f' ({what})' if what else ''}: "
-                    f"{first_line(error)[:160]}",
+                    f"{described(error)[:160]}",
                     file=sys.stderr,
                 )
             time.sleep(delay)

@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from emo import UserError, hub
 from emo.redact import redact
+from emo.selection import Decision, Evidence, challenge
 from emo.spec import (
     DATA_DIGEST_TAG,
     DATASET_TAG,
@@ -23,8 +24,10 @@ from emo.spec import (
     MODEL_URI_TAG,
     TEACHER_TAG,
     TEMPERATURE_TAG,
+    VALIDATION_DIGEST_TAG,
     headline_metrics,
 )
+from emo.store.runs import kept_validation, logged_predictions
 
 INPUT_EXAMPLE = ["i feel like i finally belong somewhere"]
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -85,37 +88,51 @@ def log_transformers_model(run_id: str, model, tokenizer) -> str:
     return info.model_uri
 
 
-def champion_score(client, name: str, alias: str, metric: str) -> float | None:
+def evidence(client, run, metric: str) -> Evidence:
+    """A run's validation at its kept checkpoint: `metric`'s value, the validation split's digest, its predictions."""
+    try:
+        predictions = logged_predictions(client, run, "val")
+    except ValueError:  # a run from before validation predictions were logged
+        predictions = None
+    return Evidence(kept_validation(client, run).get(metric), run.data.tags.get(VALIDATION_DIGEST_TAG), predictions)
+
+
+def champion_decision(client, name: str, alias: str, metric: str, run) -> Decision:
+    """Whether `run`'s model takes the alias from the version holding it (`emo.selection.challenge`)."""
     try:
         champion = client.get_model_version_by_alias(name, alias)
     except MlflowException:
-        return None
-    return client.get_run(champion.run_id).data.metrics.get(metric)
+        return challenge(metric, evidence(client, run, metric), None)
+    held = evidence(client, client.get_run(champion.run_id), metric)
+    return challenge(metric, evidence(client, run, metric), held, f"version {champion.version}")
 
 
-def register(run_id: str, name: str, alias: str = "champion", metric: str = "test/f1_weighted"):
+def register(run_id: str, name: str, alias: str = "champion", metric: str = "val/f1_weighted"):
     """Registers the model logged in `run_id` as a new version of `name`.
 
-    The alias moves to the new version when its `metric` beats the current holder's.
+    The alias moves to the new version when it beats the current holder on `metric`, a validation metric at each
+    one's kept checkpoint (`emo.selection`); the version's description says which rule decided, with its figures.
     Returns the version and whether it became the champion.
     """
+    if not metric.startswith("val/"):
+        raise UserError(f"champion metric {metric!r}: a champion is chosen on validation (val/...), never on test")
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
+    decision = champion_decision(client, name, alias, metric, run)
     version = mlflow.register_model(run.data.tags[MODEL_URI_TAG], name)
-    score = run.data.metrics.get(metric)
-    best = champion_score(client, name, alias, metric)
-    promoted = score is not None and (best is None or score > best)
-    if promoted:
+    if decision.promoted:
         client.set_registered_model_alias(name, alias, version.version)
-    client.set_model_version_tag(name, version.version, metric, str(score))
+    value = kept_validation(client, run).get(metric)
+    client.set_model_version_tag(name, version.version, metric, str(value))
     if TEMPERATURE_TAG in run.data.tags:  # calibrated: the temperature folded into its head (emo export copies it)
         client.set_model_version_tag(name, version.version, TEMPERATURE_TAG, run.data.tags[TEMPERATURE_TAG])
-    client.update_model_version(name, version.version, description=version_description(run))
-    return version, promoted
+    client.update_model_version(name, version.version, description=f"{version_description(run)} {decision.reason}")
+    return version, decision.promoted
 
 
 def version_description(run) -> str:
-    """What a registered version was trained on, how, and how it scored: readable in the registry without the run."""
+    """What a registered version was trained on, how, and how it scored on test (reported, never compared): readable
+    in the registry without the run."""
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     digest = tags.get(DATA_DIGEST_TAG, "")
     scores = ", ".join(

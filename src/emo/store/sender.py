@@ -23,7 +23,7 @@ from emo.redact import redact, without_userinfo
 from emo.spec import HEARTBEAT_TAG
 from emo.store.experiment import run_url
 from emo.store.journal import Journal
-from emo.store.outage import first_line, is_outage
+from emo.store.outage import described, is_outage
 from emo.store.registry import register_once, send_model
 
 
@@ -153,7 +153,7 @@ class Sender(threading.Thread):
             except Exception as error:
                 if not is_outage(error):  # waiting would not help: stop, with the cause
                     with self.journal.changed:
-                        self.failure = f"the {pending[0]['op']} record failed: {first_line(error)}"
+                        self.failure = f"the {pending[0]['op']} record failed: {described(error)}"
                         self.journal.changed.notify_all()
                     return
                 self.failing_since = self.failing_since or time.monotonic()

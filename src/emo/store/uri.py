@@ -9,7 +9,7 @@ import os
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from emo import UserError
+from emo import UserError, first_line
 from emo.redact import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3 refuses ./mlruns; the Model Registry needs a database
@@ -88,7 +88,7 @@ def tracking_problem(uri: str, error: Exception) -> str:
         )
     if status and status != 500:
         return f"{shown} does not answer as an MLflow tracking server (HTTP {status}); check MLFLOW_TRACKING_URI"
-    return f"tracking URI {shown}: {redact(text.splitlines()[0][:300])}"
+    return f"tracking URI {shown}: {redact(first_line(text))}"
 
 
 def check_tracking_uri(uri: str) -> None:

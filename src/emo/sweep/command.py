@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from emo import UserError
 from emo.arguments import check_config_files
-from emo.cli import LOGGER_CLASS, EmoCLI, lightning_errors
+from emo.fit import LOGGER_CLASS, EmoCLI, lightning_errors
 from emo.quiet import quiet_libraries
 from emo.store import PatientClient, prepare_tracking, resolve_tracking_uri, wait_for_server
 from emo.sweep.parent import ParentRun

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from emo.redact import redact
 from emo.report import write_report
 from emo.report.importance import write_sweep_analysis
+from emo.selection import best_index
 from emo.spec import (
     AGGREGATED_RUNS_TAG,
     BEST_RUN_TAG,
@@ -26,8 +27,8 @@ from emo.spec import (
 )
 from emo.store import (
     PatientClient,
-    best_step_metrics,
     find_or_create_experiment,
+    kept_validation,
     log_params,
     patiently,
     register_once,
@@ -96,8 +97,8 @@ class ParentRun:
     def finish(self) -> None:
         """Once per best trial and number of finished trials (a rerun that adds trials updates them): record the best
         trial, the mean and std, what the sweep learnt, register the best model, report."""
-        best = self.study.best_trial
-        finished = len(self.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]))
+        complete = sorted(self.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]), key=lambda t: t.number)
+        best, finished = complete[best_index([t.value for t in complete], self.settings.metric)], len(complete)
         if self.claims.claim(f"finish-{best.number}-{finished}", str(os.getpid())):
             best_run_id = best.user_attrs[RUN_ATTR]
             self.client.set_tag(self.run_id, BEST_RUN_TAG, best_run_id)
@@ -150,9 +151,8 @@ class ParentRun:
 
     def scores(self, run_id: str) -> dict[str, float | None]:
         """Validation at the run's kept checkpoint, and test."""
-        maximize = self.settings.direction == "maximize"
-        validation = best_step_metrics(self.client, run_id, self.settings.metric, maximize)
-        return {**validation, **test_metrics(self.client.get_run(run_id))}
+        run = self.client.get_run(run_id)
+        return {**kept_validation(self.client, run), **test_metrics(run)}
 
     def log_mean_and_std(self) -> None:
         """Over the complete trials: `mean/<metric>` and `std/<metric>` (sample std, n - 1)."""

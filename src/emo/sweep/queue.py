@@ -20,7 +20,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from emo import UserError
+from emo import UserError, first_line
 from emo.redact import redact
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: stable in use, "experimental" in name
@@ -91,7 +91,7 @@ def open_storage(url: str, on_stale_trial, heartbeat_s: int, grace_s: int) -> RD
 
 
 def storage_problem(error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = first_line(error)
     if isinstance(error, ImportError):
         return "no driver for this database is installed (PostgreSQL: pip install 'psycopg[binary]')"
     if isinstance(error, sqlalchemy.exc.ArgumentError):

@@ -9,6 +9,7 @@ import optuna
 from jsonargparse.typing import PositiveInt
 
 from emo.params import flatten
+from emo.spec import is_maximized
 
 
 @dataclasses.dataclass
@@ -32,7 +33,7 @@ class SweepSettings:
         pruner: An Optuna pruner, fed `metric` after every validation; `null` never prunes.
         n_trials: Trials of the whole study, all processes together; `null`: the grid's size.
         metric: Validation metric that ranks the trials; the checkpoint monitor.
-        direction: `maximize` or `minimize` the metric.
+        direction: `maximize` or `minimize` the metric; `null`: the metric's own (a loss or an error is minimized).
         register_best: Register the best trial's model when the study is complete.
         report: Write and log the sweep report when the study is complete.
         aggregate: Also log the mean and standard deviation of the trials' metrics in the parent
@@ -51,7 +52,7 @@ class SweepSettings:
         pruner: optuna.pruners.BasePruner | None = None,
         n_trials: int | None = None,
         metric: str = "val/f1_weighted",
-        direction: Literal["maximize", "minimize"] = "maximize",
+        direction: Literal["maximize", "minimize"] | None = None,
         register_best: bool = True,
         report: bool = True,
         aggregate: bool = False,
@@ -70,12 +71,17 @@ class SweepSettings:
         self.pruner = pruner or optuna.pruners.NopPruner()
         self.n_trials = n_trials or len(self.grid) or 10
         self.metric = metric
-        self.direction = direction
+        self.direction = direction or metric_direction(metric)
         self.register_best = register_best
         self.report = report
         self.aggregate = aggregate
         self.trial_heartbeat_s = trial_heartbeat_s
         self.trial_grace_s = trial_grace_s
+
+
+def metric_direction(metric: str) -> str:
+    """Optuna's name for the direction in which `metric` gets better."""
+    return "maximize" if is_maximized(metric) else "minimize"
 
 
 def suggest(trial: optuna.Trial, name: str, space) -> float | int | str | bool:
@@ -104,8 +110,8 @@ def sweep_problem(config, logger_class: str) -> str | None:
         return f"--sweep.params: no option named {', '.join(unknown)}"
     if sweep.metric != config.checkpoint.monitor:
         return f"--sweep.metric {sweep.metric!r} must be the checkpoint monitor ({config.checkpoint.monitor!r})"
-    if (sweep.direction == "maximize") != (config.checkpoint.mode == "max"):
-        return f"--sweep.direction {sweep.direction} contradicts --checkpoint.mode {config.checkpoint.mode}"
+    if sweep.direction and sweep.direction != metric_direction(sweep.metric):
+        return f"--sweep.direction {sweep.direction} is the wrong direction for {sweep.metric!r}"
     logger = config.trainer.logger
     if not logger or getattr(logger, "class_path", None) != logger_class:
         return f"a sweep nests its trials in MLflow: --trainer.logger must be {logger_class}"

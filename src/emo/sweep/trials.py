@@ -13,7 +13,7 @@ import optuna
 import yaml
 from optuna_integration import PyTorchLightningPruningCallback
 
-from emo.cli import EmoCLI
+from emo.fit import EmoCLI
 from emo.spec import PARENT_RUN_TAG, STUDY_TAG, TRIAL_STATE_TAG, TRIAL_TAG, WORKER_TAG
 from emo.sweep.parent import RUN_ATTR
 from emo.sweep.settings import SweepSettings, set_option, suggest
@@ -83,4 +83,4 @@ def fit_trial(trial: optuna.Trial, config: Path, pruning: TrialPruning, client) 
     run_id = cli.trainer.logger.run_id
     trial.set_user_attr(RUN_ATTR, run_id)
     client.set_tag(run_id, TRIAL_STATE_TAG, "COMPLETE")
-    return cli.trainer.checkpoint_callback.best_model_score.item()
+    return cli.kept_checkpoint.best_model_score.item()

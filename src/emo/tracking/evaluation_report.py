@@ -1,4 +1,4 @@
-"""`EvaluationReport`: what a reader needs of a test besides its numbers, logged in the run.
+"""What a reader needs of a test besides its numbers, logged in the run (`record_evaluation_report`).
 
 Under `test/`: the confusion matrices (counts and normalised), the per-class report (`.md`, `.json`)
 and F1 bars, the predictions (and, after a fit, `val/predictions.csv` of the kept checkpoint's
@@ -11,7 +11,7 @@ import re
 import resource
 from pathlib import Path
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -36,69 +36,68 @@ from emo.spec import (
     predictions_artifact,
 )
 from emo.tracking.clock import TrainingClock
-from emo.tracking.logger import journal_logger
-from emo.tracking.predictions import EvaluationPredictions, confusion_matrix
+from emo.tracking.predictions import confusion_matrix
 
 
 def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-class EvaluationReport(Callback):
-    """Logs the test's artifacts and the run's summary; the fit's timing comes from `clock`, the predictions (and so
-    the confusion matrices) from `predictions`."""
+def summary(trainer: Trainer, pl_module: LightningModule, clock: TrainingClock, kept: dict | None) -> dict:
+    """The run's `summary.json`: data, timing, peak memory, the kept checkpoint (`kept`: its `path` and `score`,
+    `{monitor: value}`), the test's metrics."""
+    datamodule = trainer.datamodule
+    return {
+        "model": pl_module.hparams.model_name_or_path,
+        "dataset": datamodule.source,
+        "data_digest": datamodule.data_digest if datamodule.digests else None,
+        "examples": {split: len(examples) for split, examples in datamodule.splits.items()},
+        "epochs_trained": trainer.current_epoch,
+        "global_steps": trainer.global_step,
+        **clock.summary(trainer.world_size),
+        "peak_memory_mib": round(peak_memory_mib()),
+        "devices": f"{trainer.world_size} x {trainer.strategy.root_device.type}",
+        "best_checkpoint": (kept or {}).get("path"),
+        "best_score": (kept or {}).get("score"),
+        "test": {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
+    }
 
-    def __init__(self, clock: TrainingClock, predictions: EvaluationPredictions):
-        self.clock, self.predictions = clock, predictions
 
-    def summary(self, trainer: Trainer, pl_module: LightningModule) -> dict:
-        checkpoint = trainer.checkpoint_callback
-        datamodule = trainer.datamodule
-        return {
-            "model": pl_module.hparams.model_name_or_path,
-            "dataset": datamodule.source,
-            "data_digest": datamodule.data_digest if datamodule.digests else None,
-            "examples": {split: len(examples) for split, examples in datamodule.splits.items()},
-            "epochs_trained": trainer.current_epoch,
-            "global_steps": trainer.global_step,
-            **self.clock.summary(trainer.world_size),
-            "peak_memory_mib": round(peak_memory_mib()),
-            "devices": f"{trainer.world_size} x {trainer.strategy.root_device.type}",
-            "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
-            "best_score": {checkpoint.monitor: float(checkpoint.best_model_score)}
-            if checkpoint and checkpoint.best_model_score is not None
-            else None,
-            "test": {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
-        }
-
-    @rank_zero_only
-    def on_test_end(self, trainer, pl_module):
-        logger = journal_logger(trainer)
-        if logger is None:  # no tracking (--trainer.logger false): the summary still lands beside the checkpoints
-            path = Path(trainer.default_root_dir) / SUMMARY_ARTIFACT
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.summary(trainer, pl_module), indent=2), encoding="utf-8")
-            return
-        label_names = list(pl_module.hparams.label_names)
-        kept = self.predictions.predictions  # test, and after a fit the kept checkpoint's validation
-        confusion = confusion_matrix(kept["test"], len(label_names))
-        figure, _ = MulticlassConfusionMatrix(len(label_names)).plot(val=confusion, labels=label_names)
-        figure.set_size_inches(7, 6)
-        logger.record_figure(figure, CONFUSION_ARTIFACT)
-        logger.record_figure(normalised_confusion_figure(confusion, label_names), CONFUSION_NORMALISED_ARTIFACT)
-        report = per_class_report(trainer.callback_metrics, confusion, label_names)
-        report_json, report_md = PER_CLASS_ARTIFACTS
-        logger.record_text(json.dumps(report, indent=2), report_json)
-        logger.record_text(report_markdown(report), report_md)
-        logger.record_figure(per_class_f1_figure(report), F1_PER_CLASS_ARTIFACT)
-        for stage, predicted in kept.items():
-            predictions = split_predictions(trainer.datamodule, stage, predicted, label_names)
-            logger.record_text(predictions.to_csv(index=False), predictions_artifact(stage))
-            if stage == "test":
-                logger.record_text(mistakes_markdown(confident_mistakes(predictions)), MISTAKES_ARTIFACT)
-        summary = self.summary(trainer, pl_module)
-        logger.record_text(json.dumps(summary, indent=2), SUMMARY_ARTIFACT)
-        logger.record_tags({DESCRIPTION_TAG: run_description(summary)})
+@rank_zero_only
+def record_evaluation_report(
+    logger,
+    trainer: Trainer,
+    pl_module: LightningModule,
+    predictions: dict,
+    clock: TrainingClock,
+    kept: dict | None = None,
+) -> None:
+    """The test's artifacts (`predictions`: `test`, and after a fit `val`, the kept checkpoint's validation), the run's
+    summary and its description; without a logger (`--trainer.logger false`) the summary alone, beside the checkpoints."""
+    if logger is None:
+        path = Path(trainer.default_root_dir) / SUMMARY_ARTIFACT
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary(trainer, pl_module, clock, kept), indent=2), encoding="utf-8")
+        return
+    label_names = list(pl_module.hparams.label_names)
+    confusion = confusion_matrix(predictions["test"], len(label_names))
+    figure, _ = MulticlassConfusionMatrix(len(label_names)).plot(val=confusion, labels=label_names)
+    figure.set_size_inches(7, 6)
+    logger.record_figure(figure, CONFUSION_ARTIFACT)
+    logger.record_figure(normalised_confusion_figure(confusion, label_names), CONFUSION_NORMALISED_ARTIFACT)
+    report = per_class_report(trainer.callback_metrics, confusion, label_names)
+    report_json, report_md = PER_CLASS_ARTIFACTS
+    logger.record_text(json.dumps(report, indent=2), report_json)
+    logger.record_text(report_markdown(report), report_md)
+    logger.record_figure(per_class_f1_figure(report), F1_PER_CLASS_ARTIFACT)
+    for stage, predicted in predictions.items():
+        frame = split_predictions(trainer.datamodule, stage, predicted, label_names)
+        logger.record_text(frame.to_csv(index=False), predictions_artifact(stage))
+        if stage == "test":
+            logger.record_text(mistakes_markdown(confident_mistakes(frame)), MISTAKES_ARTIFACT)
+    record = summary(trainer, pl_module, clock, kept)
+    logger.record_text(json.dumps(record, indent=2), SUMMARY_ARTIFACT)
+    logger.record_tags({DESCRIPTION_TAG: run_description(record)})
 
 
 def split_predictions(datamodule, stage: str, predictions: dict, label_names: list[str]):

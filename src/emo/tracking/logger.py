@@ -1,8 +1,8 @@
 """`JournalLogger`: Lightning's MLflow logger, with everything a run records going through its journal first.
 
 Training never waits for the tracking server, an outage loses nothing, a killed run can be resumed
-(`emo.store.journal`). Collaborators tell it what happened through its methods (`attach`,
-`keep_open_for_test`, `checkpoint_saved`, `note_exception`) and record through `record_*`.
+(`emo.store.journal`). Collaborators tell it what happened through its methods (`attach`, `hold_open`,
+`checkpoint_saved`, `note_exception`, `end`) and record through `record_*`.
 """
 
 import datetime
@@ -88,6 +88,7 @@ class JournalLogger(MLFlowLogger):
         self.runs_dir = "outputs"  # the run folder's parent (see attach)
         self.resume_step: int | None = None  # the step of the checkpoint this run continues from (see attach)
         self.held_open = False
+        self.ended = False  # its final status is in the journal
         self.interrupted = False
         self.failure: str | None = None
         self.checkpoint_step: int | None = None
@@ -101,16 +102,22 @@ class JournalLogger(MLFlowLogger):
 
     def attach(self, runs_dir: str, resume_step: int | None = None, name: str | None = None) -> None:
         """Before the run opens: the run folder goes under `runs_dir` (beside its checkpoints); `resume_step` is the
-        step of the checkpoint a resumed run continues from (`emo.tracking.resume`); a new run without a `run_name`
+        step of the checkpoint a resumed run continues from (`emo.fit.resume`); a new run without a `run_name`
         is called `name`."""
         self.runs_dir = runs_dir
         self.resume_step = resume_step
         if self._run_name is None and self._run_id is None and name:
             self._run_name = name
 
-    def keep_open_for_test(self, held: bool) -> None:
-        """While held, the end of `fit` leaves the run open: the test of its best checkpoint belongs to the same run."""
-        self.held_open = held
+    def hold_open(self) -> None:
+        """Lightning's end of `fit` or `test` leaves the run open: the steps after it (the test of the kept checkpoint,
+        the report, the registration) belong to the same run, which `end` closes."""
+        self.held_open = True
+
+    def end(self, status: str) -> None:
+        """The run ends here (`success` or `failed`), held open or not."""
+        self.held_open = False
+        self.finalize(status)
 
     def checkpoint_saved(self, global_step: int) -> None:
         """A checkpoint of this step is being written: the metric points it holds may be sent once it is saved."""
@@ -255,7 +262,7 @@ class JournalLogger(MLFlowLogger):
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        if self.journal is None:
+        if self.journal is None or self.ended:
             return
         if status == "finished":
             # Lightning's SLURM handler, about to save a checkpoint of this very step and requeue the job,
@@ -277,6 +284,7 @@ class JournalLogger(MLFlowLogger):
         self.stop_system_metrics()
         final = "FINISHED" if status == "success" else ("KILLED" if self.interrupted else "FAILED")
         self.journal.append("status", status=final)
+        self.ended = True
         if self.flush(stop=True):
             self.journal.close()  # all sent: `emo sync` in another process may read it
         # else the sender keeps trying while this process lives (a sweep's next trials), holding the journal

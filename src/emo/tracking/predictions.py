@@ -1,15 +1,16 @@
 """`EvaluationPredictions`: what a run keeps of an evaluation besides its metrics, for the test's artifacts.
 
 Every evaluated example's index in its split, true label and class probabilities, gathered from all
-processes. A checkpoint carries the predictions of the validation that scored it, so that after a fit
-the kept checkpoint's validation predictions are logged beside the test's (`emo report --compare_split
-val`), also when the fit was resumed from another process.
+processes. A checkpoint carries the predictions of the validation that scored it (`VAL_PREDICTIONS_KEY`),
+so that the end of a fit has the kept checkpoint's validation predictions, also when the fit was resumed
+in another process: they calibrate the model and are logged beside the test's (`emo report --compare_split val`).
 """
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 VAL_PREDICTIONS_KEY = "val_predictions"  # in a checkpoint: the predictions of the validation that scored it
+VAL_STEP_KEY = "val_step"  # in a checkpoint: the step that validation's metrics were logged at
 
 
 def confusion_matrix(predictions: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor:
@@ -21,11 +22,12 @@ def confusion_matrix(predictions: dict[str, torch.Tensor], num_classes: int) -> 
 
 class EvaluationPredictions(Callback):
     """`predictions[stage]`: `example`, `label` and `probabilities` of the last evaluation at `val` or `test`, in
-    example order; after a fit, `predictions["val"]` is the kept checkpoint's."""
+    example order."""
 
     def __init__(self):
         self.batches: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
         self.predictions: dict[str, dict[str, torch.Tensor]] = {}
+        self.val_step: int | None = None  # of the last validation during a fit
 
     def collect(self, stage: str, outputs, batch: dict) -> None:
         if "example" in batch:
@@ -64,6 +66,8 @@ class EvaluationPredictions(Callback):
 
     def on_validation_epoch_end(self, trainer, pl_module):
         self.gather(trainer, pl_module, "val")
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.val_step = trainer.fit_loop.epoch_loop._batches_that_stepped  # where Lightning logs its metrics
 
     def on_test_epoch_end(self, trainer, pl_module):
         self.gather(trainer, pl_module, "test")
@@ -72,12 +76,4 @@ class EvaluationPredictions(Callback):
         # A checkpoint is saved right after the validation that scored it: its predictions travel with it.
         if "val" in self.predictions:
             checkpoint[VAL_PREDICTIONS_KEY] = self.predictions["val"]
-
-    def on_test_start(self, trainer, pl_module):
-        """The test after a fit: the validation predictions to log are those of the checkpoint kept, not the last."""
-        self.predictions.pop("val", None)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best:
-            saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
-            if VAL_PREDICTIONS_KEY in saved:
-                self.predictions["val"] = saved[VAL_PREDICTIONS_KEY]
+            checkpoint[VAL_STEP_KEY] = self.val_step

@@ -1,5 +1,5 @@
 """`LogRunConfig`: the resolved config in the MLflow run (`config.yaml`, every setting as a param, tags, the data
-inputs), the run record in every checkpoint, and why a run stopped.
+inputs), and why a run stopped.
 
 Replaces LightningCLI's default callback, which writes into a log folder that sqlite and remote
 stores do not have.
@@ -27,9 +27,9 @@ from emo.spec import (
     SPLITS,
     STAGE_TAG,
     TASK_TAG,
+    VALIDATION_DIGEST_TAG,
 )
 from emo.tracking.logger import journal_logger
-from emo.tracking.resume import RECORD_KEY, run_record
 
 
 def dataset_inputs(datamodule) -> list[dict]:
@@ -52,16 +52,7 @@ def dataset_inputs(datamodule) -> list[dict]:
 
 
 class LogRunConfig(SaveConfigCallback):
-    """Records the resolved config in the MLflow run; writes the run record (`emo.tracking.resume`) into every checkpoint."""
-
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
-        logger = journal_logger(trainer)
-        if logger is None or not trainer.is_global_zero:
-            return
-        checkpoint[RECORD_KEY] = run_record(
-            logger.run_id, logger.experiment_id, trainer.global_step, run_settings(self.config)
-        )
-        logger.checkpoint_saved(trainer.global_step)
+    """Records the resolved config in the MLflow run as it starts, and why it stopped when it stops early."""
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         logger = journal_logger(trainer)
@@ -95,5 +86,6 @@ class LogRunConfig(SaveConfigCallback):
             logger.record_params({changed: datamodule.audit_changed})
         if datamodule.digests:
             tags[DATA_DIGEST_TAG] = datamodule.data_digest
+            tags[VALIDATION_DIGEST_TAG] = datamodule.digests["validation"]
             logger.record_inputs(dataset_inputs(datamodule))
         logger.record_tags(tags)

@@ -6,28 +6,17 @@ back to it. How a resume continues the same MLflow run is `emo.tracking.resume`.
 
 A resumed fit ends as the same fit never stopped would (same seed, same machine): Lightning restores
 the weights, the optimizer, the schedule and the loops' progress, the sampler the epoch's order and
-position (`emo.data.sampler`), and the random numbers a training step draws (dropout) come from a
-seed of the run's seed, the epoch and the batch (`step_seed`), set before every training batch; a
-process that starts mid-epoch draws what the one never stopped drew. (Lightning does not keep the
-random generators' states in a checkpoint; and what other code draws between two steps, a data
-loader's iterator or a validation, would shift them.)
+position (`emo.data.sampler`), and the random numbers of each training step come from the step alone
+(`emo.fit.step_seeds`).
 """
 
-import hashlib
 import signal
 import sys
 import threading
 
-import torch
 from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-
-def step_seed(seed: int, epoch: int, batch_idx: int) -> int:
-    """The seed of the random numbers drawn by training batch `batch_idx` of `epoch` in a run seeded with `seed`."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{batch_idx}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1  # torch takes seeds below 2**63
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -47,7 +36,6 @@ class LastCheckpoint(ModelCheckpoint):
         self.stop_signal: int | None = None
         self.saved_for_stop = False
         self.previous_sigint = None
-        self.seed: int | None = None  # the run's seed, read as training starts (see step_seed)
 
     def save_now(self, trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
@@ -56,7 +44,6 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self.stop_signal, self.saved_for_stop = None, False
-        self.seed = torch.initial_seed()  # seed_everything's (the data loaders were built with it)
         if threading.current_thread() is threading.main_thread():
             self.previous_sigint = signal.signal(signal.SIGINT, self.ctrl_c)
 
@@ -88,8 +75,6 @@ class LastCheckpoint(ModelCheckpoint):
         # The stop comes here, after Lightning has logged the metrics of the step the checkpoint holds.
         if self.saved_for_stop:
             raise KeyboardInterrupt if self.stop_signal == signal.SIGINT else SIGTERMException()
-        if self.seed is not None:  # the same random numbers for this batch whether the process started here or not
-            torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx))
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self.save_now(trainer)  # at every epoch end, improved or not

@@ -1,6 +1,6 @@
 """Resuming a run: `--ckpt_path last` (or a checkpoint file) continues the same MLflow run, or is refused in one line.
 
-- Every checkpoint of `emo fit` holds a run record (`checkpoint["emo"]`, see `run_record`): the
+- Every checkpoint of `emo fit` holds a run record (`checkpoint["emo"]`, written by `RunRecord`): the
   MLflow run, the settings it logged and the training step.
 - `plan_resume` reads that record before anything loads: the same settings continue the same run
   (same run id, metric histories continuing at the checkpoint's step); a resume whose settings
@@ -8,19 +8,20 @@
   checkpoint is refused, unless `--resume_new_run true` asks for a new run.
 """
 
-import zipfile
 from pathlib import Path
 
 import mlflow
-import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch import Callback
 from mlflow.exceptions import MlflowException
 
 from emo import UserError
+from emo.fit.checkpoint_files import CheckpointFiles
 from emo.redact import redact
 from emo.spec import WATCHING
 from emo.store import in_use, is_stale, last_sent_step, silence_s
 from emo.store.journal import JOURNAL
+from emo.tracking import journal_logger
 
 RECORD_KEY = "emo"
 # Settings a continued checkpoint honours (the loop's length, bookkeeping): `--resume_new_run true` may change them.
@@ -43,22 +44,9 @@ def run_record(run_id: str, experiment_id: str, step: int, settings: dict) -> di
     return {"run_id": run_id, "experiment_id": experiment_id, "step": step, "params": settings}
 
 
-def read_record(path: Path) -> dict | None:
-    """The run record of a checkpoint (None for a checkpoint not written by `emo fit`), without loading its weights."""
-    if Path(path).is_file() and not zipfile.is_zipfile(path):
-        raise ResumeError(f"--ckpt_path {path}: not a checkpoint (checkpoints are torch.save archives)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except FileNotFoundError:
-        raise ResumeError(f"--ckpt_path {path}: no such file") from None
-    except IsADirectoryError:
-        raise ResumeError(f"--ckpt_path {path}: a folder, not a checkpoint file") from None
-    except Exception as error:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise ResumeError(f"--ckpt_path {path}: not a checkpoint that can be loaded safely ({reason})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ResumeError(f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict)")
-    return checkpoint.get(RECORD_KEY)
+def read_record(files: CheckpointFiles, path) -> dict | None:
+    """The run record of a checkpoint (None for a checkpoint not written by `emo fit`)."""
+    return files.read(path).get(RECORD_KEY)
 
 
 def differences(recorded: dict, current: dict, allowed: tuple[str, ...] = ()) -> list[str]:
@@ -76,9 +64,9 @@ def last_checkpoints(root: Path) -> list[Path]:
     return sorted(root.glob("*/*/checkpoints/last*.ckpt"), key=lambda path: path.stat().st_mtime, reverse=True)
 
 
-def find_last(root: Path, settings: dict, allowed: tuple[str, ...] = ()) -> tuple[Path, dict]:
+def find_last(files: CheckpointFiles, root: Path, settings: dict, allowed: tuple[str, ...] = ()) -> tuple[Path, dict]:
     """The newest `last.ckpt` under `root` whose run has these settings (but for `allowed` ones)."""
-    found = [(path, read_record(path)) for path in last_checkpoints(root)]
+    found = [(path, read_record(files, path)) for path in last_checkpoints(root)]
     found = [(path, record) for path, record in found if record]
     if not found:
         raise ResumeError(f"--ckpt_path last: no last checkpoint of an emo run under {root}/ (nothing to resume)")
@@ -112,7 +100,7 @@ def hpc_checkpoint(root: Path) -> Path | None:
     return saved[-1] if saved else None
 
 
-def remove_hpc_checkpoints(root: Path, run_id: str) -> None:
+def remove_hpc_checkpoints(files: CheckpointFiles, root: Path, run_id: str) -> None:
     """Deletes the SLURM requeue checkpoints of run `run_id` once its training has ended.
 
     On SLURM, Lightning restores the newest `hpc_ckpt_<n>.ckpt` whenever no `ckpt_path` is given: left
@@ -121,7 +109,7 @@ def remove_hpc_checkpoints(root: Path, run_id: str) -> None:
     """
     if SLURMEnvironment.detect():
         for path in root.glob("hpc_ckpt_*.ckpt"):
-            if (read_record(path) or {}).get("run_id") == run_id:
+            if (read_record(files, path) or {}).get("run_id") == run_id:
                 path.unlink()
 
 
@@ -163,7 +151,7 @@ def in_this_folder(folder: Path) -> bool:
     return (folder / JOURNAL).exists()
 
 
-def plan_resume(config, settings: dict, tracking_uri: str) -> int | None:
+def plan_resume(files: CheckpointFiles, config, settings: dict, tracking_uri: str) -> int | None:
     """Resolves `--ckpt_path last` and points the logger at the checkpoint's run; returns the step it continues from.
 
     None: nothing to continue (no checkpoint, a plain Lightning checkpoint, or a new run asked for).
@@ -171,16 +159,16 @@ def plan_resume(config, settings: dict, tracking_uri: str) -> int | None:
     root = Path(config.trainer.default_root_dir or ".")
     path, new_run = config.ckpt_path, config.resume_new_run
     if path == "last":
-        found, record = find_last(root, settings, CONTINUABLE if new_run else ())
+        found, record = find_last(files, root, settings, CONTINUABLE if new_run else ())
         config.ckpt_path, path = str(found), f"last ({found})"
     elif path:
-        record = read_record(Path(path))
+        record = read_record(files, path)
     elif hpc := hpc_checkpoint(root):
-        path, record = hpc, read_record(hpc)  # a requeued SLURM job: Lightning restores it by itself
+        path, record = hpc, read_record(files, hpc)  # a requeued SLURM job: Lightning restores it by itself
         newer = root / record["experiment_id"] / record["run_id"] / "checkpoints" / "last.ckpt" if record else None
-        if newer and newer.is_file() and read_record(newer)["step"] >= record["step"]:
+        if newer and newer.is_file() and read_record(files, newer)["step"] >= record["step"]:
             # The job trained on after the requeue signal (and stopped cleanly on SIGTERM): continue from there.
-            path, record = newer, read_record(newer)
+            path, record = newer, read_record(files, newer)
             config.ckpt_path = str(newer)
     else:
         return None
@@ -192,3 +180,45 @@ def plan_resume(config, settings: dict, tracking_uri: str) -> int | None:
     check_run_can_continue(record, root / record["experiment_id"] / record["run_id"], mlflow.MlflowClient(tracking_uri))
     config.trainer.logger.init_args.run_id = record["run_id"]
     return record["step"]
+
+
+def kept_state_as_saved(files: CheckpointFiles, path) -> None:
+    """Brings the kept checkpoint's callback state, in the checkpoint a fit resumes from, up to that callback's last save.
+
+    `last.ckpt` is written when a validation ends; the callback that keeps the best checkpoint decides at the end of
+    the training epoch, after it. A `last.ckpt` of an epoch's end can so hold that callback's state of the epoch
+    before, naming a file it has since replaced: restored as it is, the resumed fit would compare new scores with an
+    old one and keep the wrong checkpoint. The newest checkpoint that callback wrote into the same folder (at or before
+    the resumed step) holds its state as of that save; it replaces the stale copy in the checkpoint Lightning restores
+    (the one read of the file, `CheckpointFiles`: the file itself is not changed).
+    """
+    resumed, path = files.read(path), Path(path)
+    kept = []
+    for other in path.parent.glob("*.ckpt"):
+        if other != path and not other.name.startswith(("last", "hpc_ckpt_")):
+            saved = files.read(other)
+            if saved.get("global_step", 0) <= resumed.get("global_step", 0):
+                kept.append((saved["global_step"], other.stat().st_mtime_ns, other, saved))
+    if not kept:
+        return
+    *_, newest, saved = max(kept, key=lambda item: item[:2])
+    states = resumed.get("callbacks", {})
+    for key, state in saved.get("callbacks", {}).items():
+        written_by_it = state.get("best_model_path") and Path(state["best_model_path"]).resolve() == newest.resolve()
+        if key in states and written_by_it:
+            states[key] = state
+
+
+class RunRecord(Callback):
+    """Writes the run record (`run_record`) into every checkpoint the fit saves; `settings` are the run's params, set
+    once the config is parsed. Tells the logger which step a checkpoint holds (`JournalLogger.checkpoint_saved`)."""
+
+    def __init__(self):
+        self.settings: dict[str, str] = {}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        logger = journal_logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        checkpoint[RECORD_KEY] = run_record(logger.run_id, logger.experiment_id, trainer.global_step, self.settings)
+        logger.checkpoint_saved(trainer.global_step)

@@ -5,15 +5,15 @@ import math
 from pathlib import Path
 
 import mlflow
-import torch
 
 from emo import UserError
 from emo.data import check_inputs as check_data
 from emo.data import checked_names, content_digest, load_local_splits
+from emo.fit.checkpoint_files import LIGHTNING_PATHS, CheckpointFiles, is_checkpoint_file
+from emo.fit.resume import hpc_checkpoint
 from emo.hub import check_model_folder, max_positions
 from emo.spec import LABELS_TAG, is_maximized, is_metric_name, metric_names
 from emo.store import model_source, read_audit
-from emo.tracking import hpc_checkpoint, read_record
 
 
 def config_problem(subcommand: str, config) -> str | None:
@@ -24,8 +24,15 @@ def config_problem(subcommand: str, config) -> str | None:
         return f"--checkpoint.monitor {monitor!r}: choose a validation metric ({choices}, ..., val/f1_<label>, ...)"
     if (mode == "max") != is_maximized(monitor):
         return f"--checkpoint.mode {mode!r} is the wrong direction for {monitor!r}"
-    if not config.registry.champion_metric.startswith("test/"):
-        return f"--registry.champion_metric {config.registry.champion_metric!r}: compare models on a test/ metric"
+    champion = config.registry.champion_metric
+    if champion.startswith("test/"):
+        return (
+            f"--registry.champion_metric {champion!r}: a champion is chosen on validation (val/...); choosing on test "
+            "would bias the very score the registry reports"
+        )
+    if not is_metric_name(champion, "val"):
+        choices = ", ".join(metric_names("val")[:5])
+        return f"--registry.champion_metric {champion!r}: choose a validation metric ({choices}, ...)"
     if subcommand == "fit" and config.trainer.limit_val_batches == 0:
         return "--trainer.limit_val_batches 0 leaves no validation to pick the best checkpoint"
     holdout = config.data.get("holdout_fold")
@@ -35,12 +42,12 @@ def config_problem(subcommand: str, config) -> str | None:
         return "--data.holdout_fold with --data.train_size: a fold is of the whole training split; choose one"
     if subcommand == "predict" and not config.data.predict_file:
         return "predict needs --data.predict_file (a text file, one text a line)"
-    if subcommand in ("validate", "test", "predict") and config.get("ckpt_path") in ("last", "best"):
+    if subcommand in ("validate", "test", "predict") and config.get("ckpt_path") in set(LIGHTNING_PATHS) - {"hpc"}:
         return f"--ckpt_path {config.ckpt_path}: {subcommand} needs the path of a checkpoint file"
     return None
 
 
-def check_inputs(subcommand: str, config) -> None:
+def check_inputs(files: CheckpointFiles, subcommand: str, config) -> None:
     """Data files, the model folder and the checkpoint file, read and checked before any of them is used."""
     data_dir = config.data.data_dir if subcommand != "predict" else None
     check_data(data_dir, config.data.predict_file, subcommand, config.data.labels)
@@ -52,8 +59,8 @@ def check_inputs(subcommand: str, config) -> None:
             f"takes at most {positions} tokens"
         )
     ckpt_path = config.get("ckpt_path")
-    if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
-        read_record(Path(ckpt_path))  # exists, and is a checkpoint that loads with weights_only
+    if is_checkpoint_file(ckpt_path):
+        files.read(ckpt_path)  # exists, and is a checkpoint that loads with weights_only
     evaluates_what_it_finds = subcommand != "fit" and not ckpt_path  # on SLURM, Lightning restores an hpc checkpoint
     if evaluates_what_it_finds and (left := hpc_checkpoint(Path(config.trainer.default_root_dir or "."))):
         raise UserError(
@@ -97,13 +104,6 @@ def data_labels(config) -> list[str] | None:
     return None
 
 
-def checkpoint_labels(ckpt_path: str) -> list[str] | None:
-    """The classes a checkpoint of emo's model was trained on."""
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    names = saved.get("hyper_parameters", {}).get("label_names")
-    return list(names) if names else None
-
-
 def model_folder_labels(folder) -> list[str] | None:
     """The classes of a fine-tuned Hugging Face model folder (its config's `id2label`)."""
     config = json.loads((Path(folder) / "config.json").read_text())
@@ -129,11 +129,11 @@ def check_teachers(teachers: str | list[str] | None, tracking_uri: str, labels: 
         check_labels_match(f"--model.teacher {teacher}", recorded and json.loads(recorded), labels)
 
 
-def check_checkpoint_fits(ckpt_path, model) -> None:
+def check_checkpoint_fits(files: CheckpointFiles, ckpt_path, model) -> None:
     """A checkpoint of another model (other layers or sizes) is refused before a run is created for it."""
-    if not ckpt_path or ckpt_path in ("last", "best", "hpc"):
+    if not is_checkpoint_file(ckpt_path):
         return
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    saved = files.read(ckpt_path)["state_dict"]
     expected = model.state_dict()
     missing = [key for key in expected if key not in saved]
     resized = [key for key in expected if key in saved and saved[key].shape != expected[key].shape]

@@ -1,10 +1,12 @@
 """`EmoCLI`: LightningCLI over the data module, the model, the trainer and MLflow tracking.
 
-`fit` ends with `test` on the best checkpoint; then the model is logged and registered. Every
-input is checked before the model loads and before an MLflow run exists (`emo.cli.checks`).
+`fit` ends with `emo.fit.finish.finish_fit`: the kept checkpoint calibrated, tested, reported, logged and registered.
+Every input is checked before the model loads and before an MLflow run exists (`emo.fit.checks`); every checkpoint
+file is read once (`emo.fit.checkpoint_files`).
 """
 
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,8 +16,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from emo import UserError
-from emo.cli.checks import (
+from emo import UserError, first_line
+from emo.data import EmotionDataModule
+from emo.fit.calibration import Calibration
+from emo.fit.checkpoint_files import CheckpointFiles, CheckpointFilesIO, is_checkpoint_file
+from emo.fit.checks import (
     check_audit,
     check_checkpoint_fits,
     check_inputs,
@@ -23,37 +28,25 @@ from emo.cli.checks import (
     check_teachers,
     check_train_size,
     check_validation_interval,
-    checkpoint_labels,
     config_problem,
     data_labels,
     model_folder_labels,
 )
-from emo.cli.parser import EmoArgumentParser
-from emo.data import EmotionDataModule
+from emo.fit.finish import FitEnd, finish_fit, finish_test
+from emo.fit.last_checkpoint import LastCheckpoint
+from emo.fit.parser import EmoArgumentParser
+from emo.fit.prediction import PredictionWriter
+from emo.fit.registration import Registry
+from emo.fit.resume import RunRecord, hpc_checkpoint, kept_state_as_saved, plan_resume, remove_hpc_checkpoints
+from emo.fit.step_seeds import StepSeeds
+from emo.fit.teachers import prepare_teachers, record_teachers
 from emo.hardware import fast_precision
 from emo.model import EmotionClassifier
 from emo.params import run_settings
-from emo.predict import PredictionWriter
 from emo.quiet import HeldMessages, logger_at, no_data_bars
 from emo.spec import MODEL_TAG
 from emo.store import download_registered_model, is_registered_model_uri, prepare_tracking, resolve_tracking_uri
-from emo.tracking import (
-    EvaluationPredictions,
-    EvaluationReport,
-    HeldOutPredictions,
-    JournalLogger,
-    LastCheckpoint,
-    LogRunConfig,
-    ModelRegistry,
-    TeacherTargets,
-    TemperatureScaling,
-    TrainingClock,
-    journal_logger,
-    plan_resume,
-    read_record,
-    remove_hpc_checkpoints,
-    run_name,
-)
+from emo.tracking import EvaluationPredictions, JournalLogger, LogRunConfig, TrainingClock, journal_logger, run_name
 
 SEED_LOGGER = "lightning.fabric.utilities.seed"  # where Lightning's seed_everything says the seed
 STARTUP_LOGGER = "lightning.pytorch.utilities.rank_zero"  # where a new Trainer says its precision and devices
@@ -67,23 +60,15 @@ class EmoCLI(LightningCLI):
         self.resume_step = None
         self.model_labels = None  # (--ckpt_path, the classes of that checkpoint or registered model)
         self.startup_lines = HeldMessages(STARTUP_LOGGER)  # printed by after_instantiate_classes
+        self.checkpoint_files = CheckpointFiles()  # every checkpoint this command reads, read once
+        self.clock, self.predictions, self.run_record = TrainingClock(), EvaluationPredictions(), RunRecord()
         torch.set_float32_matmul_precision("high")  # TF32 on recent GPUs; no effect on CPU
-        clock, predictions = TrainingClock(), EvaluationPredictions()
         super().__init__(
             EmotionClassifier,
             EmotionDataModule,
             save_config_callback=LogRunConfig,
             save_config_kwargs={"save_to_log_dir": False},
-            trainer_defaults={
-                "callbacks": [
-                    clock,
-                    predictions,
-                    EvaluationReport(clock, predictions),
-                    HeldOutPredictions(),
-                    TeacherTargets(),
-                    *callbacks,
-                ]
-            },
+            trainer_defaults={"callbacks": [self.clock, self.predictions, self.run_record, StepSeeds(), *callbacks]},
             parser_class=EmoArgumentParser,
             auto_configure_optimizers=False,  # the model builds AdamW with its own parameter groups
             args=args,
@@ -91,15 +76,29 @@ class EmoCLI(LightningCLI):
         )
 
     def _parse_ckpt_path(self):
-        # LightningCLI reads the model's settings from --ckpt_path here, before any hook: check the file first.
+        """LightningCLI's own: the model's settings from the checkpoint given as `--ckpt_path`, here from the one read of
+        it (checked first: one line when it is not a checkpoint); a registered model (`models:/...`) is downloaded."""
         subcommand = self.config.get("subcommand")
-        ckpt_path = subcommand and self.config[subcommand].get("ckpt_path")
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config else None
         if is_registered_model_uri(ckpt_path):
-            self.use_registered_model(self.config[subcommand], subcommand)
-        elif ckpt_path and ckpt_path not in ("last", "best", "hpc"):
-            read_record(Path(ckpt_path))
-            self.model_labels = (ckpt_path, checkpoint_labels(ckpt_path))
-        super()._parse_ckpt_path()
+            self.use_registered_model(config, subcommand)
+            return
+        if not is_checkpoint_file(ckpt_path):
+            return
+        checkpoint = self.checkpoint_files.read(ckpt_path)
+        self.model_labels = (ckpt_path, self.checkpoint_files.label_names(ckpt_path))
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def use_registered_model(self, config, subcommand: str) -> None:
         """`--ckpt_path models:/NAME@ALIAS` (or `/VERSION`): the registered model and tokenizer, no checkpoint file."""
@@ -141,8 +140,8 @@ class EmoCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
-        parser.add_lightning_class_args(TemperatureScaling, "calibration")
-        parser.add_lightning_class_args(ModelRegistry, "registry")
+        parser.add_class_arguments(Calibration, "calibration")
+        parser.add_class_arguments(Registry, "registry")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.add_argument(
             "--resume_new_run",
@@ -167,16 +166,15 @@ class EmoCLI(LightningCLI):
             config.weights_only = True  # checkpoints hold tensors and plain values: never run pickled code
         if subcommand == "predict":
             config.trainer.logger = False  # predictions go to a file, not to a new MLflow run
-            if (
-                self.model_labels and self.model_labels[1]
-            ):  # the model's classes name the columns; no training data read
+            if self.model_labels and self.model_labels[1]:  # the model's classes name the columns; no data read
                 config.data.labels = self.model_labels[1]
         with no_data_bars():  # a problem is a UserError: one line, exit status 1, nothing printed before it
             self.check_config(subcommand, config)
+        self.run_record.settings = run_settings(config)
 
     def check_config(self, subcommand: str, config) -> None:
         """Every input, the tracking server, the audit, the teachers and the resume, in that order."""
-        check_inputs(subcommand, config)
+        check_inputs(self.checkpoint_files, subcommand, config)
         if self.model_labels and subcommand in ("validate", "test"):
             check_labels_match(*self.model_labels, data_labels(config))
         logger = config.trainer.logger
@@ -191,14 +189,17 @@ class EmoCLI(LightningCLI):
             check_train_size(config.data.train_size, labels)
             check_teachers(config.model.teacher, uri, labels)
             if self.subcommand and tracked:
-                self.resume_step = plan_resume(config, run_settings(config), uri)
+                self.resume_step = plan_resume(self.checkpoint_files, config, run_settings(config), uri)
+            resumed = config.get("ckpt_path") or hpc_checkpoint(Path(config.trainer.default_root_dir or "."))
+            if is_checkpoint_file(resumed):
+                kept_state_as_saved(self.checkpoint_files, resumed)
 
     def after_instantiate_classes(self):
         if not hasattr(self, "trainer"):  # a sweep builds no trainer: each trial says its own seed and has its run
             return
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand:
-            check_checkpoint_fits(config.get("ckpt_path"), self.model)
+            check_checkpoint_fits(self.checkpoint_files, config.get("ckpt_path"), self.model)
         if self.subcommand == "fit":
             with no_data_bars():  # the data read and tokenized here, once: the fit reuses it
                 check_validation_interval(self.trainer, self.datamodule)
@@ -212,28 +213,55 @@ class EmoCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         try:
             with self.startup_lines:
-                return super().instantiate_trainer(**kwargs)
+                trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, TypeError) as error:  # Lightning's checks of trainer settings
-            raise UserError(f"trainer settings: {str(error).strip().splitlines()[0]}") from None
+            raise UserError(f"trainer settings: {first_line(error)}") from None
+        # Lightning restores a fit or a test from the read of the checkpoint file the checks made.
+        trainer.strategy.checkpoint_io = CheckpointFilesIO(trainer.strategy.checkpoint_io, self.checkpoint_files)
+        return trainer
+
+    @property
+    def kept_checkpoint(self) -> ModelCheckpoint | None:
+        """The callback that keeps the best checkpoint (the `checkpoint:` section), whatever else the trainer has."""
+        return self.config_init[self.subcommand].get("checkpoint") if self.subcommand else None
 
     def before_fit(self):
-        logger = journal_logger(self.trainer)
-        if logger is not None and not self.trainer.fast_dev_run:
-            logger.keep_open_for_test(True)
+        """The data read, the model's loss given what it needs of it (class weights, the teachers' targets), the run
+        held open for the steps after the training."""
+        logger, teachers = journal_logger(self.trainer), None
+        if self.model.needs_training_data:  # read and tokenized here, once: the fit reuses it
+            self.datamodule.prepare_data()
+            self.datamodule.setup("fit")
+            self.model.use_training_data(self.datamodule.splits["train"]["label"])
+            teachers = prepare_teachers(self.model, self.datamodule, logger.tracking_uri if logger else None)
+        if logger is None or self.trainer.fast_dev_run:
+            return
+        logger.hold_open()
+        if teachers and self.resume_step is None and self.trainer.is_global_zero:
+            record_teachers(logger, teachers)
 
     def after_fit(self):
         logger = journal_logger(self.trainer)
-        if logger is not None:
-            logger.keep_open_for_test(False)
-            if self.trainer.is_global_zero:  # the training has ended: else the test would load one
-                remove_hpc_checkpoints(Path(self.trainer.default_root_dir), logger.run_id)
-            self.trainer.strategy.barrier()
+        if logger is not None and self.trainer.is_global_zero:  # the training has ended: else the test would load one
+            remove_hpc_checkpoints(self.checkpoint_files, Path(self.trainer.default_root_dir), logger.run_id)
+        self.trainer.strategy.barrier()
         if self.trainer.fast_dev_run:
             return
-        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-        if best:
-            # The checkpoint's weights as saved: with weight averaging (EMAWeightAveraging) these are the average,
-            # which Lightning would swap back to the raw weights when the checkpoint is loaded through `ckpt_path`.
-            saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
-            self.model.load_state_dict(saved["state_dict"])
-        self.trainer.test(self.model, datamodule=self.datamodule, weights_only=True)
+        config = self.config_init[self.subcommand]
+        end = FitEnd(
+            self.kept_checkpoint,
+            self.checkpoint_files,
+            self.predictions,
+            self.clock,
+            config.calibration,
+            config.registry,
+        )
+        finish_fit(self.trainer, self.model, self.datamodule, end)
+
+    def before_test(self):
+        logger = journal_logger(self.trainer)
+        if logger is not None:
+            logger.hold_open()
+
+    def after_test(self):
+        finish_test(self.trainer, self.model, self.predictions, self.clock)

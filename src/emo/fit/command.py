@@ -1,4 +1,4 @@
-"""`emo fit | validate | test | predict`: the Lightning CLI (`EmoCLI`), its parser and its checks.
+"""`emo fit | validate | test | predict`: the Lightning CLI (`EmoCLI`) as a command, Lightning's refusals in one line.
 
 python -m emo fit --config configs/base.yaml [--config more.yaml] [--model.learning_rate 5e-5]
 python -m emo fit ... --ckpt_path last             (continue a killed or interrupted fit, same MLflow run)
@@ -14,11 +14,10 @@ import traceback
 
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from emo import first_line
 from emo.arguments import check_config_files
-from emo.cli.app import LOGGER_CLASS, EmoCLI
+from emo.fit.cli import EmoCLI
 from emo.quiet import quiet_libraries
-
-__all__ = ["LOGGER_CLASS", "EmoCLI", "lightning_errors", "main"]
 
 
 def raised_by_lightning(error: BaseException) -> bool:
@@ -33,12 +32,12 @@ def lightning_errors():
     try:
         yield
     except MisconfigurationException as error:  # Lightning's name for settings it cannot run with
-        print(f"emo: error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"emo: error: {first_line(error)}", file=sys.stderr)
         sys.exit(1)
     except ValueError as error:
         if not raised_by_lightning(error):
             raise
-        print(f"emo: error: trainer settings: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"emo: error: trainer settings: {first_line(error)}", file=sys.stderr)
         sys.exit(1)
     except SIGTERMException:  # Lightning stopped the fit cleanly
         sys.exit(128 + signal.SIGTERM)
