@@ -2,17 +2,28 @@
 shared by two processes (one killed), training on the audited data, and every bad input in one line."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
+from emo import commands
 from emo.audit import label_issues
+from emo.data import EmotionDataModule, content_digest, load_local_splits
 from emo.data.folds import stratified_folds
-from emo.spec import AUDIT_RUN_TAG, AUDIT_TAG, DATA_DIGEST_TAG, LABEL_ISSUES_ARTIFACT, OUT_OF_FOLD_ARTIFACT
+from emo.spec import (
+    AUDIT_RUN_TAG,
+    AUDIT_TAG,
+    AUDITED_DIGEST_TAG,
+    DATA_DIGEST_TAG,
+    LABEL_ISSUES_ARTIFACT,
+    OUT_OF_FOLD_ARTIFACT,
+)
+from emo.store import read_audit
 from emo_lab.data import ROOT, write_tiny_model
-from helpers.gates import gate_callback, wait_for_reached
+from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 
 WORDS = {  # each class its own words: a tiny random BERT learns them in a few epochs
@@ -53,8 +64,8 @@ def planted(tmp_path_factory):
 def audit_args(tmp_path, model_dir, data_dir, name: str, *extra: str) -> list[str]:
     return ["--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml"),
             "--model.model_name_or_path", str(model_dir), "--data.data_dir", str(data_dir), "--data.labels", "null",
-            "--model.freeze_embeddings", "false", "--model.dropout", "0", "--model.learning_rate", "1e-2",
-            "--model.warmup_ratio", "0", "--data.batch_size", "8", "--trainer.max_epochs", "12",
+            "--model.freeze_embeddings", "false", "--model.dropout", "0", "--optimizer.lr", "1e-2",
+            "--lr_scheduler.warmup_ratio", "0", "--data.batch_size", "8", "--trainer.max_epochs", "12",
             "--trainer.check_val_every_n_epoch", "12", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "5",
             "--trainer.default_root_dir", str(tmp_path / "outputs"),
             "--trainer.logger.init_args.experiment_name", "audit-test",
@@ -84,6 +95,70 @@ def test_folds_are_stratified_seeded_and_cover_each_example_once():
         assert (labels[folds >= 0] == label).sum() == count
     assert np.array_equal(stratified_folds(labels, 3, seed=1), folds)
     assert not np.array_equal(stratified_folds(labels, 3, seed=2), folds)
+
+
+def test_a_fold_trains_on_every_example_but_those_it_holds_out(small_data_dir, tiny_model_dir):
+    """The audit's promise in one line of the data module: a fold's model never sees the examples it predicts."""
+    whole = load_local_splits(str(small_data_dir))["train"]
+    folds = stratified_folds(whole["label"], 3, seed=0)
+    for fold in range(3):
+        module = EmotionDataModule(
+            data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir), holdout_fold=fold, folds=3
+        )
+        splits = module.raw_splits()
+        heldout = splits["heldout"]["index"]
+        assert heldout == np.flatnonzero(folds == fold).tolist()
+        rest = np.flatnonzero(folds != fold)
+        assert splits["train"]["text"] == [whole["text"][i] for i in rest]  # the others, each once, none held out
+        assert splits["train"]["label"] == [whole["label"][i] for i in rest]
+
+
+def an_audit_run(client, data_dir: Path, flagged: dict[int, str]) -> str:
+    """A finished audit of `data_dir`'s training split, as `emo audit` records it, flagging `flagged` (index: the
+    suggested class)."""
+    train = load_local_splits(str(data_dir))["train"]
+    names = train.features["label"].names
+    experiment = client.get_experiment_by_name("audit-test") or client.create_experiment("audit-test")
+    experiment_id = getattr(experiment, "experiment_id", experiment)
+    run_id = client.create_run(experiment_id, tags={AUDIT_TAG: "3 folds, seed 0"}).info.run_id
+    issues = pd.DataFrame(
+        {
+            "index": list(flagged),
+            "text": [train["text"][i] for i in flagged],
+            "given": [names[train["label"][i]] for i in flagged],
+            "suggested": list(flagged.values()),
+            "score": [0.01] * len(flagged),
+        }
+    )
+    client.log_text(run_id, issues.to_csv(index=False), LABEL_ISSUES_ARTIFACT)
+    client.set_tag(run_id, AUDITED_DIGEST_TAG, content_digest(train))
+    client.set_terminated(run_id)
+    return run_id
+
+
+@pytest.mark.parametrize("action", ["drop", "relabel"])
+def test_a_fit_on_audited_data_drops_or_relabels_exactly_what_the_audit_flagged(
+    action, small_data_dir, tiny_model_dir, tracking_uri
+):
+    client = mlflow.MlflowClient()
+    train = load_local_splits(str(small_data_dir))["train"]
+    names = train.features["label"].names
+    flagged = {3: "surprise", 10: "love", 11: names[train["label"][11]]}  # one "suggested" as given: changes nothing
+    audit = an_audit_run(client, small_data_dir, flagged)
+    module = EmotionDataModule(
+        data_dir=str(small_data_dir), tokenizer_name_or_path=str(tiny_model_dir), audit_run=audit, audit_action=action
+    )
+    changed = module.raw_splits()["train"]
+    assert module.audit_changed == len(flagged)
+    if action == "drop":
+        kept = [i for i in range(len(train)) if i not in flagged]
+        assert changed["text"] == [train["text"][i] for i in kept] and changed["label"] == [
+            train["label"][i] for i in kept
+        ]
+    else:
+        assert changed["text"] == train["text"]
+        expected = [names.index(flagged[i]) if i in flagged else label for i, label in enumerate(train["label"])]
+        assert changed["label"] == expected and expected != train["label"]
 
 
 def test_confidently_contradicted_labels_are_flagged_most_likely_wrong_first():
@@ -221,3 +296,53 @@ def test_bad_audits_stop_in_one_line_and_leave_nothing_running(tmp_path, small_d
     client.set_terminated(fit_run.info.run_id)
     code, out = run_emo(["fit", *base[:-6], "--data.audit_run", fit_run.info.run_id], tmp_path / "not-audit.log")
     assert code == 1 and f"--data.audit_run {fit_run.info.run_id}: run" in out and "is not an emo audit" in out
+
+
+def test_two_audit_processes_at_the_same_time_share_the_folds_and_finish_the_audit_once(
+    tmp_path, small_data_dir, tiny_model_dir, tracking_uri
+):
+    args = audit_args(tmp_path, tiny_model_dir, small_data_dir, "together", "--trainer.max_epochs", "1",
+                      "--trainer.check_val_every_n_epoch", "1")  # fmt: skip
+    gate = tmp_path / "gate"  # each process holds its first fold until both have one: both surely take part
+    processes = [start_emo(["audit", *args, *gate_callback(gate, at_step=2)], tmp_path / f"{i}.log") for i in range(2)]
+    wait_for_reached(gate, processes=2, watch=processes)
+    open_gate(gate)
+    logs = []
+    for i, process in enumerate(processes):
+        assert process.wait(timeout=900) == 0, (tmp_path / f"{i}.log").read_text()[-3000:]
+        logs.append((tmp_path / f"{i}.log").read_text())
+    parent = audit_run("together")
+    client = mlflow.MlflowClient()
+    folds = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(run.data.params["data.holdout_fold"] for run in folds) == ["0", "1", "2"]  # each fold once
+    assert len({run.data.tags["emo.worker"] for run in folds}) == 2  # both processes fitted folds
+    assert parent.info.status == "FINISHED" and AUDITED_DIGEST_TAG in parent.data.tags
+    assert sum("emo: audit together:" in log and "training labels flagged" in log for log in logs) == 1
+    out_of_fold = pd.read_csv(client.download_artifacts(parent.info.run_id, OUT_OF_FOLD_ARTIFACT, str(tmp_path)))
+    assert list(out_of_fold["index"]) == list(range(300))
+
+
+def test_an_audit_whose_finishing_process_died_is_finished_by_the_next(
+    tmp_path, small_data_dir, tiny_model_dir, tracking_uri, monkeypatch
+):
+    """The first process takes the claim to finish the audit and dies before the digest that completes it; a rerun
+    finds the claim taken and no digest after the grace, and finishes it."""
+    args = audit_args(tmp_path, tiny_model_dir, small_data_dir, "orphaned", "--trainer.max_epochs", "1",
+                      "--trainer.check_val_every_n_epoch", "1", "--audit.trial_grace_s", "3")  # fmt: skip
+    import emo.audit.command as audit_command
+
+    def dies(*_args, **_kwargs):
+        raise SystemExit("killed after taking the claim")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(audit_command, "label_issues", dies)
+        with pytest.raises(SystemExit, match="killed after taking the claim"):
+            commands.main(["audit", *args])
+    parent = audit_run("orphaned")
+    assert AUDITED_DIGEST_TAG not in parent.data.tags
+    with pytest.raises(Exception, match="has not finished"):
+        read_audit(parent.info.run_id, tracking_uri)
+    commands.main(["audit", *args])
+    issues, digest = read_audit(parent.info.run_id, tracking_uri)
+    assert digest == content_digest(load_local_splits(str(small_data_dir))["train"])
+    assert audit_run("orphaned").info.status == "FINISHED"

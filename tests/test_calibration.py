@@ -123,10 +123,13 @@ def test_scaling_the_head_divides_the_saved_model_s_logits_by_the_temperature(fa
     else:
         model = AutoModelForSequenceClassification.from_config(HEADS[family]())
     model.eval()
+    expected = "classifier.out_proj" if family in ("mpnet", "roberta") else "classifier"
+    with torch.no_grad():  # a fresh head's bias is zero: one left unscaled would not show
+        model.get_submodule(expected).bias.normal_(0, 1)
     input_ids = torch.randint(5, 100, (4, 12))
     before = logits_of(model, input_ids)
     layer = scale_classifier_head(model, 2.5)
-    assert layer == ("classifier.out_proj" if family in ("mpnet", "roberta") else "classifier")
+    assert layer == expected
     model.save_pretrained(tmp_path)
     saved = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     after = logits_of(saved, input_ids)

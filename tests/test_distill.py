@@ -36,7 +36,7 @@ def test_a_student_learns_from_a_registered_teacher_computed_once(
     tmp_path, tiny_model_dir, small_data_dir, tracking_uri, monkeypatch, capsys
 ):
     monkeypatch.setenv("EMO_CACHE_DIR", str(tmp_path / "cache"))
-    teacher = fit(tmp_path / "teacher", tiny_model_dir, small_data_dir, "tiny-teacher", "--model.learning_rate", "5e-3")
+    teacher = fit(tmp_path / "teacher", tiny_model_dir, small_data_dir, "tiny-teacher", "--optimizer.lr", "5e-3")
     capsys.readouterr()
     uri = "models:/tiny-teacher@champion"
     student = fit(

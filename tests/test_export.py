@@ -185,6 +185,59 @@ def test_an_int8_export_registers_within_its_stated_loss_or_says_so(source, fp32
     assert sizes["2"] < sizes["1"], sizes  # int8 weights
 
 
+@pytest.fixture(scope="module")
+def near_ties(source, tmp_path_factory) -> Path:
+    """A test split of the 200 real texts the source is least sure between its first two classes, labelled with its
+    own predictions (so it scores 100 %), and no validation split: int8's rounding flips some of them for certain."""
+    _, _, names = source
+    texts = [line.rsplit(";", 1)[0] for line in (DATA_DIR / "train.txt").read_text().splitlines() if line.strip()]
+    probabilities = source_probabilities(source, texts[:4000])
+    ordered = np.sort(probabilities, axis=1)
+    closest = np.argsort(ordered[:, -1] - ordered[:, -2])[:200]
+    data = tmp_path_factory.mktemp("near-ties")
+    rows = [f"{texts[i]};{names[probabilities[i].argmax()]}" for i in closest]
+    (data / "test.txt").write_text("\n".join(rows) + "\n")
+    return data
+
+
+def test_an_int8_export_that_loses_accuracy_is_refused_in_one_line_and_registered_only_when_forced(
+    fp32, near_ties, mlflow_server, tmp_path
+):
+    client = mlflow.MlflowClient(mlflow_server)
+    versions = len(client.search_model_versions(f"name='{NAME}-onnx'"))
+    args = ["--model", f"models:/{NAME}/1", "--data_dir", str(near_ties), "--registered_model_name", f"{NAME}-ties"]
+    code, output = export(tmp_path, mlflow_server, *args)
+    errors = [line for line in output.splitlines() if line.startswith("emo: error:")]
+    assert code == 1 and len(errors) == 1, output
+    assert "the int8 export loses" in errors[0] and "points of accuracy on test" in errors[0] and "--force" in errors[0]
+    assert not client.search_model_versions(f"name='{NAME}-ties'")
+    assert len(client.search_model_versions(f"name='{NAME}-onnx'")) == versions
+    code, output = export(tmp_path, mlflow_server, *args, "--force", "true")
+    assert code == 0 and "registered anyway (--force)" in output, output
+    # and without a validation split: no map, one line why, the source's probabilities served
+    assert "No top-label map:" in output and "no file for the validation split" in output, output
+    [forced] = client.search_model_versions(f"name='{NAME}-ties'")
+    metrics = client.get_run(forced.run_id).data.metrics
+    assert metrics["parity/source_acc"] == 1 and 1 - metrics["parity/export_acc"] > INT8_ACCURACY_LOSS
+    assert "emo.export.top_label_map" not in forced.tags and "top_label_map/examples" not in metrics
+
+
+def test_an_export_without_a_top_label_map_serves_its_source_s_probabilities(
+    source, fp32, map_data, mlflow_server, tmp_path, tracking_uri
+):
+    args = ["--model", f"models:/{NAME}/1", "--quantize", "none", "--data_dir", str(map_data),
+            "--top_label_map", "false", "--registered_model_name", f"{NAME}-unmapped"]  # fmt: skip
+    code, output = export(tmp_path, mlflow_server, *args)
+    assert code == 0 and "Top-label map fitted" not in output, output
+    version = mlflow.MlflowClient(mlflow_server).get_model_version(f"{NAME}-unmapped", "1")
+    assert "emo.export.top_label_map" not in version.tags and "top-label map" not in version.description
+    rows = predict_onnx(tmp_path, f"models:/{NAME}-unmapped/1", tracking_uri)
+    _, _, names = source
+    got = np.array([[float(row[f"p_{name}"]) for name in names] for row in rows])
+    assert np.abs(got - source_probabilities(source, TEXTS)).max() < FP32_TOLERANCE  # not mapped
+    assert np.abs(got - top_label_mapped(source, map_data, TEXTS)).max() > 0.01
+
+
 def predict_onnx(tmp_path: Path, uri: str, tracking_uri: str) -> list[dict]:
     """`emo predict` from an ONNX version, in a process of its own that must not import torch."""
     texts, output = tmp_path / "texts.txt", tmp_path / "predictions.csv"

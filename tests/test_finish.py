@@ -29,7 +29,7 @@ def fit_args(tmp_path, tiny_model_dir, small_data_dir, name: str, *extra: str) -
     not the last whatever the scores; full precision, so a validation computed again gives the same numbers."""
     return ["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
                                 "--trainer.logger.init_args.experiment_name", name,
-                                "--registry.registered_model_name", "null", "--model.learning_rate", "5e-3",
+                                "--registry.registered_model_name", "null", "--optimizer.lr", "5e-3",
                                 "--trainer.max_epochs", "3", "--checkpoint.every_n_epochs", "2",
                                 "--trainer.precision", "32-true", *extra)]  # fmt: skip
 

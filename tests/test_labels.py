@@ -79,7 +79,7 @@ def file_labels(folder: Path, split: str) -> list[str]:
 def fit_args(
     tmp_path: Path, model_dir: Path, data: Path, experiment: str, model_name: str, *extra: str, configs=TRAINING_CONFIGS
 ) -> list[str]:
-    return shrunk_args(tmp_path, model_dir, data, "--trainer.max_epochs", "1", "--model.learning_rate", "5e-3",
+    return shrunk_args(tmp_path, model_dir, data, "--trainer.max_epochs", "1", "--optimizer.lr", "5e-3",
                        "--trainer.logger.init_args.experiment_name", experiment,
                        "--registry.registered_model_name", model_name, *extra, configs=configs)  # fmt: skip
 
@@ -144,7 +144,7 @@ def four_sweep(four_data, tiny_model_dir, mlflow_server, tmp_path_factory):
         patch.chdir(tmp_path)
         sweep.main(fit_args(tmp_path, tiny_model_dir, four_data, "labels-four", name, "--data.labels", "null",
                             "--sweep.study_name", name, "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db",
-                            "--sweep.params", '{"model.learning_rate": [1.0e-3, 5.0e-3]}', "--sweep.pruner", "null",
+                            "--sweep.params", '{"optimizer.init_args.lr": [1.0e-3, 5.0e-3]}', "--sweep.pruner", "null",
                             configs=["--config", str(ROOT / "configs/sweep.yaml"), "--config", str(ROOT / "configs/offline.yaml")]))  # fmt: skip
     client = mlflow.MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("labels-four").experiment_id
@@ -301,6 +301,22 @@ def test_a_four_label_checkpoint_tested_on_seven_label_data_is_one_line_and_no_r
     )
     experiment = client.get_experiment_by_name("labels-mismatch")
     assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+def test_a_checkpoint_tested_on_data_of_the_same_classes_in_another_order_is_refused(
+    four, four_data, tiny_model_dir, tmp_path, tracking_uri
+):
+    """Ids, not names, reach the model: the same four classes in another order would score every prediction against
+    another class's label."""
+    cli, _, _ = four
+    reordered = FOUR[::-1]
+    best = cli.trainer.checkpoint_callback.best_model_path
+    args = fit_args(
+        tmp_path, tiny_model_dir, four_data, "labels-order", "labels-order", "--data.labels", json.dumps(reordered)
+    )
+    with pytest.raises(UserError) as refused:
+        EmoCLI(args=["test", *args, "--ckpt_path", best])
+    assert str(refused.value) == f"{best}: the model's classes are {FOUR}, the data's are {reordered}"
 
 
 def test_a_four_label_registered_model_tested_on_seven_label_data_is_refused(

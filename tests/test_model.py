@@ -2,11 +2,20 @@ import lightning as L
 import pytest
 import torch
 
+from emo import UserError
 from emo.data import EmotionDataModule
 from emo.data.fetch import CARER_LABELS
 from emo.hardware import CpuDropout, use_cpu_kernels
 from emo.losses import class_weights
-from emo.model import EmotionClassifier, evaluation_metrics, parameter_groups
+from emo.model import EmotionClassifier, evaluation_metrics
+from emo.optim import (
+    DEFAULT_LR_SCHEDULER,
+    LinearWarmupDecay,
+    as_callable,
+    build_optimizer,
+    build_scheduler,
+    parameter_groups,
+)
 
 
 def logits_for(predictions: list[int]) -> torch.Tensor:
@@ -31,9 +40,15 @@ def test_metrics_on_a_known_confusion():
     assert values["val/f1_macro"] == pytest.approx(sum(f1.values()) / 3)
 
 
+ADAMW = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.1}}
+WARMUP = {"class_path": "emo.optim.LinearWarmupDecay", "init_args": {"warmup_ratio": 0.25}}
+
+
 @pytest.fixture(scope="module")
 def classifier(tiny_model_dir):
-    return EmotionClassifier(str(tiny_model_dir), CARER_LABELS, learning_rate=1e-3, weight_decay=0.1, warmup_ratio=0.25)
+    return EmotionClassifier(
+        str(tiny_model_dir), CARER_LABELS, optimizer=as_callable(ADAMW), lr_scheduler=as_callable(WARMUP)
+    )
 
 
 def test_head_has_the_label_mapping(classifier):
@@ -43,13 +58,17 @@ def test_head_has_the_label_mapping(classifier):
     assert config.label2id["surprise"] == 5
 
 
-def group_names(model, groups) -> list[tuple[float, float, list[str]]]:
+def built(model, layer_lr_decay: float = 1.0, optimizer: dict = ADAMW):
+    """The optimizer emo builds for `model`: (learning rate, weight decay, parameter names) of each group."""
     names = {id(p): n for n, p in model.named_parameters()}
-    return [(group["lr"], group["weight_decay"], [names[id(p)] for p in group["params"]]) for group in groups]
+    optimizer = build_optimizer(as_callable(optimizer), parameter_groups(model, layer_lr_decay), "cpu")
+    return optimizer, [
+        (g["lr"], g["weight_decay"], [names[id(p)] for p in g["params"]]) for g in optimizer.param_groups
+    ]
 
 
 def test_no_weight_decay_on_biases_and_layernorm(classifier):
-    groups = group_names(classifier.model, parameter_groups(classifier.model, 1e-3, 0.1))
+    optimizer, groups = built(classifier.model)
     decayed = [n for lr, wd, names in groups if wd == 0.1 for n in names]
     undecayed = [n for lr, wd, names in groups if wd == 0.0 for n in names]
     assert {lr for lr, _, _ in groups} == {1e-3}  # no layer decay: one learning rate
@@ -57,16 +76,53 @@ def test_no_weight_decay_on_biases_and_layernorm(classifier):
     assert all(n.endswith("bias") or "LayerNorm" in n for n in undecayed)
     assert "classifier.weight" in decayed and "bert.embeddings.LayerNorm.weight" in undecayed
     assert len(decayed) + len(undecayed) == len(list(classifier.model.parameters()))
+    assert optimizer.defaults["fused"] is True  # left unset: emo's choice on a CPU
 
 
 def test_layer_lr_decay_slows_the_lower_layers(classifier):
     model = classifier.model  # 2 layers: embeddings at depth 0, layers at 1 and 2, pooler and head at 3
-    rate = {n: lr for lr, _, names in group_names(model, parameter_groups(model, 1e-3, 0.1, 0.5)) for n in names}
+    rate = {n: lr for lr, _, names in built(model, 0.5)[1] for n in names}
     assert rate["classifier.weight"] == rate["bert.pooler.dense.bias"] == pytest.approx(1e-3)
     assert rate["bert.encoder.layer.1.output.dense.weight"] == pytest.approx(5e-4)
     assert rate["bert.encoder.layer.0.attention.self.query.bias"] == pytest.approx(2.5e-4)
     assert rate["bert.embeddings.LayerNorm.weight"] == pytest.approx(1.25e-4)
     assert len(rate) == len(list(model.parameters()))
+
+
+def test_any_optimizer_takes_emo_s_parameter_groups(classifier):
+    sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1}}
+    optimizer, groups = built(classifier.model, 0.5, sgd)
+    assert type(optimizer).__name__ == "SGD" and optimizer.defaults["momentum"] == 0.9
+    rate = {n: lr for lr, _, names in groups for n in names}
+    assert rate["classifier.weight"] == pytest.approx(0.05) and rate["bert.embeddings.LayerNorm.weight"] == 0.05 / 8
+    assert {wd for _, wd, _ in groups} == {0.1, 0.0}
+
+
+def test_layer_decay_of_an_encoder_whose_layers_emo_does_not_know_is_one_line(classifier):
+    class Renamed(torch.nn.Module):  # the same layers under another name (T5's `block.<i>`, GPT's `h.<i>`)
+        def __init__(self, model):
+            super().__init__()
+            self.config, self.blocks = model.config, torch.nn.ModuleList(model.bert.encoder.layer)
+
+    with pytest.raises(UserError, match="emo does not know the layers of Renamed"):
+        parameter_groups(Renamed(classifier.model), 0.5)
+    assert parameter_groups(Renamed(classifier.model), 1.0)  # without layer decay the names do not matter
+
+
+def test_the_default_schedule_is_transformers_linear_warmup_then_decay():
+    from transformers import get_linear_schedule_with_warmup
+
+    for ratio, total in ((0.0, 7), (0.1, 100), (0.25, 8), (1.0, 5)):
+        ours = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = build_scheduler(
+            as_callable(DEFAULT_LR_SCHEDULER | {"init_args": {"warmup_ratio": ratio}}), ours, total
+        )
+        reference = get_linear_schedule_with_warmup(theirs, round(ratio * total), total)
+        assert isinstance(schedule, LinearWarmupDecay)
+        for _ in range(total + 2):
+            assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"]
+            ours.step(), theirs.step(), schedule.step(), reference.step()
 
 
 def test_class_balance_weighs_rare_classes_up():
@@ -122,7 +178,8 @@ def test_predict_step_gives_probabilities(classifier, tiny_model_dir):
 
 
 def test_frozen_embeddings_stay_as_pretrained_and_the_rest_trains(small_data_dir, tiny_model_dir):
-    model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS, learning_rate=1e-2, freeze_embeddings=True)
+    fast = as_callable({"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2}})
+    model = EmotionClassifier(str(tiny_model_dir), CARER_LABELS, optimizer=fast, freeze_embeddings=True)
     embeddings = model.model.get_input_embeddings().weight.detach().clone()
     head = model.model.classifier.weight.detach().clone()
     trainer = train_steps(model, small_data_dir, tiny_model_dir, 3)

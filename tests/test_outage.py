@@ -89,7 +89,7 @@ def test_a_sweep_waits_out_an_outage_between_trials(tmp_path, tiny_model_dir, sm
     args = ["sweep", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
                                   "--trainer.logger.init_args.experiment_name", name, "--registry.registered_model_name", name,
                                   "--sweep.study_name", name, "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db",
-                                  "--sweep.params", json.dumps({"model.learning_rate": [1e-3, 3e-3]}), "--sweep.pruner", "null",
+                                  "--sweep.params", json.dumps({"optimizer.init_args.lr": [1e-3, 3e-3]}), "--sweep.pruner", "null",
                                   "--trainer.log_every_n_steps", "1", "--trainer.logger.init_args.flush_timeout_s", "2",
                                   "--trainer.callbacks", json.dumps([gate]),
                                   configs=["--config", str(ROOT / "configs/sweep.yaml"), "--config", str(ROOT / "configs/offline.yaml")])]  # fmt: skip

@@ -22,7 +22,7 @@ def fit(tmp_path, tiny_model_dir, small_data_dir, experiment: str, model_name: s
     return EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
                                             "--trainer.logger.init_args.experiment_name", experiment,
                                             "--registry.registered_model_name", model_name,
-                                            "--model.learning_rate", "5e-3", *extra)])  # fmt: skip
+                                            "--optimizer.lr", "5e-3", *extra)])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,12 @@ def fitted(tmp_path_factory, tiny_model_dir, small_data_dir, mlflow_server):
 def test_run_holds_every_setting_as_a_param(fitted):
     cli, _, run = fitted
     params = run.data.params
-    assert params["model.learning_rate"] == "0.005"
-    assert params["model.weight_decay"] == "0.01" and params["model.warmup_ratio"] == "0.1"
+    assert params["optimizer.init_args.lr"] == "0.005"
+    assert (
+        params["optimizer.class_path"] == "torch.optim.AdamW" and params["optimizer.init_args.weight_decay"] == "0.01"
+    )
+    assert params["lr_scheduler.class_path"] == "emo.optim.LinearWarmupDecay"
+    assert params["lr_scheduler.init_args.warmup_ratio"] == "0.1" and "model.optimizer.class_path" not in params
     assert params["data.batch_size"] == "16" and params["data.max_length"] == "128"
     assert params["trainer.max_epochs"] == "2" and params["seed_everything"] == "42"
     assert params["checkpoint.monitor"] == "val/f1_weighted"
@@ -119,7 +123,7 @@ def test_artifacts(fitted):
     checkpoint_dirs = [p for p in paths if p.startswith("best-epoch")]
     assert len(checkpoint_dirs) == 1
     config = client.download_artifacts(run.info.run_id, "config.yaml")
-    assert "learning_rate: 0.005" in open(config).read()
+    assert "lr: 0.005" in open(config).read()
     png = open(client.download_artifacts(run.info.run_id, "test/confusion_matrix.png"), "rb").read()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
@@ -197,6 +201,21 @@ def test_predict_writes_labels_and_probabilities(fitted, tmp_path, tiny_model_di
     reversed_rows = predict(lines[::-1])  # each text keeps its own probabilities, whatever its place in the file
     assert [row["text"] for row in reversed_rows] == lines[::-1]
     assert {row["text"]: row for row in reversed_rows} == {row["text"]: row for row in rows}
+
+
+def test_another_optimizer_and_schedule_are_settings_and_the_run_names_them(
+    tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
+    cli = fit(tmp_path, tiny_model_dir, small_data_dir, "sgd-test", "", "--trainer.max_epochs", "1",
+              "--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.05", "--optimizer.momentum", "0.9",
+              "--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "5")  # fmt: skip
+    optimizer, scheduler = cli.trainer.optimizers[0], cli.trainer.lr_scheduler_configs[0].scheduler
+    assert type(optimizer).__name__ == "SGD" and optimizer.defaults["momentum"] == 0.9
+    assert type(scheduler).__name__ == "StepLR" and scheduler.step_size == 5
+    params = mlflow.MlflowClient().get_run(cli.trainer.logger.run_id).data.params
+    assert params["optimizer.class_path"] == "torch.optim.SGD" and params["optimizer.init_args.lr"] == "0.05"
+    assert params["lr_scheduler.class_path"] == "torch.optim.lr_scheduler.StepLR"
+    assert params["lr_scheduler.init_args.step_size"] == "5" and "lr_scheduler.init_args.warmup_ratio" not in params
 
 
 def test_ddp_on_two_cpu_processes(tmp_path, tiny_model_dir, small_data_dir, tracking_uri):

@@ -43,7 +43,7 @@ def test_two_workers_share_a_postgres_study_and_one_finishes_it_when_the_other_d
         tmp_path, tiny_model_dir, small_data_dir,
         "--trainer.logger.init_args.experiment_name", name, "--registry.registered_model_name", name,
         "--sweep.study_name", name, "--sweep.storage", postgres.url("optuna").replace("postgres@", f"postgres:{SECRETS['storage']}@"),
-        "--sweep.params", json.dumps({"model.learning_rate": LEARNING_RATES}), "--sweep.pruner", "null",
+        "--sweep.params", json.dumps({"optimizer.init_args.lr": LEARNING_RATES}), "--sweep.pruner", "null",
         # a live trial beats every 2 s and is failed only after 30 s of silence: a margin that holds with both cores
         # busy; the killed worker's trial goes stale 30 s after its death, while the survivor runs the others
         "--sweep.trial_heartbeat_s", "2", "--sweep.trial_grace_s", "30", "--trainer.log_every_n_steps", "1",
@@ -64,7 +64,7 @@ def test_two_workers_share_a_postgres_study_and_one_finishes_it_when_the_other_d
 
         trials = optuna.load_study(study_name=name, storage=postgres.url("optuna")).trials
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        assert sorted(t.params["model.learning_rate"] for t in complete) == LEARNING_RATES  # every grid point once
+        assert sorted(t.params["optimizer.init_args.lr"] for t in complete) == LEARNING_RATES  # every grid point once
         assert [t.state for t in trials].count(TrialState.FAIL) == 1  # the killed one, run again by the survivor
         client = mlflow.MlflowClient(tracking.url)
         experiment_id = client.get_experiment_by_name(name).experiment_id

@@ -60,6 +60,9 @@ TEXTS = [
     ("password=pw4 next", f"password={MASK} next"),
     ("api_key: pw5", f"api_key: {MASK}"),
     ("DSN: postgresql://etl@db/warehouse", f"DSN: {MASK}"),
+    ("dsn: 'DSN: etl secret words'", f"dsn: '{MASK}'"),  # a quoted value, spaces and all (a tag in config.yaml)
+    ('{"token": "a b c"}', f'{{"token": "{MASK}"}}'),
+    ("password: my secret phrase\nnext: line", f"password: {MASK}\nnext: line"),  # after a colon: the line's rest
     ("AUTH=pw6", f"AUTH={MASK}"),
     ("connection_string=pw7", f"connection_string={MASK}"),
     ('{"password": "pw8", "user": "bob"}', f'{{"password": "{MASK}", "user": "bob"}}'),
@@ -70,7 +73,7 @@ TEXTS = [
     ("Server=db;Database=x;User Id=bob;Password=pw10;", f"Server=db;Database=x;User Id=bob;Password={MASK};"),
     ("Driver={x};Uid=bob;Pwd=pw11;", f"Driver={{x}};Uid=bob;Pwd={MASK};"),
     # bearer tokens
-    ("Authorization: Bearer eyJ.pw12", f"Authorization: {MASK} {MASK}"),
+    ("Authorization: Bearer eyJ.pw12", f"Authorization: {MASK}"),
     ("curl -H 'Bearer eyJ.pw13'", f"curl -H 'Bearer {MASK}'"),
     # and nothing else
     ("http://127.0.0.1:5000/#/experiments/1", "http://127.0.0.1:5000/#/experiments/1"),
@@ -131,7 +134,8 @@ def test_mlflow_logs_a_model_without_watching_the_environment_that_masking_reads
 @pytest.mark.parametrize("name", ["PWD", "OLDPWD"])
 def test_the_shell_s_working_directory_is_not_taken_for_a_password(name, monkeypatch):
     """`PWD` is a word of MYSQL_PWD's kind, but the shell sets it to the working directory: every path under it in a
-    run's config would read `***/data/emotion`. As a key in text (`PWD=...` in an ODBC connection string) it is one."""
+    run's config would read `***/data/emotion`. `OLDPWD` is no credential-like name at all (PWD is a word, not a part).
+    As a key in text (`PWD=...` in an ODBC connection string) PWD is one."""
     monkeypatch.setenv(name, "/home/someone/emo")
     assert redact("data_dir: /home/someone/emo/data/emotion") == "data_dir: /home/someone/emo/data/emotion"
     assert redact("Driver={PostgreSQL};Uid=emo;PWD=hunter22;") == f"Driver={{PostgreSQL}};Uid=emo;PWD={MASK};"

@@ -24,7 +24,7 @@ def prepared_experiment(tracking_uri, request):
     for run_name, (val_f1, test_f1, lr) in PREPARED.items():
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
             mlflow.set_tag("emo.stage", "fit")
-            mlflow.log_params({"model.learning_rate": lr, "data.batch_size": 16})
+            mlflow.log_params({"optimizer.init_args.lr": lr, "data.batch_size": 16})
             for epoch, value in enumerate(val_f1):
                 step = (epoch + 1) * 100
                 mlflow.log_metrics({"val/f1_weighted": value, "val/acc": value + 0.01}, step=step)

@@ -24,7 +24,7 @@ def test_same_seed_same_metrics_and_a_logged_config_refits_its_run(
     def shrunk(folder: str, seed: str) -> list[str]:
         return shrunk_args(tmp_path / folder, tiny_model_dir, small_data_dir, "--seed_everything", seed,
                            "--trainer.logger.init_args.experiment_name", "reproducible-test",
-                           "--registry.registered_model_name", "", "--model.learning_rate", "5e-3", "--trainer.max_epochs", "1")  # fmt: skip
+                           "--registry.registered_model_name", "", "--optimizer.lr", "5e-3", "--trainer.max_epochs", "1")  # fmt: skip
 
     first = fit(shrunk("first", "7"))
     # The README's way to refit a run: its config.yaml, downloaded, is a complete `emo fit --config`.

@@ -132,14 +132,14 @@ def test_resume_is_refused_or_a_new_run_when_asked(tmp_path, tiny_model_dir, sma
     killed = the_run(client, name)
     # The dead process's heartbeat goes stale; the next emo command in the experiment ends the run.
     client.set_tag(killed.info.run_id, "emo.heartbeat", str(int(time.time()) - 3600))
-    changed = [*args, "--ckpt_path", "last", "--model.learning_rate", "0.01"]
+    changed = [*args, "--ckpt_path", "last", "--optimizer.lr", "0.01"]
     code, output = run_emo(changed, tmp_path / "refused.log")
     assert code != 0 and "Traceback" not in output
     assert f"run {killed.info.run_id} stopped beating" in output
     assert the_run(client, name).info.status == "KILLED"
     last_line = output.strip().splitlines()[-1]
     assert last_line.startswith("emo: error: --ckpt_path last (") and "the settings differ" in last_line
-    assert "model.learning_rate 0.0001 -> 0.01" in last_line
+    assert "optimizer.init_args.lr 0.0001 -> 0.01" in last_line
 
     # A checkpoint carries its optimizer: a new learning rate cannot take effect, even in a new run.
     code, output = run_emo([*changed, "--resume_new_run", "true"], tmp_path / "refused-again.log")

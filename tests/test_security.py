@@ -31,6 +31,7 @@ SECRETS = {  # what a researcher's shell may hold while training; the test puts 
     "MY_APIKEY": "myApiKeyValue-42",
 }
 DSN = "postgresql://etl@db.internal/warehouse?sslkey=dsnS3cretValue"  # a tag named DSN, in config.yaml as `DSN: ...`
+SPACED = "DSN: etl sp4cedDsnS3cret"  # a tag named dsn whose value has spaces: config.yaml quotes it, `dsn: 'DSN: ...'`
 SHORT_SECRET = "k3y9"  # too short to mask anywhere: masked where a secret is known to stand
 
 
@@ -100,7 +101,7 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
             auth_server.url.replace("://", f"://researcher:{SECRETS['MLFLOW_TRACKING_PASSWORD']}@"),
             "--trainer.logger.init_args.run_name", f"run-{SECRETS['OPENAI_API_KEY']}-{storage}",
             "--trainer.logger.init_args.tags", json.dumps({"note": f"token {SECRETS['HF_TOKEN']}", "api_token": SHORT_SECRET,
-                                                           "aws": SECRETS["AWS_SECRET_ACCESS_KEY"], "DSN": DSN,
+                                                           "aws": SECRETS["AWS_SECRET_ACCESS_KEY"], "DSN": DSN, "dsn": SPACED,
                                                            "db": f"{SECRETS['PGPASSWORD']} {SECRETS['DB_PASS']}",
                                                            "other": SECRETS["MY_APIKEY"]})]  # fmt: skip
     code, output = run_emo(stranger, tmp_path / "stranger.log", env={"MLFLOW_TRACKING_URI": auth_server.url})
@@ -135,7 +136,8 @@ def test_basic_auth_server_refuses_strangers_takes_emo_and_never_sees_a_secret(
     console = [("console", output)]
     assert any(where.endswith("config.yaml") for where, _ in recorded) and len(recorded) > 100
     assert len([where for where, _ in local if where.endswith(".ckpt")]) == 2 and any("journal" in w for w, _ in local)
-    assert leaks({**SECRETS, "DSN": "dsnS3cretValue", "short": SHORT_SECRET}, recorded + local + console) == []
+    secrets = {**SECRETS, "DSN": "dsnS3cretValue", "spaced": "sp4cedDsnS3cret", "short": SHORT_SECRET}
+    assert leaks(secrets, recorded + local + console) == []
     planted = "".join(text for _, text in recorded if "***" in text)
     assert "AccountKey=***" in planted and "api_token: ***" in planted and "DSN: ***" in planted
     assert run.data.tags["api_token"] == run.data.tags["DSN"] == "***"

@@ -28,7 +28,7 @@ def fitted(tmp_path_factory, tiny_model_dir, small_data_dir, mlflow_server):
         cli = EmoCLI(args=["fit", *shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
                                                "--trainer.logger.init_args.experiment_name", "serve-test",
                                                "--registry.registered_model_name", NAME,
-                                               "--model.learning_rate", "5e-3", "--trainer.max_epochs", "1")])  # fmt: skip
+                                               "--optimizer.lr", "5e-3", "--trainer.max_epochs", "1")])  # fmt: skip
     assert mlflow.MlflowClient(mlflow_server).get_model_version_by_alias(NAME, "champion").version == "1"
     return cli
 

@@ -34,7 +34,7 @@ def sweep_args(
         "--registry.registered_model_name", name,
         "--sweep.study_name", name,
         "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db",
-        "--sweep.params", json.dumps({"model.learning_rate": learning_rates}),
+        "--sweep.params", json.dumps({"optimizer.init_args.lr": learning_rates}),
         *extra, configs=SWEEP_CONFIGS,
     )  # fmt: skip
 
@@ -85,12 +85,12 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(
     assert sorted(c.info.run_name for c in children) == [
         f"{name}-trial-{n}" for n in range(3)
     ]  # sweeps keep trial names
-    assert sorted(float(c.data.params["model.learning_rate"]) for c in children) == learning_rates
+    assert sorted(float(c.data.params["optimizer.init_args.lr"]) for c in children) == learning_rates
     assert all(c.info.status == "FINISHED" and "test/f1_weighted" in c.data.metrics for c in children)
     values = {c.info.run_id: best_val(client, c.info.run_id) for c in children}
     best = next(c for c in children if c.info.run_id == parent.data.tags["emo.best_run_id"])
     assert values[best.info.run_id] == max(values.values())  # the best (of equals, any one)
-    assert parent.data.tags["best.model.learning_rate"] == best.data.params["model.learning_rate"]
+    assert parent.data.tags["best.optimizer.init_args.lr"] == best.data.params["optimizer.init_args.lr"]
     assert parent.data.metrics["best/val/f1_weighted"] == pytest.approx(best_val(client, best.info.run_id))
     assert len({best_val(client, c.info.run_id) for c in children}) > 1, "the trials should differ"
     assert parent.data.params["sweep.sampler"] == "grid" and parent.info.status == "FINISHED"
@@ -102,7 +102,9 @@ def test_grid_sweep_nests_trials_and_registers_only_the_best(
     # each trial's config is the plain fit config that reruns it: the trial's own settings, not the template's
     trial = next(c for c in children if c.info.run_name == f"{name}-trial-0")
     rerun = yaml.safe_load((tmp_path / "outputs/sweeps" / name / "trial-0.yaml").read_text())
-    assert "sweep" not in rerun and rerun["model"]["learning_rate"] == float(trial.data.params["model.learning_rate"])
+    assert "sweep" not in rerun and rerun["optimizer"]["init_args"]["lr"] == float(
+        trial.data.params["optimizer.init_args.lr"]
+    )
     assert rerun["data"]["data_dir"] == trial.data.params["data.data_dir"] == str(small_data_dir)
     assert rerun["trainer"]["max_epochs"] == int(trial.data.params["trainer.max_epochs"]) == 8
 
@@ -116,7 +118,7 @@ def test_a_seed_sweep_holds_mean_and_std_and_compares(
     sweep.main(shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
                            "--trainer.logger.init_args.experiment_name", name, "--sweep.study_name", name,
                            "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db", "--sweep.params", '{"seed_everything": [1, 2]}',
-                           "--model.learning_rate", "5e-3", "--trainer.max_epochs", "1", configs=seeds))  # fmt: skip
+                           "--optimizer.lr", "5e-3", "--trainer.max_epochs", "1", configs=seeds))  # fmt: skip
     client = mlflow.MlflowClient()
     parent = the_parent(client, name)
     children = children_of(client, parent.info.run_id)
@@ -163,7 +165,7 @@ def test_a_sweep_that_minimizes_prunes_a_destructive_rate_and_marks_reports_and_
                           "--sweep.metric", "val/loss", "--registry.champion_metric", "val/loss",
                           "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "min"))  # fmt: skip
 
-    trials = {t.params["model.learning_rate"]: t for t in optuna.load_study(study_name=name, storage=storage).trials}
+    trials = {t.params["optimizer.init_args.lr"]: t for t in optuna.load_study(study_name=name, storage=storage).trials}
     assert trials[50.0].state == TrialState.PRUNED
     assert len(trials[50.0].intermediate_values) == 1  # stopped after its first epoch
     assert trials[1e-3].state == trials[3e-3].state == TrialState.COMPLETE
@@ -208,7 +210,7 @@ def test_two_processes_share_one_study(tmp_path, tiny_model_dir, small_data_dir,
     client = mlflow.MlflowClient()
     parent = the_parent(client, name)
     children = children_of(client, parent.info.run_id)
-    assert sorted(float(c.data.params["model.learning_rate"]) for c in children) == learning_rates  # each once
+    assert sorted(float(c.data.params["optimizer.init_args.lr"]) for c in children) == learning_rates  # each once
     assert len({c.data.tags["emo.worker"] for c in children}) == 2  # both processes ran trials
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
@@ -242,7 +244,7 @@ def test_an_interrupted_sweep_continues(tmp_path, tiny_model_dir, small_data_dir
     assert rerun.wait(timeout=600) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     assert the_parent(client, name).info.run_id == parent_id  # the same parent run
     trials = optuna.load_study(study_name=name, storage=storage).trials
-    done = sorted(t.params["model.learning_rate"] for t in trials if t.state == TrialState.COMPLETE)
+    done = sorted(t.params["optimizer.init_args.lr"] for t in trials if t.state == TrialState.COMPLETE)
     assert done == learning_rates
     # The interrupted trial's copy continued its MLflow run from the last checkpoint: three runs, all finished.
     children = children_of(client, parent_id)
@@ -337,12 +339,12 @@ def test_every_sweep_config_parses_with_and_without_offline(config, hub_offline)
 
 def test_default_sweep_is_the_original_grid_and_tpe_is_one_config_away(hub_offline):
     grid = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep.yaml")]).settings
-    assert grid.params == {"model.learning_rate": [1e-5, 2e-5, 5e-5]}
-    assert grid.n_trials == 3 and grid.grid == [{"model.learning_rate": lr} for lr in (1e-5, 2e-5, 5e-5)]
+    assert grid.params == {"optimizer.init_args.lr": [1e-5, 2e-5, 5e-5]}
+    assert grid.n_trials == 3 and grid.grid == [{"optimizer.init_args.lr": lr} for lr in (1e-5, 2e-5, 5e-5)]
     tpe = sweep.SweepCLI(["--config", str(ROOT / "configs/sweep_tpe.yaml")]).settings
     assert isinstance(tpe.sampler, optuna.samplers.TPESampler) and tpe.n_trials == 20 and not tpe.grid
     assert set(tpe.params) == {
-        "model.learning_rate",
+        "optimizer.init_args.lr",
         "data.batch_size",
         "model.weight_decay",
         "model.warmup_ratio",
@@ -384,7 +386,7 @@ def test_collisions_cannot_duplicate_parent_trials_or_versions(tmp_path, trackin
     settings = sweep.SweepSettings(
         study_name=name,
         storage=f"sqlite:///{tmp_path}/optuna.db",
-        params={"model.learning_rate": [1e-3, 2e-3, 3e-3]},
+        params={"optimizer.init_args.lr": [1e-3, 2e-3, 3e-3]},
         report=False,
     )
     template = {
@@ -425,7 +427,9 @@ def test_collisions_cannot_duplicate_parent_trials_or_versions(tmp_path, trackin
         for trial in trials
         if trial
     ]
-    learning_rates = [sweep.suggest(t, "model.learning_rate", settings.params["model.learning_rate"]) for t in taken]
+    learning_rates = [
+        sweep.suggest(t, "optimizer.init_args.lr", settings.params["optimizer.init_args.lr"]) for t in taken
+    ]
     assert sorted(learning_rates) == [1e-3, 2e-3, 3e-3]
     for trial, learning_rate in zip(taken, learning_rates, strict=True):
         trial.set_user_attr(sweep.RUN_ATTR, model_run.info.run_id)
@@ -501,7 +505,7 @@ def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(
     args = shrunk_args(tmp_path, tiny_model_dir, small_data_dir,
                        "--trainer.logger.init_args.experiment_name", name, "--registry.registered_model_name", name,
                        "--sweep.study_name", name, "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db", "--sweep.pruner", "null",
-                       "--sweep.params", json.dumps({"data.eval_batch_size": [50, 25], "model.learning_rate": [1e-3, 1e-2]}),
+                       "--sweep.params", json.dumps({"data.eval_batch_size": [50, 25], "optimizer.init_args.lr": [1e-3, 1e-2]}),
                        "--trainer.max_epochs", "8", "--data.batch_size", "8",  # steps enough to tell the rates apart
                        configs=SWEEP_CONFIGS)  # fmt: skip
     # The grid's third point trains as its first (the eval batch size changes nothing learnt). A continued sweep whose
@@ -539,7 +543,7 @@ def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(
     importances = {
         k.removeprefix("importance/"): v for k, v in parent.data.metrics.items() if k.startswith("importance/")
     }
-    assert set(importances) == {"model.learning_rate", "data.eval_batch_size"} and sum(
+    assert set(importances) == {"optimizer.init_args.lr", "data.eval_batch_size"} and sum(
         importances.values()
     ) == pytest.approx(1)
     assert importances == pytest.approx(
@@ -564,11 +568,11 @@ def test_a_sweep_s_parent_logs_what_it_learnt_and_report_shows_it(
 def test_a_trial_queued_by_one_process_takes_its_settings_in_another(tmp_path):
     """Process A queues a slot, process B takes that trial before its Optuna cache has seen it: B still runs it."""
     storage, space = f"sqlite:///{tmp_path}/optuna.db", [1e-3, 2e-3]
-    grid = [{"model.learning_rate": value} for value in space]  # a grid point's values are fixed: no sampler reads
+    grid = [{"optimizer.init_args.lr": value} for value in space]  # a grid point's values are fixed: no sampler reads
     a, b = (sweep.TrialQueue(storage, "queued-elsewhere", None, None, "maximize", 2, grid) for _ in range(2))
     assert a.queue_next_slot()
     trial = b.take_waiting_trial()
     assert trial is not None and trial.number == 0
-    assert sweep.suggest(trial, "model.learning_rate", space) == space[0]
+    assert sweep.suggest(trial, "optimizer.init_args.lr", space) == space[0]
     b.study.tell(trial, 0.5)
     assert [t.state for t in a.study.get_trials()] == [TrialState.COMPLETE]

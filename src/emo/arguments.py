@@ -123,7 +123,7 @@ def check_config_files(args: list[str]) -> None:
                 raise UsageError(f"{path}: not a text (UTF-8) file") from None
             if settings is None:
                 raise UsageError(
-                    f"{path}: an empty config file; a config holds settings, e.g. 'model:' then '  learning_rate: 1.0e-4'"
+                    f"{path}: an empty config file; a config holds settings, e.g. 'model:' then '  dropout: 0.1'"
                 )
             if not isinstance(settings, dict):
                 raise UsageError(

@@ -189,20 +189,20 @@ CLASSIFIER_OUTPUTS = ("classifier", "classifier.out_proj")  # BERT, MiniLM, Dist
 
 
 def classifier_output_layer(model) -> tuple[str, object]:
-    """The linear layer that outputs the `num_labels` logits of an `AutoModelForSequenceClassification`, and its name."""
+    """The linear layer that outputs the `num_labels` logits of an `AutoModelForSequenceClassification`, and its name:
+    one of `CLASSIFIER_OUTPUTS`. Another head is refused (ValueError), not guessed at."""
     import torch
 
     num_labels = model.config.num_labels
-    modules = {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and module.out_features == num_labels
-    }
-    known = [name for name in CLASSIFIER_OUTPUTS if name in modules]
-    name = (known or list(modules) or [None])[-1]  # else the last such layer
-    if name is None:
-        raise ValueError(f"{type(model).__name__} has no linear layer with {num_labels} outputs (its logits)")
-    return name, modules[name]
+    modules = dict(model.named_modules())
+    for name in reversed(CLASSIFIER_OUTPUTS):
+        layer = modules.get(name)
+        if isinstance(layer, torch.nn.Linear) and layer.out_features == num_labels:
+            return name, layer
+    raise ValueError(
+        f"emo does not know the classification head of {type(model).__name__} (its logits come from none of "
+        f"{', '.join(CLASSIFIER_OUTPUTS)})"
+    )
 
 
 def scale_classifier_head(model, temperature: float) -> str:

@@ -1,35 +1,42 @@
-"""The classifier: a Hugging Face encoder with a classification head, fine-tuned with AdamW, evaluated with torchmetrics.
+"""The classifier: a Hugging Face encoder with a classification head, fine-tuned by the optimizer and learning-rate
+schedule it is given, evaluated with torchmetrics.
 
-Only the model: the loss is `emo.losses`, the teachers' targets are prepared by `emo.fit.teachers`, and
-what a run keeps of an evaluation (predictions, confusion matrices) is `emo.tracking.EvaluationPredictions`.
+Only the model: the loss is `emo.losses`, the parameter groups and emo's default schedule `emo.optim`, the teachers'
+targets are prepared by `emo.fit.teachers`, and what a run keeps of an evaluation (predictions, confusion matrices) is
+`emo.tracking.EvaluationPredictions`.
 """
 
 import contextlib
-import re
 import warnings
 from collections.abc import Sequence
 
 import lightning as L
 import torch
 import transformers
-from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, restricted_number_type
+from jsonargparse.typing import ClosedUnitInterval, PositiveFloat, restricted_number_type
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MetricCollection, classification
 from torchmetrics.wrappers import ClasswiseWrapper
-from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
-from transformers.trainer_pt_utils import get_parameter_names
+from transformers import AutoModelForSequenceClassification
 
 from emo import UserError, hub, spec
 from emo.hardware import use_cpu_kernels
 from emo.losses import TrainingLoss, class_weights
+from emo.optim import (
+    DEFAULT_LR_SCHEDULER,
+    DEFAULT_OPTIMIZER,
+    as_callable,
+    build_optimizer,
+    build_scheduler,
+    parameter_groups,
+)
 from emo.spec import LOSS, STAGE_SPLITS, TRAIN_LOSS, TRAIN_LR
 
 EVAL_STAGES = tuple(STAGE_SPLITS)
 MODEL_INPUTS_EXCLUDE = ("labels", "example")  # batch columns that are not the encoder's inputs
 LayerDecay = restricted_number_type("LayerDecay", float, [(">", 0), ("<=", 1)])  # 1: one learning rate for all layers
-# Parameters that get no weight decay, as in transformers' Trainer: biases and normalisation weights.
-NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"layer_norm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
 
 
 def evaluation_metrics(label_names: Sequence[str], stage: str) -> MetricCollection:
@@ -87,48 +94,17 @@ def load_classifier(name: str, label_names: Sequence[str], attn_implementation: 
     return model
 
 
-def layer_depth(name: str, num_layers: int) -> int:
-    """0 for the embeddings, i + 1 for transformer layer i, num_layers + 1 for what sits on top (pooler, head)."""
-    if "embeddings" in name:
-        return 0
-    layer = re.search(r"\.layers?\.(\d+)\.", name)
-    return int(layer.group(1)) + 1 if layer else num_layers + 1
-
-
-def parameter_groups(
-    model: nn.Module, learning_rate: float, weight_decay: float, layer_lr_decay: float = 1.0
-) -> list[dict]:
-    """AdamW groups: no weight decay for biases and norms; with `layer_lr_decay` < 1, lower layers learn slower
-    (the head at `learning_rate`, the layer below at `learning_rate * layer_lr_decay`, and so on down)."""
-    decayed = set(get_parameter_names(model, [nn.LayerNorm], NO_DECAY_PATTERNS))
-    num_layers = model.config.num_hidden_layers
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        depth, decays = layer_depth(name, num_layers), name in decayed
-        group = groups.setdefault(
-            (depth, decays),
-            {
-                "params": [],
-                "weight_decay": weight_decay if decays else 0.0,
-                "lr": learning_rate * layer_lr_decay ** (num_layers + 1 - depth),
-            },
-        )
-        group["params"].append(parameter)
-    return list(groups.values())
-
-
 class EmotionClassifier(L.LightningModule):
     """`AutoModelForSequenceClassification` with torchmetrics evaluation.
 
     Args:
         model_name_or_path: Hub id or local folder of a pretrained encoder.
         label_names: Class names in id order; linked from the data module (`data.label_names`) by the CLI.
-        learning_rate: Peak AdamW learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
-        warmup_ratio: Share of the training steps with a linear warm-up; then linear decay to 0.
-        adam_epsilon: AdamW epsilon.
+        optimizer: The optimizer, of the model's parameter groups (`emo.optim.parameter_groups`: no weight decay on
+            biases and norms); linked from the `optimizer:` setting by the CLI. `null`: emo's (AdamW, lr 2e-5,
+            weight decay 0.01; `emo.optim.DEFAULT_OPTIMIZER`).
+        lr_scheduler: The learning-rate schedule, stepped every training step; linked from `lr_scheduler:` by the CLI.
+            `null`: emo's linear warm-up then decay (`emo.optim.LinearWarmupDecay`).
         freeze_embeddings: Keep the word embeddings as pretrained. They are a third to a half of a
             small encoder's weights and the optimizer updates every weight at every step, so
             freezing them makes a step faster.
@@ -141,10 +117,10 @@ class EmotionClassifier(L.LightningModule):
             split's counts: 0 weighs every example alike, 1 gives the rare classes (love, surprise) as much
             total weight as the common ones. Validation and test losses stay unweighted.
         layer_lr_decay: Layer-wise learning-rate decay: each layer below the head learns at this factor
-            of the layer above it (1: one learning rate for all).
+            of the layer above it (1: one learning rate for all; for encoders whose layers emo knows).
         teacher: Distil from this logged model or these (`models:/NAME@ALIAS`, `models:/NAME/VERSION` or run ids): their
             mean class probabilities on the training texts, computed once and cached (emo.distill), before the fit
-            starts (emo.tracking.TeacherTargets).
+            starts (emo.fit.teachers).
         distill_alpha: With a teacher, the training loss is (1 - alpha) x cross-entropy on the labels + alpha x
             T² x KL divergence to the teacher at temperature T; 0 is plain cross-entropy.
         distill_temperature: T, which softens both distributions: the teacher's second choices weigh more.
@@ -154,10 +130,8 @@ class EmotionClassifier(L.LightningModule):
         self,
         model_name_or_path: str = "distilbert-base-uncased",
         label_names: Sequence[str] = (),
-        learning_rate: PositiveFloat = 2e-5,
-        weight_decay: NonNegativeFloat = 0.01,
-        warmup_ratio: ClosedUnitInterval = 0.0,
-        adam_epsilon: PositiveFloat = 1e-8,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
         freeze_embeddings: bool = False,
         dropout: ClosedUnitInterval | None = None,
         attn_implementation: str | None = None,
@@ -171,7 +145,10 @@ class EmotionClassifier(L.LightningModule):
         super().__init__()
         if len(label_names) < 2:
             raise UserError(f"the model needs at least two class names (label_names: {list(label_names)})")
-        self.save_hyperparameters(logger=False)  # every setting reaches MLflow from the resolved config instead
+        # Every setting reaches MLflow from the resolved config instead; a checkpoint holds plain values (no callables).
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], logger=False)
+        self.optimizer = optimizer or as_callable(DEFAULT_OPTIMIZER)
+        self.lr_scheduler = lr_scheduler or as_callable(DEFAULT_LR_SCHEDULER)
         if isinstance(teacher, str):  # one teacher, as naturally written: --model.teacher models:/NAME/1
             self.hparams.teacher = [teacher]  # (LightningCLI saves the value as given, not this function's locals)
         self.model = load_classifier(model_name_or_path, label_names, attn_implementation)
@@ -220,7 +197,7 @@ class EmotionClassifier(L.LightningModule):
         ):  # every later step would be NaN too: stop, with the reason
             raise TrainingDiverged(
                 f"the training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
-                f"lower --model.learning_rate (now {self.hparams.learning_rate:g}) or check the data"
+                f"lower the learning rate (--optimizer.lr, now {self.optimizers().defaults['lr']:g}) or check the data"
             )
         return loss
 
@@ -260,11 +237,7 @@ class EmotionClassifier(L.LightningModule):
         return self(batch).float().softmax(dim=-1)  # probabilities in fp32, also under bf16 autocast
 
     def configure_optimizers(self):
-        hp = self.hparams
-        # The fused kernel: on a CPU its step takes a fifth of the default's (0.03 s vs 0.16 s for MiniLM).
-        fused = self.device.type in ("cpu", "cuda")
-        groups = parameter_groups(self.model, hp.learning_rate, hp.weight_decay, hp.layer_lr_decay)
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, eps=hp.adam_epsilon, fused=fused)
-        total_steps = self.trainer.estimated_stepping_batches
-        scheduler = get_linear_schedule_with_warmup(optimizer, round(hp.warmup_ratio * total_steps), total_steps)
+        groups = parameter_groups(self.model, self.hparams.layer_lr_decay)
+        optimizer = build_optimizer(self.optimizer, groups, self.device.type)
+        scheduler = build_scheduler(self.lr_scheduler, optimizer, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

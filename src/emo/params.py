@@ -28,5 +28,6 @@ def run_settings(config) -> dict[str, str]:
     """Every setting of a resolved config (a jsonargparse Namespace), as the run's params hold them."""
     settings = config.clone().as_dict()
     settings.pop("config", None)  # the files it came from: a tag, not a setting
-    settings.get("model", {}).pop("label_names", None)  # linked from the data module when the classes are built
+    for linked in ("label_names", "optimizer", "lr_scheduler"):  # the classes, from the data; the rest, top-level
+        settings.get("model", {}).pop(linked, None)
     return {key: param_value(key, value) for key, value in flatten(settings).items()}

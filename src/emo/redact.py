@@ -12,13 +12,14 @@ the tracking URI kept in the journal, and the lines emo prints. The rule, exactl
   - begins with AUTH (not AUTHOR) or ends in DSN (`AUTH_HEADER`, `AUTHTOKEN`, `PGDSN`).
   Not credential-like: `tokenizer_name`, `max_tokens`, `author`, `passes`.
 - The value (6 characters or more) of every environment variable with a credential-like name is
-  masked wherever it appears; but for the shell's working directories `PWD` and `OLDPWD` (a word PWD,
-  not a password: masked, every path under them would read `***/...`).
+  masked wherever it appears; but for the shell's working directory `PWD` (a word PWD, not a password:
+  masked, every path under it would read `***/...`; `OLDPWD` is no credential-like name).
 - A value of any length is masked where a secret is known to stand:
   - the password of a URL, any scheme (`http://user:***@host`, `postgresql+psycopg://user:***@host/db`,
     `mysql://user:***@host`); userinfo without a password (`https://***@host`) is masked whole;
   - what follows a credential-like name and `=` or `:` in text (`password=***`, `api_key: ***`,
-    `DSN: ***`, `AUTH=***`, `connection_string=***`, `AccountKey=***;` in a connection string);
+    `DSN: ***`, `AUTH=***`, `connection_string=***`, `AccountKey=***;` in a connection string): a quoted value
+    to its closing quote, spaces and all (`dsn: '***'`); after `:`, the rest of the line; after `=`, one word;
   - an HTTP credential after `Bearer ` or `Basic ` (`Authorization: Bearer ***`);
   - the value of a param or tag whose own name (its last dotted part) is credential-like (`tags.api_token`).
 Shorter environment values are not masked anywhere else: three letters would mask every word that holds them.
@@ -45,13 +46,16 @@ SECRET_ENDS = re.compile(r"^AUTH(?!OR)|DSN$")
 WORD_BREAK = re.compile(r"[_.\-\s]+|(?<=[a-z0-9])(?=[A-Z])")
 
 # `name=value` or `name: value` in text (quotes allowed around the name, as in JSON); the name is then checked.
-KEYED = re.compile(r"""(?<![\w.-])([A-Za-z][\w.-]*)(["']?\s*[=:]\s*["']?)(?!//)([^\s;,&'"}\]]+)""")
+KEYED = re.compile(
+    r"""(?<![\w.-])(?P<name>[A-Za-z][\w.-]*)(?P<between>["']?\s*(?P<sep>[=:])\s*)(?!//)"""
+    r"""(?:(?P<quote>["'])(?P<quoted>[^\n]*?)(?P=quote)|(?P<plain>[^\s;,&'"}\]][^\n;,&'"}\]]*))"""
+)
 HTTP_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)([\w.~+/=-]+)")
 URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]+):[^/@\s]+@")  # user:password@
 URL_USERINFO = re.compile(r"(?<=://)[^/@:\s]+@")  # a token alone as userinfo: token@
 MASK = "***"
 MIN_ANYWHERE = 6
-SHELL_DIRECTORIES = ("PWD", "OLDPWD")  # environment variables named like a password that hold the shell's directories
+SHELL_DIRECTORIES = ("PWD",)  # an environment variable named like a password that holds the shell's directory
 
 
 def words(name: str) -> list[str]:
@@ -90,8 +94,20 @@ def secret_values() -> list[str]:
 
 
 def mask_keyed(match: re.Match) -> str:
-    name, between, value = match.groups()
-    return name + between + MASK if is_secret_name(name) and value != MASK else match.group(0)
+    """`name: value` or `name=value` with the value masked when the name is credential-like: a quoted value to its
+    closing quote, spaces and all; after `=`, an unquoted value to the first space; after `:`, to the end of the line
+    (a YAML or log line: `dsn: DSN: user secret words`). A `;`, `,`, `&`, `}` or `]` ends an unquoted value."""
+    if not is_secret_name(match["name"]):
+        return match.group(0)
+    if match["quote"]:
+        value = match["quoted"]
+        masked = match["quote"] + MASK + match["quote"]
+        return match.group(0) if value == MASK else match["name"] + match["between"] + masked
+    value, rest = match["plain"].rstrip(), match["plain"][len(match["plain"].rstrip()) :]
+    if match["sep"] == "=":
+        value, space, after = value.partition(" ")
+        rest = space + after + rest
+    return match.group(0) if value == MASK else match["name"] + match["between"] + MASK + rest
 
 
 def redact(text: str) -> str:

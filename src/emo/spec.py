@@ -93,6 +93,7 @@ TEACHER_TAG, TEACHER_VERSIONS_TAG, TEACHER_RUNS_TAG = (
 )  # distilled
 TEMPERATURE_TAG = "emo.temperature"  # a calibrated run and its registered version: the temperature in its head
 EXPORT_SOURCE_TAG, QUANTIZE_TAG = "emo.export.source", "emo.export.quantize"  # an ONNX export: its source version, int8
+EXPORT_SOURCE_RUN_TAG = "emo.export.source_run"  # an export's run: the run of its source
 TOP_LABEL_MAP_TAG = "emo.export.top_label_map"  # an export served through a top-label map: its validation examples
 MODEL_URI_TAG = "emo.model_uri"  # where the run's logged model is, so a sweep can register its best trial later
 HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG, ENDED_BY_TAG = "emo.heartbeat", "emo.heartbeat_interval_s", "emo.ended_by"
@@ -102,6 +103,7 @@ AUDIT_TAG, AUDITED_DIGEST_TAG = (
     "emo.audited_digest",
 )  # an audit's parent run; the training split it audited
 AUDIT_RUN_TAG = "emo.audit_run"  # a fit on audited data: the audit it followed
+FOLD_RUNS_TAG = "emo.fold_runs"  # of an audit: its folds' runs, in fold order
 BEST_RUN_TAG, BEST_TRIAL_TAG = "emo.best_run_id", "emo.best_trial"
 REGISTERED_VERSION_TAG, AGGREGATED_RUNS_TAG = "emo.registered_version", "emo.aggregated_runs"
 STUDY_TAG, TRIAL_TAG, TRIAL_STATE_TAG = "optuna.study", "optuna.trial", "optuna.trial.state"

@@ -91,8 +91,8 @@ CASES = [
     ),
     Case(
         "wrong type",
-        "--model.learning_rate: Not of type PositiveFloat",
-        plain(lambda c: fit(c, "--model.learning_rate", "abc")),
+        "--model.distill_temperature: Not of type PositiveFloat",
+        plain(lambda c: fit(c, "--model.distill_temperature", "abc")),
         status=2,
     ),
     Case(
@@ -131,14 +131,14 @@ CASES = [
     ),
     Case(
         "unknown key in a config file",
-        "does not accept option 'modle.learning_rate' (did you mean --model.learning_rate?)",
-        plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"modle:\n  learning_rate: 0.1\n")))),
+        "does not accept option 'modle.dropout' (did you mean --model.dropout?)",
+        plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"modle:\n  dropout: 0.1\n")))),
         status=2,
     ),
     Case(
         "unreadable YAML",
         "typo.yaml:3:1: not valid YAML",
-        plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"model:\n  learning_rate: [1\n")))),
+        plain(lambda c: fit(c, "--config", str(file(c, "typo.yaml", b"model:\n  dropout: [1\n")))),
         status=2,
     ),
     Case(
@@ -385,7 +385,7 @@ CASES = [
     Case(
         "loss becomes NaN",
         "the training loss became nan",
-        plain(lambda c: fit(c, "--model.learning_rate", "1e30")),
+        plain(lambda c: fit(c, "--optimizer.lr", "1e30")),
         runs_left=1,
     ),
 ]

@@ -14,6 +14,7 @@ and the digest of the training split it audited; `--data.audit_run RUN_ID` train
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,26 +33,27 @@ from emo.quiet import quiet_libraries
 from emo.spec import (
     AUDIT_TAG,
     AUDITED_DIGEST_TAG,
+    FOLD_RUNS_TAG,
     HELDOUT_ARTIFACT,
     LABEL_ISSUES_ARTIFACT,
     NOISE_MATRIX_ARTIFACTS,
     OUT_OF_FOLD_ARTIFACT,
 )
 from emo.store import log_params, prepare_tracking, resolve_tracking_uri
-from emo.sweep import RUN_ATTR, Sweep, SweepCLI, SweepSettings
-
-FOLD_RUNS_TAG = "emo.fold_runs"
+from emo.sweep import RUN_ATTR, ParentRun, StudyCLI, Sweep, SweepSettings
 
 
-class AuditCLI(SweepCLI):
-    """The `fit` options plus an `audit:` section; the folds are a sweep over `data.holdout_fold`."""
+class AuditCLI(StudyCLI):
+    """The `fit` options plus an `audit:` section; the folds are the trials of a study over `data.holdout_fold`."""
+
+    section = "audit"
 
     def add_arguments_to_parser(self, parser):
-        super(SweepCLI, self).add_arguments_to_parser(parser)
+        super().add_arguments_to_parser(parser)
         parser.add_class_arguments(AuditSettings, "audit", instantiate=False)
 
     def before_instantiate_classes(self):
-        super(SweepCLI, self).before_instantiate_classes()
+        super().before_instantiate_classes()
         config = self.config
         problem = audit_problem(config, LOGGER_CLASS)
         if problem:
@@ -65,12 +67,25 @@ class AuditCLI(SweepCLI):
 
     def trial_template(self) -> dict:
         template = super().trial_template()
-        template.pop("audit", None)
         template["data"].update(folds=self.settings.folds, fold_seed=self.settings.seed, holdout_fold=None)
         # A fold's model serves the audit only: its probabilities are logged, its weights neither uploaded nor registered.
         template["trainer"]["logger"]["init_args"]["log_model"] = False
         template["registry"].update(log_model=False, registered_model_name=None)
         return template
+
+
+class AuditParent(ParentRun):
+    """An audit's parent run: its settings as params; when every fold is in, its tables (`finish`)."""
+
+    def __init__(self, client, claims, study, settings: AuditSettings, template: dict):
+        self.settings = settings
+        experiment = template["trainer"]["logger"]["init_args"]["experiment_name"]
+        tags = {AUDIT_TAG: f"{settings.folds} folds, seed {settings.seed}"}
+        super().__init__(client, claims, study, experiment, settings.name, tags)
+
+    def describe(self, run_id: str) -> None:
+        super().describe(run_id)
+        log_params(self.client, run_id, {"audit.folds": self.settings.folds, "audit.seed": self.settings.seed})
 
 
 def audit_problem(config, logger_class: str) -> str | None:
@@ -93,8 +108,6 @@ def sweep_of(settings: AuditSettings, template: dict) -> SweepSettings:
         storage=settings.storage,
         params={"data.holdout_fold": list(range(settings.folds))},
         metric=template["checkpoint"]["monitor"],
-        register_best=False,
-        report=False,
         trial_heartbeat_s=settings.trial_heartbeat_s,
         trial_grace_s=settings.trial_grace_s,
     )
@@ -122,7 +135,12 @@ def out_of_fold(client, run_ids: list[str]) -> tuple[pd.DataFrame, str]:
 
 
 def finish(sweep: Sweep, settings: AuditSettings) -> None:
-    """Once, when every fold is in: the audit's tables, picture, metrics and tags on the parent run."""
+    """Once, when every fold is in: the audit's tables, picture, metrics and tags on the parent run.
+
+    One process finishes an audit (a claim); the others wait for it. A process killed after it took the claim leaves
+    the audit unfinished: whoever waits finds no digest after `trial_grace_s` and finishes it instead (the tables are
+    the same whoever writes them). The digest of the audited split is the last tag: it says the audit is complete.
+    """
     trials = sweep.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
     if len(trials) < settings.folds:
         failed = sorted(
@@ -135,9 +153,16 @@ def finish(sweep: Sweep, settings: AuditSettings) -> None:
             f"{settings.folds - len(trials)} of {settings.folds} folds are missing; audit again under a new "
             "--audit.name"
         )
-    if not sweep.queue.claims.claim(f"audit-{len(trials)}", str(os.getpid())):
-        return
     client, run_id = sweep.client, sweep.parent_run_id
+    if not sweep.queue.claims.claim(f"audit-{len(trials)}", str(os.getpid())):
+        if finished_elsewhere(client, run_id, settings.trial_grace_s):
+            sweep.parent.ended()
+            return
+        print(
+            f"emo: audit {settings.name}: the process that took its finish did not end it in {settings.trial_grace_s}"
+            " s; finishing it here",
+            file=sys.stderr,
+        )
     fold_runs = [trial.user_attrs[RUN_ATTR] for trial in sorted(trials, key=lambda t: t.params["data.holdout_fold"])]
     frame, digest = out_of_fold(client, fold_runs)
     names = frame_label_names(frame)
@@ -163,11 +188,10 @@ def finish(sweep: Sweep, settings: AuditSettings) -> None:
     client.log_metric(run_id, "audit/flagged_share", len(issues) / len(frame))
     for name in names:
         client.log_metric(run_id, f"audit/flagged_{name}", int(flagged.get(name, 0)))
-    log_params(
-        client, run_id, {"audit.folds": settings.folds, "audit.seed": settings.seed, "audit.examples": len(frame)}
-    )
+    log_params(client, run_id, {"audit.examples": len(frame)})
     client.set_tag(run_id, FOLD_RUNS_TAG, ", ".join(fold_runs))
     client.set_tag(run_id, AUDITED_DIGEST_TAG, digest)  # last: the audit is complete (emo.store.read_audit)
+    sweep.parent.ended()
     print(
         f"emo: audit {settings.name}: {len(issues)} of {len(frame)} training labels flagged "
         f"({len(issues) / len(frame):.1%}); run {run_id}, {LABEL_ISSUES_ARTIFACT}",
@@ -175,18 +199,32 @@ def finish(sweep: Sweep, settings: AuditSettings) -> None:
     )
 
 
+def finished_elsewhere(client, run_id: str, grace_s: float) -> bool:
+    """Whether another process completes the audit (its digest tag) within `grace_s`, looked for every second."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        if AUDITED_DIGEST_TAG in client.get_run(run_id).data.tags:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+
+
 def main(args: list[str]) -> None:
     quiet_libraries()
     check_config_files(args)
     with lightning_errors():
         cli = AuditCLI(args)
-        template = cli.trial_template()
+        settings, template = cli.settings, cli.trial_template()
         prepare_tracking(resolve_tracking_uri(), template["trainer"]["logger"]["init_args"]["experiment_name"])
-        sweep = Sweep(sweep_of(cli.settings, template), template)
-        sweep.client.set_tag(sweep.parent_run_id, AUDIT_TAG, f"{cli.settings.folds} folds, seed {cli.settings.seed}")
+        sweep = Sweep(
+            sweep_of(settings, template),
+            template,
+            lambda client, claims, study: AuditParent(client, claims, study, settings, template),
+        )
         try:
-            sweep.run()
+            complete = sweep.run()
         except KeyboardInterrupt:
             raise SystemExit("emo: audit interrupted; run the same command again to continue it") from None
-        if sweep.queue.complete():
-            finish(sweep, cli.settings)
+        if complete:
+            finish(sweep, settings)

@@ -29,7 +29,14 @@ from emo.arguments import OneLineParser
 from emo.calibration import calibration_scores, fit_top_label_map, reliability_figure
 from emo.export.parity import Parity, split_examples
 from emo.export.served import GRAPH_FILE, SETTINGS_FILE, TOP_LABEL_MAP, OnnxTextClassifier, top_label_calibrated
-from emo.spec import EXPORT_SOURCE_TAG, QUANTIZE_TAG, RELIABILITY_ARTIFACT, TEMPERATURE_TAG, TOP_LABEL_MAP_TAG
+from emo.spec import (
+    EXPORT_SOURCE_RUN_TAG,
+    EXPORT_SOURCE_TAG,
+    QUANTIZE_TAG,
+    RELIABILITY_ARTIFACT,
+    TEMPERATURE_TAG,
+    TOP_LABEL_MAP_TAG,
+)
 from emo.store import is_registered_model_uri, model_source, resolve_tracking_uri
 from emo.store.registry import INPUT_EXAMPLE, download_model, tracking_store
 
@@ -220,7 +227,7 @@ def log_and_register(
             {
                 EXPORT_SOURCE_TAG: source.pinned,
                 QUANTIZE_TAG: settings["quantize"],
-                "emo.export.source_run": source.run_id,
+                EXPORT_SOURCE_RUN_TAG: source.run_id,
             }
         )
         mlflow.log_params({f"export.{key}": value for key, value in settings.items()})

@@ -5,13 +5,16 @@ import math
 from pathlib import Path
 
 import mlflow
+import torch
 
-from emo import UserError
+from emo import UserError, first_line
 from emo.data import check_inputs as check_data
 from emo.data import checked_names, content_digest, load_local_splits
 from emo.fit.checkpoint_files import LIGHTNING_PATHS, CheckpointFiles, is_checkpoint_file
 from emo.fit.resume import hpc_checkpoint
+from emo.calibration import classifier_output_layer
 from emo.hub import check_model_folder, max_positions
+from emo.optim import as_callable, build_scheduler, check_layers_known
 from emo.spec import LABELS_TAG, is_maximized, is_metric_name, metric_names
 from emo.store import model_source, read_audit
 
@@ -33,6 +36,8 @@ def config_problem(subcommand: str, config) -> str | None:
     if not is_metric_name(champion, "val"):
         choices = ", ".join(metric_names("val")[:5])
         return f"--registry.champion_metric {champion!r}: choose a validation metric ({choices}, ...)"
+    if problem := optimizer_problem(config):
+        return problem
     if subcommand == "fit" and config.trainer.limit_val_batches == 0:
         return "--trainer.limit_val_batches 0 leaves no validation to pick the best checkpoint"
     holdout = config.data.get("holdout_fold")
@@ -44,6 +49,20 @@ def config_problem(subcommand: str, config) -> str | None:
         return "predict needs --data.predict_file (a text file, one text a line)"
     if subcommand in ("validate", "test", "predict") and config.get("ckpt_path") in set(LIGHTNING_PATHS) - {"hpc"}:
         return f"--ckpt_path {config.ckpt_path}: {subcommand} needs the path of a checkpoint file"
+    return None
+
+
+def optimizer_problem(config) -> str | None:
+    """An optimizer or a schedule its own class refuses (a negative learning rate, ...), built here on one weight."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    try:
+        optimizer = as_callable(config.optimizer.as_dict())([weight])
+    except (ValueError, TypeError) as error:
+        return f"--optimizer: {first_line(error)}"
+    try:
+        build_scheduler(as_callable(config.lr_scheduler.as_dict()), optimizer, total_steps=10)
+    except (ValueError, TypeError) as error:
+        return f"--lr_scheduler: {first_line(error)}"
     return None
 
 
@@ -143,6 +162,18 @@ def check_checkpoint_fits(files: CheckpointFiles, ckpt_path, model) -> None:
             f"--ckpt_path {ckpt_path} is not a checkpoint of model {model.hparams.model_name_or_path!r}: "
             f"{len(missing)} weights missing, {len(resized)} of another shape (e.g. {example})"
         )
+
+
+def check_model_parts(model, calibration) -> None:
+    """The parts of an encoder a fit's settings need emo to know, before the fit starts: the classifier head's output
+    layer (a temperature is folded into it) and, with layer-wise decay, the transformer layers."""
+    if calibration.temperature_scaling:
+        try:
+            classifier_output_layer(model.model)
+        except ValueError as error:
+            raise UserError(f"--calibration.temperature_scaling: {error}; set it false to fit without it") from None
+    if model.hparams.layer_lr_decay < 1:
+        check_layers_known(model.model)
 
 
 def check_audit(config, tracking_uri: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from lightning.fabric.utilities.rank_zero import _get_rank, rank_prefixed_message
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from emo import UserError, first_line
@@ -23,6 +23,7 @@ from emo.fit.checkpoint_files import CheckpointFiles, CheckpointFilesIO, is_chec
 from emo.fit.checks import (
     check_audit,
     check_checkpoint_fits,
+    check_model_parts,
     check_inputs,
     check_labels_match,
     check_teachers,
@@ -42,6 +43,7 @@ from emo.fit.step_seeds import StepSeeds
 from emo.fit.teachers import prepare_teachers, record_teachers
 from emo.hardware import fast_precision
 from emo.model import EmotionClassifier
+from emo.optim import DEFAULT_LR_SCHEDULER, DEFAULT_OPTIMIZER
 from emo.params import run_settings
 from emo.quiet import HeldMessages, logger_at, no_data_bars
 from emo.spec import MODEL_TAG
@@ -144,6 +146,23 @@ class EmoCLI(LightningCLI):
         parser.add_class_arguments(Registry, "registry")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.add_argument(
+            "--optimizer",
+            type=OptimizerCallable,
+            default=DEFAULT_OPTIMIZER,
+            help="The optimizer (any torch.optim class: --optimizer torch.optim.SGD --optimizer.lr 0.05), of the "
+            "model's parameter groups (no weight decay on biases and norms; --model.layer_lr_decay scales learning "
+            "rates by depth). A fused kernel left unset (fused: null) is used where the device has one.",
+        )
+        parser.add_argument(
+            "--lr_scheduler",
+            type=LRSchedulerCallable,
+            default=DEFAULT_LR_SCHEDULER,
+            help="The learning-rate schedule, stepped every training step (default: a linear warm-up over "
+            "warmup_ratio of the steps, then a linear decay to 0); one that takes total_steps is given the fit's.",
+        )
+        parser.link_arguments("optimizer", "model.optimizer")
+        parser.link_arguments("lr_scheduler", "model.lr_scheduler")
+        parser.add_argument(
             "--resume_new_run",
             type=bool,
             default=False,
@@ -201,13 +220,15 @@ class EmoCLI(LightningCLI):
         if self.subcommand:
             check_checkpoint_fits(self.checkpoint_files, config.get("ckpt_path"), self.model)
         if self.subcommand == "fit":
+            check_model_parts(self.model, self.config_init[self.subcommand].calibration)
+        if self.subcommand == "fit":
             with no_data_bars():  # the data read and tokenized here, once: the fit reuses it
                 check_validation_interval(self.trainer, self.datamodule)
         self.startup_lines.release()  # the trainer's own lines and the seed, once its settings are known to be good
         self.announce_seed(config)
         logger = journal_logger(self.trainer)
         if logger is not None:
-            name = run_name(config.model.model_name_or_path, config.model.learning_rate)
+            name = run_name(config.model.model_name_or_path, config.optimizer.init_args.get("lr"))
             logger.attach(runs_dir=self.trainer.default_root_dir, resume_step=self.resume_step, name=name)
 
     def instantiate_trainer(self, **kwargs):

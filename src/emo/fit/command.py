@@ -1,6 +1,6 @@
 """`emo fit | validate | test | predict`: the Lightning CLI (`EmoCLI`) as a command, Lightning's refusals in one line.
 
-python -m emo fit --config configs/base.yaml [--config more.yaml] [--model.learning_rate 5e-5]
+python -m emo fit --config configs/base.yaml [--config more.yaml] [--optimizer.lr 5e-5]
 python -m emo fit ... --ckpt_path last             (continue a killed or interrupted fit, same MLflow run)
 python -m emo {validate,test,predict} --config ... --ckpt_path path/to/best.ckpt
 python -m emo predict --config ... --ckpt_path models:/NAME@ALIAS   (or models:/NAME/VERSION: a registered model)

@@ -17,10 +17,11 @@ from emo.store import children_filter, kept_validation, test_metrics
 
 KEY_PARAMS = [
     "model.model_name_or_path",
-    "model.learning_rate",
+    "optimizer.class_path",
+    "optimizer.init_args.lr",
     "data.batch_size",
-    "model.weight_decay",
-    "model.warmup_ratio",
+    "optimizer.init_args.weight_decay",
+    "lr_scheduler.init_args.warmup_ratio",
     "trainer.max_epochs",
     "data.train_size",
 ]

@@ -32,7 +32,7 @@ from emo.store.runs import kept_validation, logged_predictions
 INPUT_EXAMPLE = ["i feel like i finally belong somewhere"]
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 REGISTERED_MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))/?")
-DESCRIBED_SETTINGS = ("model.learning_rate", "data.batch_size", "trainer.max_epochs", "seed_everything")
+DESCRIBED_SETTINGS = ("optimizer.init_args.lr", "data.batch_size", "trainer.max_epochs", "seed_everything")
 
 
 def pip_requirements() -> list[str]:

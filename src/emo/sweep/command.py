@@ -24,17 +24,33 @@ from emo.arguments import check_config_files
 from emo.fit import LOGGER_CLASS, EmoCLI, lightning_errors
 from emo.quiet import quiet_libraries
 from emo.store import PatientClient, prepare_tracking, resolve_tracking_uri, wait_for_server
-from emo.sweep.parent import ParentRun
+from emo.sweep.parent import SweepParent
 from emo.sweep.queue import INTERRUPTED_ATTR, TrialQueue, heartbeat
 from emo.sweep.settings import SweepSettings, sweep_problem
 from emo.sweep.trials import TrialPruning, fit_trial, trial_config
 
 
-class SweepCLI(EmoCLI):
-    """The `fit` options plus a `sweep:` section: parses and checks; trials instantiate the rest."""
+class StudyCLI(EmoCLI):
+    """The `fit` options of a study's trials (a sweep's, an audit's) and the study's own section (`section`): parses
+    and checks; trials instantiate the rest."""
+
+    section = ""
 
     def __init__(self, args):
         super().__init__(args=args, run=False)
+
+    def trial_template(self) -> dict:
+        """The resolved training config that every trial starts from (without the study's own section)."""
+        config = self.config.clone().as_dict()
+        for key in ("config", self.section):
+            config.pop(key, None)
+        return json.loads(json.dumps(config))  # plain types (PositiveFloat -> float) for YAML
+
+
+class SweepCLI(StudyCLI):
+    """The `fit` options plus a `sweep:` section."""
+
+    section = "sweep"
 
     def add_arguments_to_parser(self, parser):
         super().add_arguments_to_parser(parser)
@@ -51,18 +67,12 @@ class SweepCLI(EmoCLI):
         parser.add_class_arguments(SweepSettings, "sweep")
         self.settings = parser.instantiate(parser.parse_object({"sweep": self.config.sweep.as_dict()})).sweep
 
-    def trial_template(self) -> dict:
-        """The resolved training config that every trial starts from."""
-        config = self.config.clone().as_dict()
-        for key in ("sweep", "config"):
-            config.pop(key, None)
-        return json.loads(json.dumps(config))  # plain types (PositiveFloat -> float) for YAML
-
 
 class Sweep:
-    """One process's share of a study: take the next trial, fit it, tell Optuna; finish the study when it is complete."""
+    """One process's share of a study: take the next trial, fit it, tell Optuna (`run`). `parent` makes the study's
+    parent run from (client, claims, study): a sweep's by default (`SweepParent`)."""
 
-    def __init__(self, settings: SweepSettings, template: dict):
+    def __init__(self, settings: SweepSettings, template: dict, parent=None):
         self.settings = settings
         self.template = template
         self.folder = Path(template["trainer"].get("default_root_dir") or ".") / "sweeps" / settings.study_name
@@ -80,13 +90,15 @@ class Sweep:
             settings.trial_grace_s,
         )
         self.study = self.queue.study
-        self.parent = ParentRun(self.client, self.queue.claims, self.study, settings, template)
+        make_parent = parent or (lambda client, claims, study: SweepParent(client, claims, study, settings, template))
+        self.parent = make_parent(self.client, self.queue.claims, self.study)
 
     @property
     def parent_run_id(self) -> str:
         return self.parent.run_id
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Runs trials until none is left to take; True when the study is complete (its parent may then finish)."""
         try:
             while True:
                 wait_for_server(self.client.tracking_uri)  # an outage between trials: wait, as the journal does
@@ -103,8 +115,7 @@ class Sweep:
         except BaseException:
             self.parent.stopped()
             raise
-        if self.queue.complete():
-            self.parent.finish()
+        return self.queue.complete()
 
     def send_kept_records(self) -> None:
         """Records that an outage kept back at the end of earlier trials arrive before the sweep goes on."""
@@ -147,6 +158,8 @@ def main(args: list[str]) -> None:
         template = cli.trial_template()
         prepare_tracking(resolve_tracking_uri(), template["trainer"]["logger"]["init_args"]["experiment_name"])
         try:
-            Sweep(cli.settings, template).run()
+            sweep = Sweep(cli.settings, template)
+            if sweep.run():
+                sweep.parent.finish()
         except KeyboardInterrupt:
             raise SystemExit("emo: sweep interrupted; run the same command again to continue it") from None

@@ -1,5 +1,7 @@
-"""A sweep's MLflow parent run: created once per study, it holds the sweep's settings, the best trial, the mean and
-std over the trials (for seeds), what the sweep learnt (parameter importances), the registered version and the report."""
+"""A study's MLflow parent run (`ParentRun`): created once, by the first process (a claim decides which), continued by
+the others and by reruns. A sweep's (`SweepParent`) holds the sweep's settings, the best trial, the mean and std over
+the trials (for seeds), what the sweep learnt (parameter importances), the registered version and the report; an
+audit's is `emo.audit`'s."""
 
 import os
 import statistics
@@ -42,28 +44,28 @@ RUN_ATTR = "mlflow_run_id"  # on each trial: its MLflow run
 
 
 class ParentRun:
-    """The study's parent run: the first process's (a claim decides which), continued by the others and by reruns.
+    """The parent run of a study's trials, named `name`, created with `tags` in experiment `experiment_name`.
 
-    `client` waits out tracking outages (`emo.store.PatientClient`), as the trials' journals do.
+    `client` waits out tracking outages (`emo.store.PatientClient`), as the trials' journals do. `describe` records,
+    once, what the study is; subclasses add to it.
     """
 
     def __init__(
-        self, client: PatientClient, claims: Claims, study: optuna.Study, settings: SweepSettings, template: dict
+        self, client: PatientClient, claims: Claims, study: optuna.Study, experiment_name: str, name: str, tags
     ):
         self.client = client
         self.claims = claims
         self.study = study
-        self.settings = settings
-        self.template = template
-        self.experiment_name = template["trainer"]["logger"]["init_args"]["experiment_name"]
+        self.experiment_name = experiment_name
+        self.name = name
+        self.tags = tags
         self.run_id = self.find_or_create()
 
     def find_or_create(self) -> str:
         run_id = self.claims.value("parent-run")
         if run_id is None:
             experiment_id = find_or_create_experiment(self.client, self.experiment_name)
-            tags = {SWEEP_TAG: self.settings.study_name}
-            candidate = self.client.create_run(experiment_id, run_name=self.settings.study_name, tags=tags).info.run_id
+            candidate = self.client.create_run(experiment_id, run_name=self.name, tags=self.tags).info.run_id
             if self.claims.claim("parent-run", candidate):
                 self.describe(candidate)
                 return candidate
@@ -74,6 +76,27 @@ class ParentRun:
 
     def describe(self, run_id: str) -> None:
         self.study.set_user_attr(PARENT_RUN_ATTR, run_id)
+
+    def stopped(self) -> None:
+        """The process stops before the study is complete: the parent run shows it (a rerun continues it)."""
+        self.client.set_terminated(self.run_id, status="KILLED")
+
+    def ended(self) -> None:
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+
+class SweepParent(ParentRun):
+    """A sweep's parent run: its settings as params, the trials' template, and when the study is complete the best
+    trial (`emo.selection`), what the sweep learnt, the registered best model and the report."""
+
+    def __init__(self, client: PatientClient, claims: Claims, study: optuna.Study, settings: SweepSettings, template):
+        self.settings = settings
+        self.template = template
+        experiment = template["trainer"]["logger"]["init_args"]["experiment_name"]
+        super().__init__(client, claims, study, experiment, settings.study_name, {SWEEP_TAG: settings.study_name})
+
+    def describe(self, run_id: str) -> None:
+        super().describe(run_id)
         settings = {
             "study_name": self.settings.study_name,
             "storage": self.settings.storage,
@@ -89,10 +112,6 @@ class ParentRun:
 
     def patiently(self, call, *args, what: str, **kwargs):
         return patiently(call, *args, uri=self.client.tracking_uri, what=what, **kwargs)
-
-    def stopped(self) -> None:
-        """The process stops before the study is complete: the parent run shows it (a rerun continues it)."""
-        self.client.set_terminated(self.run_id, status="KILLED")
 
     def finish(self) -> None:
         """Once per best trial and number of finished trials (a rerun that adds trials updates them): record the best
@@ -134,7 +153,7 @@ class ParentRun:
                     client=self.client.client,
                     what="writing the report",
                 )
-        self.client.set_terminated(self.run_id, status="FINISHED")
+        self.ended()
 
     def log_what_the_sweep_learnt(self) -> None:
         """`sweep/`: the parameter importances (json, md, png; or the line why there are none), the parallel

@@ -28,7 +28,7 @@ class SweepSettings:
     Args:
         study_name: Optuna study and MLflow parent run; rerunning with the same name continues it.
         storage: Optuna storage (an RDB URL), shared by every process working on the study.
-        params: The search space, keyed by option (`model.learning_rate`): a list of values or a Range.
+        params: The search space, keyed by option as the run's params name it (`optimizer.init_args.lr`): a list of values or a Range.
         sampler: An Optuna sampler; `null` is a grid over the listed values.
         pruner: An Optuna pruner, fed `metric` after every validation; `null` never prunes.
         n_trials: Trials of the whole study, all processes together; `null`: the grid's size.
@@ -103,7 +103,7 @@ def sweep_problem(config, logger_class: str) -> str | None:
     """A sweep that cannot run as asked, in one line; `logger_class` is the class path of emo's MLflow logger."""
     sweep = config.sweep
     if not sweep.params:
-        return "--sweep.params: give a search space, e.g. {model.learning_rate: [1.0e-5, 2.0e-5, 5.0e-5]}"
+        return "--sweep.params: give a search space, e.g. {optimizer.init_args.lr: [1.0e-5, 2.0e-5, 5.0e-5]}"
     options = set(flatten(config.clone().as_dict()))
     unknown = [name for name in sweep.params if name not in options]
     if unknown:

@@ -329,17 +329,20 @@ class JournalLogger(MLFlowLogger):
             )
 
 
-def run_name(model_name_or_path: str, learning_rate: float, now: datetime.datetime | None = None) -> str:
+def run_name(model_name_or_path: str, learning_rate: float | None, now: datetime.datetime | None = None) -> str:
     """A name that says what ran and tells runs apart: `all-minilm-l6-v2-lr1e-4-1201-1403-5c2e`.
 
-    Model folder, learning rate, month, day, hour and minute, and four hex digits from the system's
-    entropy (MLflow's own names come from Python's `random`, which the seed has just set: the same name
+    Model folder, learning rate (where the optimizer has one), month, day, hour and minute, and four hex digits from
+    the system's entropy (MLflow's own names come from Python's `random`, which the seed has just set: the same name
     every time).
     """
-    mantissa, exponent = f"{learning_rate:e}".split("e")
+    rate = ""
+    if learning_rate is not None:
+        mantissa, exponent = f"{learning_rate:e}".split("e")
+        rate = f"-lr{float(mantissa):g}e{int(exponent)}"
     when = (now or datetime.datetime.now()).strftime("%m%d-%H%M")
     model = Path(str(model_name_or_path).rstrip("/")).name.lower() or "model"
-    return f"{model}-lr{float(mantissa):g}e{int(exponent)}-{when}-{secrets.token_hex(2)}"
+    return f"{model}{rate}-{when}-{secrets.token_hex(2)}"
 
 
 def journal_logger(trainer: Trainer) -> JournalLogger | None:
