@@ -8,11 +8,11 @@ import mlflow
 import torch
 
 from emo import UserError, first_line
+from emo.calibration import classifier_output_layer
 from emo.data import check_inputs as check_data
 from emo.data import checked_names, content_digest, load_local_splits
 from emo.fit.checkpoint_files import LIGHTNING_PATHS, CheckpointFiles, is_checkpoint_file
 from emo.fit.resume import hpc_checkpoint
-from emo.calibration import classifier_output_layer
 from emo.hub import check_model_folder, max_positions
 from emo.optim import as_callable, build_scheduler, check_layers_known
 from emo.spec import LABELS_TAG, is_maximized, is_metric_name, metric_names

@@ -23,9 +23,9 @@ from emo.fit.checkpoint_files import CheckpointFiles, CheckpointFilesIO, is_chec
 from emo.fit.checks import (
     check_audit,
     check_checkpoint_fits,
-    check_model_parts,
     check_inputs,
     check_labels_match,
+    check_model_parts,
     check_teachers,
     check_train_size,
     check_validation_interval,
