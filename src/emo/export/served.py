@@ -84,7 +84,8 @@ def answers(labels: Sequence[str], probabilities: np.ndarray) -> list[dict[str, 
 class OnnxTextClassifier:
     """Texts to class probabilities with an exported encoder classifier, `load`ed from the export's files."""
 
-    def load(self, model_file: Path, tokenizer_dir: Path) -> "OnnxTextClassifier":
+    def load(self, model_file: Path, tokenizer_dir: Path, threads: int = 0) -> "OnnxTextClassifier":
+        """`threads`: onnxruntime's threads for one forward pass (0: its default, one per core)."""
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -99,9 +100,10 @@ class OnnxTextClassifier:
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
         # Threads that wait by sleeping, not spinning: on a CPU shared with other work (uvicorn, other processes),
-        # spinning threads took 1.9x the time per text here (docs/serving.md).
+        # spinning threads took 1.9x the time per text here (docs/speed.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_cpu_mem_arena = False  # an arena kept the largest batch's memory for good (+100 MiB)
+        options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         return self
 

@@ -30,6 +30,7 @@ from emo.spec import EXPORT_SOURCE_TAG
 from emo.store import ModelSource, download_model, is_registered_model_uri, model_source, resolve_tracking_uri
 
 DEFAULT_MAX_LENGTH = 128
+REQUEST_TIMEOUT_S = 30  # LitServe's: a request queued longer is answered 504; a batch waits less than that
 
 
 def serve(
@@ -41,6 +42,7 @@ def serve(
     max_batch_size: int = 32,
     batch_wait_ms: float = 2.0,
     max_queue: int = 256,
+    threads: int = 0,
     max_texts: int = Limits.max_texts,
     max_text_chars: int = Limits.max_text_chars,
     callbacks: list[str] | None = None,
@@ -56,6 +58,7 @@ def serve(
         max_batch_size: Requests whose texts share one forward pass, at most.
         batch_wait_ms: How long a request waits for others to share its forward pass, at most (milliseconds).
         max_queue: Requests accepted and not yet answered, at most; one more is answered 503 at once.
+        threads: The model's threads for one forward pass; 0: the runtime's default (one per core).
         max_texts: Texts in one request, at most; more is a 400.
         max_text_chars: Characters in one text, at most; more is a 400. Texts are read up to the model's max_length
             tokens, the rest cut, as in training and emo predict.
@@ -70,8 +73,12 @@ def serve(
                         ("max_text_chars", max_text_chars)):  # fmt: skip
         if value < 1:
             raise UsageError(f"--{name} {value}: must be 1 or more")
-    if batch_wait_ms < 0:
-        raise UsageError(f"--batch_wait_ms {batch_wait_ms}: must be 0 or more")
+    if threads < 0:
+        raise UsageError(f"--threads {threads}: must be 0 (one per core) or more")
+    if not 0 < batch_wait_ms < REQUEST_TIMEOUT_S * 1000:
+        raise UsageError(
+            f"--batch_wait_ms {batch_wait_ms}: choose more than 0 and less than {REQUEST_TIMEOUT_S * 1000}"
+        )
     tracking_uri = resolve_tracking_uri()
     source = served_source(model_source(model, tracking_uri), runtime, tracking_uri)
     folder = Path(tempfile.mkdtemp(prefix="emo-serve-"))
@@ -90,6 +97,7 @@ def serve(
         "max_batch_size": max_batch_size,
         "batch_wait_ms": batch_wait_ms,
         "max_queue": max_queue,
+        "threads": threads,
         "limits": {"max_texts": max_texts, "max_text_chars": max_text_chars},
         "callbacks": callbacks or [],
         "remove": str(folder),

@@ -44,11 +44,12 @@ class ServedModel:
         labels = tuple(config["id2label"][str(i)] for i in range(len(config["id2label"])))
         return cls(uri, "torch", str(model_dir.parent), labels, max_length, str(model_dir), str(tokenizer_dir))
 
-    def load(self):
-        """The classifier, ready: `probabilities(texts)` gives one row of class probabilities per text, in order."""
+    def load(self, threads: int = 0):
+        """The classifier, ready: `probabilities(texts)` gives one row of class probabilities per text, in order.
+        `threads`: for one forward pass (0: the runtime's default, one per core)."""
         if self.kind == "onnx":
             artifacts = Path(self.folder) / "artifacts"
-            return OnnxTextClassifier().load(artifacts / GRAPH_FILE, artifacts / "tokenizer")
+            return OnnxTextClassifier().load(artifacts / GRAPH_FILE, artifacts / "tokenizer", threads)
         from emo.serve.torch_model import TorchTextClassifier
 
-        return TorchTextClassifier().load(Path(self.model_dir), Path(self.tokenizer_dir), self.max_length)
+        return TorchTextClassifier().load(Path(self.model_dir), Path(self.tokenizer_dir), self.max_length, threads)

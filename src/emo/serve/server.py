@@ -28,7 +28,7 @@ from litserve.loops.base import _SENTINEL_VALUE
 
 from emo import __version__
 from emo.serve.contract import Limits
-from emo.serve.lifetime import die_with_parent
+from emo.serve.lifetime import close_sockets_on, die_with_parent
 from emo.serve.model import ServedModel
 from emo.serve.protocol import INVOCATIONS, ScoringProtocol
 from emo.serve.worker import TextClassifierAPI
@@ -39,10 +39,23 @@ log = logging.getLogger("emo.serve")
 class DrainingServer(LitServer):
     """LitServer whose SIGTERM finishes the accepted requests before anything stops."""
 
-    def run(self, *args, **kwargs) -> None:
+    def run(self, host: str, port: int, **kwargs) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the manager and the workers started next
-        os.register_at_fork(after_in_child=die_with_parent)  # the manager and the HTTP worker, forked from here
-        super().run(*args, **kwargs)
+        self.port, self.forking_manager = port, False
+        os.register_at_fork(after_in_child=self.after_fork)  # the manager and the HTTP worker are forked from here
+        super().run(host=host, port=port, **kwargs)
+
+    def _init_manager(self, num_api_servers: int):
+        self.forking_manager = True  # LitServe forks its queue manager here, after it bound the listening socket
+        try:
+            return super()._init_manager(num_api_servers)
+        finally:
+            self.forking_manager = False
+
+    def after_fork(self) -> None:
+        die_with_parent()
+        if self.forking_manager:
+            close_sockets_on(self.port)
 
     def _start_server(self, port, num_uvicorn_servers, log_level, sockets, *args, **kwargs):
         http_workers = super()._start_server(port, num_uvicorn_servers, log_level, sockets, *args, **kwargs)
@@ -71,7 +84,7 @@ def serve(settings: dict) -> None:
     about = {"model": model.uri, "given": settings["given"], "kind": model.kind, "emo": __version__}
     about["litserve"] = version("litserve")
     protocol = ScoringProtocol(model.labels, limits, settings["max_queue"], about)
-    api = TextClassifierAPI(model, protocol, settings["max_batch_size"], settings["batch_wait_ms"])
+    api = TextClassifierAPI(model, protocol, settings["max_batch_size"], settings["batch_wait_ms"], settings["threads"])
     server = DrainingServer(
         api,
         accelerator="cpu",

@@ -15,7 +15,9 @@ BATCH_SIZE = 64  # texts per forward pass, sorted by length
 
 
 class TorchTextClassifier:
-    def load(self, model_dir: Path, tokenizer_dir: Path, max_length: int) -> "TorchTextClassifier":
+    def load(self, model_dir: Path, tokenizer_dir: Path, max_length: int, threads: int = 0) -> "TorchTextClassifier":
+        if threads:
+            torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
         self.max_length = max_length

@@ -27,9 +27,12 @@ class TextClassifierAPI(LitAPI):
         protocol: The HTTP side (`emo.serve.protocol.ScoringProtocol`).
         max_batch_size: Requests in one forward pass, at most.
         batch_wait_ms: How long the first request of a batch waits for others, at most.
+        threads: The model's threads for one forward pass (0: the runtime's default, one per core).
     """
 
-    def __init__(self, model: ServedModel, protocol: ScoringProtocol, max_batch_size: int, batch_wait_ms: float):
+    def __init__(
+        self, model: ServedModel, protocol: ScoringProtocol, max_batch_size: int, batch_wait_ms: float, threads: int = 0
+    ):
         super().__init__(
             max_batch_size=max_batch_size,
             batch_timeout=batch_wait_ms / 1000,
@@ -37,11 +40,11 @@ class TextClassifierAPI(LitAPI):
             spec=protocol,
             loop=BatchedLoop(),  # even for batches of one: predict always takes a list of requests
         )
-        self.model = model
+        self.model, self.threads = model, threads
 
     def setup(self, device) -> None:
         die_with_parent()  # spawned by the server's process: ends with it
-        self.classifier = self.model.load()
+        self.classifier = self.model.load(self.threads)
 
     def decode_request(self, request: list[str]) -> list[str]:
         return request  # texts, checked by the HTTP worker before they were queued
