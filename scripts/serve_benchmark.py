@@ -8,7 +8,8 @@
 In process first (this process, nothing else running): the export's own `predict` (`mlflow.pyfunc.load_model`)
 and its bare graph (onnxruntime and `tokenizers`, nothing else: the limit), one text at a time and in batches of
 32 of similar length. Then each server in turn, alone, on 127.0.0.1: the transformers flavor and the export under
-`mlflow models serve`, the export under `emo serve` (and, with --mlserver_python, under MLServer's MLflow runtime;
+`mlflow models serve`, the export under `emo serve` (and, with --mlserver_python, under MLServer's MLflow runtime,
+`mlserver start`;
 with --emo_serve_variants, `emo serve` with other batching settings). Each server takes 1, 4 and 16 concurrent
 clients (one asyncio loop, keep-alive connections) of single-text requests, then of batches of 32: texts/s and
 the p50 and p99 latency of a request; the RSS of the server's whole process tree after its loads. `emo serve`
@@ -124,21 +125,30 @@ def emo_serve(uri: str, log: Path, *settings: str):
 
 @contextlib.contextmanager
 def mlserver(uri: str, log: Path, python: str):
-    """`mlflow models serve --enable-mlserver` from the environment of `python` (MLServer's pins conflict with
-    emo's: it has its own), on a free port."""
+    """MLServer's MLflow runtime (`mlserver start`; MLflow 3.17's `mlflow models serve` no longer has
+    --enable-mlserver) on the downloaded model, from the environment of `python`: MLServer's pins conflict with
+    emo's, so it has its own. Its /invocations is MLflow's contract."""
+    import mlflow
+
     bin_dir = Path(python).parent
+    folder = log.with_suffix("")
+    folder.mkdir()
+    model = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder / "model"))
     port = free_port()
-    env = {**os.environ, "PATH": os.pathsep.join([str(bin_dir), os.environ["PATH"]]), "MLSERVER_GRPC_PORT": "0",
-           "MLSERVER_METRICS_PORT": str(free_port())}  # fmt: skip
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local", "--enable-mlserver",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    (folder / "settings.json").write_text(json.dumps({"http_port": port, "grpc_port": free_port(),
+                                                      "metrics_port": free_port(), "parallel_workers": 0}))  # fmt: skip
+    (folder / "model-settings.json").write_text(json.dumps({"name": "emo", "implementation":
+                                                            "mlserver_mlflow.MLflowRuntime", "parameters": {"uri": model}}))  # fmt: skip
+    env = {**os.environ, "PATH": os.pathsep.join([str(bin_dir), os.environ["PATH"]])}
     with open(log, "w") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen([str(bin_dir / "mlserver"), "start", str(folder)], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        wait_for_http(server, f"http://127.0.0.1:{port}/ping", 600, log)
+        wait_for_http(server, f"http://127.0.0.1:{port}/v2/health/ready", 600, log)
         yield f"http://127.0.0.1:{port}", server
     finally:
-        os.killpg(server.pid, 15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, 15)
         server.wait(timeout=120)
 
 
@@ -220,7 +230,7 @@ def split(data_dir: Path, name: str) -> tuple[list[str], list[str]]:
 def tables(measured: dict) -> str:
     """The tables of serve.md: servers (ratios to the transformers flavor), in process, emo predict."""
     servers, inside = measured["servers"], measured["in_process"]
-    base = servers["transformers, mlflow models serve"]
+    base = servers.get("transformers, mlflow models serve") or next(iter(servers.values()))
     head = ["server", "RSS GiB"] + [
         f"{kind} x{c}: texts/s, p50/p99 ms" for kind in ("single", "batch") for c in CLIENTS
     ]
@@ -252,6 +262,7 @@ def main() -> None:
     parser.add_argument("--source", required=True, help="the registered transformers model, models:/NAME@ALIAS")
     parser.add_argument("--export", required=True, help="its ONNX export (int8), models:/NAME-onnx/VERSION")
     parser.add_argument("--data_dir", default=str(ROOT / "data/emotion"))
+    parser.add_argument("--texts", type=int, default=2000, help="test texts sent in batches of 32 per load")
     parser.add_argument("--requests", type=int, default=400, help="single-text requests per load")
     parser.add_argument("--singles", type=int, default=400, help="single texts in process")
     parser.add_argument("--soak", type=int, default=10_000, help="single-text requests to emo serve before its RSS")
@@ -259,10 +270,12 @@ def main() -> None:
     parser.add_argument("--emo_serve_variants", nargs="*", default=[], help='more `emo serve` settings to load, each '
                         'as one string: "--max_batch_size 16 --batch_wait_ms 1"')  # fmt: skip
     parser.add_argument("--skip_predict", action="store_true", help="leave out the emo predict rows")
+    parser.add_argument("--servers", nargs="*", help="only the servers whose names hold one of these words")
     parser.add_argument("--output_dir", default=str(ROOT / "reports/benchmarks"))
     args = parser.parse_args()
     data_dir, output_dir = Path(args.data_dir), Path(args.output_dir)
     texts, labels = split(data_dir, "test")
+    texts, labels = texts[: args.texts], labels[: args.texts]
     measured = {"load_average_at_start": os.getloadavg(), "servers": {}}
     with tempfile.TemporaryDirectory(prefix="serve-benchmark-") as folder:
         folder = Path(folder)
@@ -273,13 +286,15 @@ def main() -> None:
             ("export, emo serve", lambda log: emo_serve(args.export, log)),
         ]
         if args.mlserver_python:
-            servers.append(("export, MLServer (mlflow --enable-mlserver)", lambda log: mlserver(args.export, log,
+            servers.append(("export, MLServer's MLflow runtime", lambda log: mlserver(args.export, log,
                                                                                                 args.mlserver_python)))  # fmt: skip
         for variant in args.emo_serve_variants:
             servers.append(
                 (f"export, emo serve {variant}", lambda log, v=variant: emo_serve(args.export, log, *v.split()))
             )
         for name, start in servers:
+            if args.servers and not any(word in name for word in args.servers):
+                continue
             print(name, flush=True)
             started = time.perf_counter()
             with start(folder / f"server-{len(measured['servers'])}.log") as (url, server):
