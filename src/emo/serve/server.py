@@ -15,7 +15,6 @@ that order.
 
 import importlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -32,8 +31,6 @@ from emo.serve.lifetime import close_sockets_on, die_with_parent
 from emo.serve.model import ServedModel
 from emo.serve.protocol import INVOCATIONS, ScoringProtocol
 from emo.serve.worker import TextClassifierAPI
-
-log = logging.getLogger("emo.serve")
 
 
 class DrainingServer(LitServer):
