@@ -230,12 +230,12 @@ def split(data_dir: Path, name: str) -> tuple[list[str], list[str]]:
 def tables(measured: dict) -> str:
     """The tables of serve.md: servers (ratios to the transformers flavor), in process, emo predict."""
     servers, inside = measured["servers"], measured["in_process"]
-    base = servers.get("transformers, mlflow models serve") or next(iter(servers.values()))
+    base = servers.get("transformers, mlflow models serve") or next(iter(servers.values()), None)
     head = ["server", "RSS GiB"] + [
         f"{kind} x{c}: texts/s, p50/p99 ms" for kind in ("single", "batch") for c in CLIENTS
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in servers.items():
+    for name, r in servers.items() if base else ():
         cells = [name, f"{r['rss_gib']:.2f} ({r['rss_gib'] / base['rss_gib']:.2f}x)"]
         for kind in ("single", "batch"):
             for clients in CLIENTS:

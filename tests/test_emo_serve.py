@@ -216,6 +216,20 @@ def test_ping_answers_503_or_nothing_until_the_model_is_loaded(exported, mlflow_
         assert len(rows_of(post(f"{url}/invocations", {"inputs": TEXTS}))) == len(TEXTS)
 
 
+def test_sigterm_while_the_model_loads_stops_at_once(exported, mlflow_server, tmp_path):
+    hold, env = hold_env(tmp_path)
+    args = ["--callbacks", "[helpers.serving.HoldSetup]"]
+    log = tmp_path / "serve.log"
+    with serving(exported, mlflow_server, log, *args, env=env, ready=False) as (url, process):
+        wait_for_hold(hold, "setup", process)  # loading, and never let go: only SIGTERM can end it
+        workers = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive
+    assert "SIGTERM while the model loads: stopped" in log.read_text()
+
+
 def test_a_full_queue_answers_503_at_once(exported, mlflow_server, tmp_path):
     hold, env = hold_env(tmp_path)
     args = ["--max_queue", "1", "--callbacks", "[helpers.serving.HoldForward]"]

@@ -140,9 +140,10 @@ class HoldForward(Hold):
 
 
 class HoldSetup(Hold):
-    """Holds the loading of the model until the test opens (`--callbacks helpers.serving.HoldSetup`)."""
+    """Holds the inference worker before it reports the model loaded, until the test opens
+    (`--callbacks helpers.serving.HoldSetup`)."""
 
-    def on_before_setup(self, lit_api, **kwargs):
+    def on_after_setup(self, lit_api, **kwargs):
         self.hold("setup")
 
 

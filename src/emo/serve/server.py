@@ -7,8 +7,8 @@ SIGTERM that drains.
 
 so that the server's processes start without MLflow in memory; this process removes the download when it ends.
 
-SIGTERM, to this process or to its whole process group: the HTTP worker stops accepting connections and answers
-every request it accepted (the inference worker, LitServe's manager and its queues live on until then), then the
+SIGTERM while the model loads stops at once (nothing was accepted yet). After, to this process or to its whole
+process group: the HTTP worker stops accepting connections and answers every request it accepted (the inference worker, LitServe's manager and its queues live on until then), then the
 inference worker stops and the process exits 0. The workers ignore SIGTERM themselves: this process stops them in
 that order.
 """
@@ -53,6 +53,20 @@ class DrainingServer(LitServer):
         die_with_parent()
         if self.forking_manager:
             close_sockets_on(self.port)
+
+    def verify_worker_status(self) -> None:
+        """LitServer waits here while the model loads: nothing is accepted yet, so SIGTERM stops at once."""
+        signal.signal(signal.SIGTERM, self.stop_loading)
+        try:
+            super().verify_worker_status()
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the HTTP workers forked next set their own
+
+    def stop_loading(self, *_) -> None:
+        print("emo serve: SIGTERM while the model loads: stopped", file=sys.stderr, flush=True)
+        for worker in self.inference_workers:
+            worker.kill()  # multiprocessing joins its children as this process exits
+        raise SystemExit(0)
 
     def _start_server(self, port, num_uvicorn_servers, log_level, sockets, *args, **kwargs):
         http_workers = super()._start_server(port, num_uvicorn_servers, log_level, sockets, *args, **kwargs)
