@@ -22,7 +22,7 @@ TEST_WORKERS ?= 3
 # A stamp: any target below, run as the first command after a clone (make demo, make test), installs first.
 INSTALLED  := $(VENV)/.installed
 
-.PHONY: help install lock teacher-model data fit demo sweep seeds audit report test test-slow test-all ui server benchmark lint clean
+.PHONY: help install lock teacher-model data fit demo sweep seeds audit report test test-slow test-all ui server serve benchmark lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -89,6 +89,14 @@ server: $(INSTALLED) ## MLflow tracking server over the same store (127.0.0.1:50
 	@$(UI_URL)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri $(STORE) \
 		--artifacts-destination ./mlruns --host $(HOST) --port $(PORT) --workers 1
+
+# `make serve`: the registered model MODEL (its newest ONNX export where it has one) on SERVE_PORT, with emo serve.
+MODEL      ?= models:/minilm-emotion-classifier@champion
+SERVE_PORT ?= 5001
+
+serve: $(INSTALLED) ## serve MODEL (the champion's ONNX export) over HTTP, requests batched (127.0.0.1:5001); ARGS="..."
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} $(BIN)/python -m emo serve --model $(MODEL) --host $(HOST) \
+		--port $(SERVE_PORT) $(ARGS)
 
 benchmark: $(INSTALLED) data ## emo beside the Trainer's best, side by side (~20 min): reports/benchmarks/
 	$(BIN)/python scripts/benchmark.py $(ARGS)

@@ -315,7 +315,10 @@ def test_the_onnx_export_serves_the_transformers_flavor_s_json_over_http(
     assert [row["label"] for row in served] == [names[i] for i in expected.argmax(axis=1)]
     assert [row["score"] for row in served] == pytest.approx(expected.max(axis=1), abs=FP32_TOLERANCE)
     assert [row[f"p_{name}"] for row in served for name in names] == pytest.approx(expected.ravel(), abs=FP32_TOLERANCE)
-    assert answers["split"] == answers["texts"]  # another request format of MLflow's scoring protocol
+    # The served code's type hints are its signature (no DataFrame per call): MLflow's server then takes `inputs`
+    # only, and says so; `emo serve` takes every format (tests/test_emo_serve.py)
+    status, body = answers["split"]
+    assert status == 400 and "with 'inputs' key when the model contains a valid type hint" in body["message"], body
     # MLflow's schema check (the signature: one text column) or the model's own, each with a message
     for case, needles in (
         ("empty", ("no texts", "only has 0 inputs")),

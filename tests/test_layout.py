@@ -19,7 +19,7 @@ TRAINING_LIBRARIES = ("torch", "lightning", "transformers", "datasets")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["sync", "--help"], ["sync", "--root", "{tmp}"],
-                                  ["report", "--experiment", "nothing-here"]], ids=" ".join)  # fmt: skip
+                                  ["report", "--experiment", "nothing-here"], ["serve", "--help"]], ids=" ".join)  # fmt: skip
 def test_commands_that_do_not_train_load_no_training_library(args, tmp_path):
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     probe = (

@@ -50,6 +50,12 @@ def export(args: list[str]) -> None:
     main(args)
 
 
+def serve(args: list[str]) -> None:
+    from emo.serve.command import main
+
+    main(args)
+
+
 def sync(args: list[str]) -> None:
     from emo.store.sync import main
 
@@ -65,6 +71,7 @@ COMMANDS = {
     "audit": (audit, "which training labels are likely wrong: K folds, out-of-fold probabilities, cleanlab"),
     "report": (report, "compare runs, pick the best by validation; --compare A B"),
     "export": (export, "a registered model as ONNX (int8 by default), checked on test, registered as NAME-onnx"),
+    "serve": (serve, "a registered model over HTTP (MLflow's scoring protocol), requests batched together (LitServe)"),
     "sync": (sync, "send the records a tracking outage kept in run folders"),
     "data": (data, "put the emotion data in data/emotion: a link to ../shared/data/emotion, else the Hub's, checked"),
 }

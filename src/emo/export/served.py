@@ -1,27 +1,31 @@
-"""The exported classifier as MLflow serves it: an ONNX graph, its tokenizer and its labels, run by onnxruntime.
+"""The exported classifier: an ONNX graph, its tokenizer and its labels, run by onnxruntime; and the MLflow model
+around it that `mlflow models serve` serves.
 
-Needs numpy, pandas, onnxruntime, tokenizers and MLflow only: no torch, no transformers, nothing of emo. This
-file is logged with the model (an MLflow "model from code"), so `mlflow models serve` runs it as it was exported.
+Needs numpy, onnxruntime and tokenizers only, and MLflow where MLflow runs it: no torch, no transformers, no pandas,
+nothing of emo. This file is logged with the model (an MLflow "model from code"), so `mlflow models serve` runs it
+as it was exported; `emo serve` and `emo predict` run today's copy of it on the export's files.
 
 Requests and answers are the transformers flavor's: a list of texts in (`{"inputs": [...]}` or any request
-format of MLflow's scoring protocol with one text column), one row per text out, in order, with `label` (the
-most probable class) and `score` (its probability), plus `p_<label>`, the probability of every class. An empty
+format of MLflow's scoring protocol with one text column), one answer per text out, in order (`answers`): `label`
+(the most probable class) and `score` (its probability), plus `p_<label>`, the probability of every class. An empty
 list, or anything but a text, is refused with a message (HTTP 400).
 """
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import mlflow
 import numpy as np
-import pandas as pd
-from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 GRAPH_FILE = "model.onnx"  # logged as artifacts/model.onnx, beside artifacts/tokenizer/
 SETTINGS_FILE = "classifier.json"  # labels (in id order), max_length, pad_id; the top-label map if fitted
 TOP_LABEL_MAP = "top_label_map"  # its key in SETTINGS_FILE: {"confidence": [...], "calibrated": [...]}
 BATCH_SIZE = 64  # texts per forward pass, sorted by length so that a batch holds texts of similar length
+
+
+class NotTexts(ValueError):
+    """A request that holds no texts, or something else than texts: its message says which."""
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -47,83 +51,114 @@ def top_label_calibrated(probabilities: np.ndarray, confidence: Sequence[float],
 
 
 def checked_texts(model_input) -> list[str]:
-    """The texts of a request: a list, array, Series or one-column DataFrame of strings, at least one."""
-    if isinstance(model_input, pd.DataFrame):
+    """The texts of a request: a list, array, Series or one-column DataFrame of strings, at least one; else
+    `NotTexts` with a message that names the first wrong input."""
+    if hasattr(model_input, "iloc") and hasattr(model_input, "columns"):  # a DataFrame, without importing pandas
         if model_input.shape[1] != 1:
-            raise MlflowException(
-                f"expected one column of texts, got {model_input.shape[1]} columns", INVALID_PARAMETER_VALUE
-            )
+            raise NotTexts(f"expected one column of texts, got {model_input.shape[1]} columns")
         model_input = model_input.iloc[:, 0]
     if isinstance(model_input, str):
         model_input = [model_input]
-    texts = list(model_input.tolist() if hasattr(model_input, "tolist") else model_input)
+    texts = model_input.tolist() if hasattr(model_input, "tolist") else list(model_input)
     if not texts:
-        raise MlflowException('no texts: send at least one, as {"inputs": ["a text", ...]}', INVALID_PARAMETER_VALUE)
-    wrong = next(((i, text) for i, text in enumerate(texts) if not isinstance(text, str)), None)
-    if wrong:
-        what = "null" if wrong[1] is None or wrong[1] != wrong[1] else f"{type(wrong[1]).__name__} {wrong[1]!r}"
-        raise MlflowException(f"input {wrong[0]} is {what}, not a text", INVALID_PARAMETER_VALUE)
+        raise NotTexts('no texts: send at least one, as {"inputs": ["a text", ...]}')
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            what = "null" if text is None or text != text else f"{type(text).__name__} {text!r}"
+            raise NotTexts(f"input {i} is {what}, not a text")
     return texts
 
 
-class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
-    """Texts to class probabilities with an exported encoder classifier; `load` it from a folder or let MLflow."""
+def answers(labels: Sequence[str], probabilities: np.ndarray) -> list[dict[str, Any]]:
+    """The answer to each text, in order: `label` (the most probable class), `score` (its probability) and
+    `p_<label>` for every class. The one place that shapes it: `mlflow models serve`, `emo serve` and Python users of
+    the export all get these rows; a new field is a new key here."""
+    keys = ("label", "score", *(f"p_{label}" for label in labels))
+    rows = []
+    for row in np.asarray(probabilities, dtype=np.float64).tolist():
+        best = max(range(len(row)), key=row.__getitem__)
+        rows.append(dict(zip(keys, (labels[best], row[best], *row), strict=True)))
+    return rows
 
-    def load_context(self, context) -> None:
-        self.load(Path(context.artifacts["model"]), Path(context.artifacts["tokenizer"]))
 
-    def load(self, model_file: Path, tokenizer_dir: Path) -> "OnnxTextClassifier":
+class OnnxTextClassifier:
+    """Texts to class probabilities with an exported encoder classifier, `load`ed from the export's files."""
+
+    def load(self, model_file: Path, tokenizer_dir: Path, threads: int = 0) -> "OnnxTextClassifier":
+        """`threads`: onnxruntime's threads for one forward pass (0: its default, one per core)."""
         import onnxruntime
         from tokenizers import Tokenizer
 
         settings = json.loads((tokenizer_dir / SETTINGS_FILE).read_text())
         self.labels: list[str] = settings["labels"]
+        self.max_length: int = settings["max_length"]
         self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
         self.tokenizer.no_padding()  # each batch is padded to its longest text here
-        self.tokenizer.enable_truncation(max_length=settings["max_length"])
+        self.tokenizer.enable_truncation(max_length=self.max_length)
         self.pad_id: int = settings["pad_id"]
         self.top_label_map: dict | None = settings.get(TOP_LABEL_MAP)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
         # Threads that wait by sleeping, not spinning: on a CPU shared with other work (uvicorn, other processes),
-        # spinning threads took 1.9x the time per text here (docs/serving.md).
+        # spinning threads took 1.9x the time per text here (docs/speed.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_cpu_mem_arena = False  # an arena kept the largest batch's memory for good (+100 MiB)
+        options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         return self
 
     def probabilities(self, texts: Sequence[str], batch_size: int = BATCH_SIZE, calibrated: bool = True) -> np.ndarray:
         """One row of class probabilities per text, in the texts' order (computed in batches of similar length);
         through the export's top-label map when it has one, unless not `calibrated`."""
-        encoded = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
-        order = np.argsort([len(ids) for ids in encoded], kind="stable")
-        result = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in rows)
-            input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-            attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-            for row, i in enumerate(rows):
-                input_ids[row, : len(encoded[i])] = encoded[i]
-                attention_mask[row, : len(encoded[i])] = 1
-            logits = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
-            result[rows] = softmax(logits.astype(np.float64))
+        if len(texts) == 1:  # a single text: no sorting, no padding
+            ids = np.array([self.tokenizer.encode(texts[0]).ids], dtype=np.int64)
+            result = self.forward(ids, np.ones_like(ids))
+        else:
+            encoded = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+            order = np.argsort(lengths, kind="stable")
+            result = np.empty((len(texts), len(self.labels)), dtype=np.float64)
+            for start in range(0, len(texts), batch_size):
+                rows = order[start : start + batch_size]
+                width = int(lengths[rows].max())
+                input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+                for row, i in enumerate(rows.tolist()):
+                    input_ids[row, : lengths[i]] = encoded[i]
+                attention_mask = (np.arange(width) < lengths[rows][:, None]).astype(np.int64)
+                result[rows] = self.forward(input_ids, attention_mask)
         if calibrated and self.top_label_map:
             return top_label_calibrated(result, **self.top_label_map)
         return result
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        """`model_input`: the texts as MLflow passes them (a one-column DataFrame, or a list); see `checked_texts`."""
-        texts = checked_texts(model_input)
-        probabilities = self.probabilities(texts)
-        best = probabilities.argmax(axis=1)
-        frame = pd.DataFrame(
-            {"label": [self.labels[i] for i in best], "score": probabilities[np.arange(len(texts)), best].astype(float)}
-        )
-        for i, label in enumerate(self.labels):
-            frame[f"p_{label}"] = probabilities[:, i].astype(float)
-        return frame
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """The graph's class probabilities of one padded batch."""
+        logits = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+        return softmax(logits.astype(np.float64))
+
+    def answers(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """The answer to each text (`answers`)."""
+        return answers(self.labels, self.probabilities(texts))
 
 
 if __name__.startswith("code_model_"):  # run by MLflow as the logged model's code; an import by name is not
-    mlflow.models.set_model(OnnxTextClassifier())
+    import mlflow
+    from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+    class ServedTextClassifier(mlflow.pyfunc.PythonModel):
+        """`OnnxTextClassifier` as MLflow loads and serves it: the texts checked, one answer per text."""
+
+        def load_context(self, context) -> None:
+            artifacts = context.artifacts
+            self.classifier = OnnxTextClassifier().load(Path(artifacts["model"]), Path(artifacts["tokenizer"]))
+
+        def predict(self, context, model_input: list[Any], params=None) -> list[dict[str, Any]]:
+            """`model_input`: the texts as MLflow passes them (`checked_texts`). The type hints are the model's
+            signature: MLflow then hands the list over as it is, where a signature of columns had it build a pandas
+            DataFrame first (5x the time of this whole call for one text)."""
+            try:
+                texts = checked_texts(model_input)
+            except NotTexts as error:
+                raise MlflowException(str(error), INVALID_PARAMETER_VALUE) from None
+            return self.classifier.answers(texts)
+
+    mlflow.models.set_model(ServedTextClassifier())
