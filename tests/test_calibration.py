@@ -210,3 +210,26 @@ def test_the_top_label_map_never_says_certain_so_a_wrong_answer_keeps_a_finite_l
     assert max(knots["calibrated"]) < 1
     sure_but_wrong = np.array([[0.999, 0.0005, 0.0003, 0.0001, 0.00005, 0.00005]])
     assert nll(top_label_calibrated(sure_but_wrong, **knots), np.array([1])) < 15
+
+
+def test_classwise_ece_and_brier_agree_with_torchmetrics_style_metrics_and_scikit_learn():
+    from sklearn.metrics import brier_score_loss
+
+    from emo.calibration import brier_score, classwise_ece
+    from emo.metrics import BrierScore, ClasswiseCalibrationError
+
+    generator = np.random.default_rng(5)
+    logits = generator.normal(0, 2, (3000, 6))
+    labels = generator.integers(0, 6, 3000)
+    probabilities = softmax(logits)
+    assert brier_score(probabilities, labels) == pytest.approx(brier_score_loss(labels, probabilities, labels=range(6)))
+    metric = ClasswiseCalibrationError(6, n_bins=15)
+    brier = BrierScore(6)
+    for rows in np.array_split(np.arange(3000), 7):  # in batches, from logits, as the model updates them
+        for m in (metric, brier):
+            m.update(torch.tensor(logits[rows], dtype=torch.float32), torch.tensor(labels[rows]))
+    assert metric.compute().item() == pytest.approx(classwise_ece(probabilities, labels), abs=1e-5)
+    assert brier.compute().item() == pytest.approx(brier_score(probabilities, labels), abs=1e-5)
+    # by hand: two classes, one bin each way: class 0 forecast 0.9 for 2 examples of which 1 is class 0
+    by_hand = classwise_ece(np.array([[0.9, 0.1], [0.9, 0.1]]), np.array([0, 1]), bins=10)
+    assert by_hand == pytest.approx((abs(1 - 1.8) / 2 + abs(1 - 0.2) / 2) / 2)

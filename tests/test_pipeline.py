@@ -8,10 +8,14 @@ import subprocess
 import sys
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from emo.calibration import log_probabilities, scaled_probabilities
+from emo.conformal import fit_sets
 from emo.data.fetch import CARER_LABELS
 from emo.fit import EmoCLI
 from emo.spec import MODEL_URI_TAG
@@ -279,6 +283,32 @@ def test_the_registered_model_is_calibrated_on_validation_with_the_record_of_it(
     assert version.run_id == run.info.run_id and float(version.tags["emo.temperature"]) == pytest.approx(
         temperature, rel=1e-5
     )
+
+
+def test_prediction_sets_are_fitted_on_the_kept_validation_after_the_temperature_and_reported_on_test(fitted):
+    cli, client, run = fitted
+    record = json.loads(run.data.tags["emo.prediction_sets"])
+    assert (record["alpha"], record["score"], record["class_conditional"]) == (0.1, "lac", False)
+    val = pd.read_csv(client.download_artifacts(run.info.run_id, "val/predictions.csv"), keep_default_na=False)
+    names = [c.removeprefix("p_") for c in val.columns if c.startswith("p_")]
+    raw = val[[f"p_{name}" for name in names]].to_numpy()
+    after_t = scaled_probabilities(log_probabilities(raw), run.data.metrics["calibration/temperature"])
+    expected = fit_sets(after_t, val["label"].map(names.index).to_numpy(), 0.1)
+    assert record["thresholds"] == pytest.approx(expected["thresholds"], abs=1e-4)  # validation's, not test's
+    test = pd.read_csv(client.download_artifacts(run.info.run_id, "test/predictions.csv"), keep_default_na=False)
+    inside = [row["label"] in row["set"].split("|") if row["set"] else False for _, row in test.iterrows()]
+    metrics = run.data.metrics
+    assert metrics["conformal/test_coverage"] == pytest.approx(np.mean(inside))
+    sizes = [len(s.split("|")) if s else 0 for s in test["set"]]
+    assert metrics["conformal/test_set_size"] == pytest.approx(np.mean(sizes))
+    assert metrics["conformal/test_size_0_share"] + metrics["conformal/test_size_1_share"] + metrics[
+        "conformal/test_size_2plus_share"
+    ] == pytest.approx(1)
+    for name in names:
+        assert 0 <= metrics[f"conformal/test_coverage_{name}_low"] <= metrics[f"conformal/test_coverage_{name}"]
+    assert all(row["set"].split("|")[0] == row["predicted"] for _, row in test.iterrows() if row["set"])
+    config = json.loads((cli.trainer.logger.folder / "model" / "config.json").read_text())
+    assert config["prediction_sets"] == record  # they travel with the registered model
 
 
 def test_the_test_split_audit_script_flags_test_labels_and_scores_the_rest(fitted, mlflow_server):

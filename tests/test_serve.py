@@ -6,7 +6,6 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 
 from emo.commands import main
@@ -14,6 +13,7 @@ from emo.data.fetch import CARER_LABELS
 from emo.fit import EmoCLI
 from emo_lab.data import shrunk_args
 from emo_lab.server import served_model
+from helpers.processes import run_emo
 
 NAME = "emotion-serve-test"
 TEXTS = ["i feel so happy and loved", "this makes me furious", "i am scared of the dark", "what a surprise to see you"]
@@ -61,18 +61,10 @@ def probabilities(rows: list[dict]) -> list[float]:
     return [float(row[f"p_{label}"]) for row in rows for label in CARER_LABELS]
 
 
-def calibrated(rows: list[dict], temperature: float) -> list[float]:
-    """The checkpoint's (raw) probabilities as the registered model gives them: softmax(log p / T), row by row."""
-    raw = np.log(np.clip(np.array(probabilities(rows)).reshape(len(rows), -1), 1e-12, None)) / temperature
-    return (np.exp(raw) / np.exp(raw).sum(axis=1, keepdims=True)).ravel().tolist()
-
-
-def temperature(fitted) -> float:
-    """The temperature the fit folded into the model it tested and registered (its kept checkpoint has raw logits)."""
-    return float(mlflow.MlflowClient().get_run(fitted.trainer.logger.run_id).data.tags["emo.temperature"])
-
-
-def test_predict_from_a_registered_model_uri(fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri):
+def test_a_kept_checkpoint_predicts_what_its_registered_model_predicts(
+    fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
+    """The fit's calibration travels in its kept checkpoint: loaded to predict, it is the registered model."""
     from_checkpoint = predict(
         tmp_path, tiny_model_dir, small_data_dir, fitted.trainer.checkpoint_callback.best_model_path
     )
@@ -80,8 +72,46 @@ def test_predict_from_a_registered_model_uri(fitted, tmp_path, tiny_model_dir, s
         rows = predict(tmp_path, tiny_model_dir, tmp_path / "no-training-data-here", uri)  # predict needs none
         assert [row["text"] for row in rows] == TEXTS
         assert [row["label"] for row in rows] == [row["label"] for row in from_checkpoint], uri
-        # the registered head and encoder, not new random ones: the checkpoint's probabilities, calibrated
-        assert probabilities(rows) == pytest.approx(calibrated(from_checkpoint, temperature(fitted)), abs=1e-4), uri
+        # the registered head and encoder, not new random ones, with the temperature folded in
+        assert probabilities(rows) == pytest.approx(probabilities(from_checkpoint), abs=1e-4), uri
+        assert [row["set"] for row in rows] == [row["set"] for row in from_checkpoint], uri
+
+
+def test_prediction_sets_are_the_same_from_the_checkpoint_the_registered_model_its_export_and_the_served_export(
+    fitted, tmp_path, tiny_model_dir, small_data_dir, tracking_uri
+):
+    from_checkpoint = predict(
+        tmp_path, tiny_model_dir, small_data_dir, fitted.trainer.checkpoint_callback.best_model_path
+    )
+    sets = [row["set"] for row in from_checkpoint]
+    code, output = run_emo(
+        ["export", "--model", f"models:/{NAME}/1", "--quantize", "none", "--data_dir", str(small_data_dir)],
+        tmp_path / "export.log",
+        env={"MLFLOW_TRACKING_URI": tracking_uri},
+    )
+    assert code == 0, output
+    exported = predict_export(tmp_path, f"models:/{NAME}-onnx/1", tracking_uri)
+    assert [row["set"] for row in exported] == sets
+    client = mlflow.MlflowClient()
+    run = client.get_run(fitted.trainer.logger.run_id)
+    assert client.get_model_version(NAME, "1").tags["emo.prediction_sets"] == run.data.tags["emo.prediction_sets"]
+    serving = served_model(f"models:/{NAME}-onnx/1", tmp_path / "serve.log", {"MLFLOW_TRACKING_URI": tracking_uri})
+    with serving as (url, _):  # MLflow runs the export's logged code, and the sets' code logged beside it
+        served = post_json(f"{url}/invocations", {"inputs": TEXTS})["predictions"]
+    assert ["|".join(row["set"]) for row in served] == sets
+
+
+def predict_export(tmp_path: Path, uri: str, tracking_uri: str) -> list[dict]:
+    """`emo predict` from an ONNX export, in its own process."""
+    texts, output = tmp_path / "texts.txt", tmp_path / "export-predictions.csv"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    code, printed = run_emo(
+        ["predict", "--ckpt_path", uri, "--data.predict_file", str(texts), "--prediction.output_file", str(output)],
+        tmp_path / "predict-export.log",
+        env={"MLFLOW_TRACKING_URI": tracking_uri},
+    )
+    assert code == 0, printed
+    return list(csv.DictReader(open(output)))
 
 
 @pytest.mark.parametrize("subcommand", ["test", "validate"])

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from emo.bootstrap import bootstrap_weights, percentile_interval  # noqa: E402
 from emo.spec import is_maximized  # noqa: E402
 
 
@@ -171,10 +172,7 @@ def paired_bootstrap(
         aligned.append(frame)
     truth = reference["label"].map(index).to_numpy()
     n, k = len(truth), len(label_names)
-    generator = np.random.default_rng(seed)
-    weights = np.vstack(
-        [np.ones(n), generator.multinomial(n, np.full(n, 1 / n), size=draws)]
-    )  # row 0: the split itself
+    weights = bootstrap_weights(n, draws, seed)
     scores = []  # per frame: {metric: value per draw}
     for frame in aligned:
         confusion = confusion_counts(truth, frame["predicted"].map(index).to_numpy(), weights, k)
@@ -188,7 +186,7 @@ def paired_bootstrap(
         a = np.mean([score[metric] for score in scores[: len(group_a)]], axis=0)
         b = np.mean([score[metric] for score in scores[len(group_a) :]], axis=0)
         difference = a - b
-        low, high = np.percentile(difference[1:], [2.5, 97.5])
+        low, high = percentile_interval(difference)
         result[metric] = {
             "a": float(a[0]),
             "b": float(b[0]),

@@ -21,6 +21,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from emo.bootstrap import bootstrap_weights, percentile_interval  # noqa: E402
+
 TEMPERATURE_RANGE = (0.05, 20.0)  # the temperatures fit_temperature considers
 SMALLEST_PROBABILITY = 1e-300  # a probability that underflowed to 0 counts as this in a logarithm
 
@@ -133,18 +135,14 @@ def ece_bootstrap(
     and its interval, paired: both scored on the same resampled examples. On a few thousand examples the
     interval is about a point wide each side; the ECE of a finite sample is biased upwards (empty and thin bins).
     """
-    n = len(labels)
-    generator = np.random.default_rng(seed)
-    weights = np.vstack(
-        [np.ones(n), generator.multinomial(n, np.full(n, 1 / n), size=draws)]
-    )  # row 0: the split itself
+    weights = bootstrap_weights(len(labels), draws, seed)
     ece = weighted_ece(*calibration_bins(probabilities, labels, bins), weights, bins)
-    low, high = np.percentile(ece[1:], [2.5, 97.5])
-    result = {"ece": float(ece[0]), "low": float(low), "high": float(high)}
+    low, high = percentile_interval(ece)
+    result = {"ece": float(ece[0]), "low": low, "high": high}
     if reference is not None:
         change = ece - weighted_ece(*calibration_bins(reference, labels, bins), weights, bins)
-        low, high = np.percentile(change[1:], [2.5, 97.5])
-        result |= {"change": float(change[0]), "change_low": float(low), "change_high": float(high)}
+        low, high = percentile_interval(change)
+        result |= {"change": float(change[0]), "change_low": low, "change_high": high}
     return result
 
 
@@ -225,12 +223,37 @@ def scale_classifier_head(model, temperature: float) -> str:
     return name
 
 
+def classwise_ece(probabilities, labels, bins: int = 15) -> float:
+    """Class-wise ECE (Kull et al., 2019): each class's probability as a forecast of that class, binned as
+    `calibration_bins` bins the top probability, its ECE; averaged over the classes. `emo.metrics`'s, in numpy."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels, edges = np.asarray(labels), np.linspace(0, 1, bins + 1)
+    gaps = []
+    for c in range(probabilities.shape[1]):
+        index = np.searchsorted(edges, probabilities[:, c], side="right") - 1
+        hits = np.bincount(index, weights=(labels == c).astype(np.float64), minlength=bins + 1)
+        forecast = np.bincount(index, weights=probabilities[:, c], minlength=bins + 1)
+        gaps.append(np.abs(hits - forecast).sum() / len(labels))
+    return float(np.mean(gaps))
+
+
+def brier_score(probabilities, labels) -> float:
+    """The multiclass Brier score: mean over examples of the squared distance to the one-hot true class, summed over
+    the classes (scikit-learn's `brier_score_loss`; `emo.metrics.BrierScore`)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    one_hot = np.eye(probabilities.shape[1])[np.asarray(labels)]
+    return float(((probabilities - one_hot) ** 2).sum(axis=1).mean())
+
+
 def calibration_scores(probabilities, labels, bins: int = 15) -> dict[str, float]:
-    """`{ece, ece_low, ece_high, nll}` of one split's probabilities: what a run logs before and after scaling."""
+    """`{ece, ece_low, ece_high, classwise_ece, brier, nll}` of one split's probabilities: what a run logs before and
+    after the temperature (the ECE with its bootstrap interval)."""
     interval = ece_bootstrap(probabilities, labels, bins)
     return {
         "ece": interval["ece"],
         "ece_low": interval["low"],
         "ece_high": interval["high"],
+        "classwise_ece": classwise_ece(probabilities, labels, bins),
+        "brier": brier_score(probabilities, labels),
         "nll": nll(probabilities, labels),
     }

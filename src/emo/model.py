@@ -7,6 +7,7 @@ targets are prepared by `emo.fit.teachers`, and what a run keeps of an evaluatio
 """
 
 import contextlib
+import importlib
 import warnings
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ import torch
 import transformers
 from jsonargparse.typing import ClosedUnitInterval, PositiveFloat, restricted_number_type
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MetricCollection, classification
@@ -22,6 +24,7 @@ from torchmetrics.wrappers import ClasswiseWrapper
 from transformers import AutoModelForSequenceClassification
 
 from emo import UserError, hub, spec
+from emo.calibration import classifier_output_layer
 from emo.hardware import use_cpu_kernels
 from emo.losses import TrainingLoss, class_weights
 from emo.optim import (
@@ -35,6 +38,7 @@ from emo.optim import (
 from emo.spec import LOSS, STAGE_SPLITS, TRAIN_LOSS, TRAIN_LR
 
 EVAL_STAGES = tuple(STAGE_SPLITS)
+CALIBRATION_KEY = "emo_calibration"  # in a kept checkpoint: the temperature and prediction sets fitted on it
 MODEL_INPUTS_EXCLUDE = ("labels", "example")  # batch columns that are not the encoder's inputs
 LayerDecay = restricted_number_type("LayerDecay", float, [(">", 0), ("<=", 1)])  # 1: one learning rate for all layers
 
@@ -44,7 +48,8 @@ def evaluation_metrics(label_names: Sequence[str], stage: str) -> MetricCollecti
     n, labels = len(label_names), list(label_names)
     metrics = {}
     for metric in spec.METRICS:
-        built = getattr(classification, metric.torchmetric)(n, **dict(metric.options))
+        module, _, name = metric.torchmetric.rpartition(".")
+        built = getattr(importlib.import_module(module) if module else classification, name)(n, **dict(metric.options))
         metrics[metric.key] = (
             ClasswiseWrapper(built, labels=labels, prefix=f"{metric.key}_") if metric.per_class else built
         )
@@ -183,6 +188,24 @@ class EmotionClassifier(L.LightningModule):
                 "model.teacher is set but the loss has no teacher targets (loss.teacher): compute them with "
                 "emo.fit.teachers.prepare_teachers before fitting (emo fit does)"
             )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A kept checkpoint's calibration (`CALIBRATION_KEY`, written at the end of its fit) applies where a trainer
+        validates, tests or predicts with it: the head's weights divided by the temperature, the sets' thresholds in
+        the model's config, as the registered model has them. A fit resumed from it trains the raw weights, and
+        `load_from_checkpoint` without a trainer gives them as saved."""
+        record = checkpoint.get(CALIBRATION_KEY)
+        if not record or self._trainer is None or self.trainer.state.fn == TrainerFn.FITTING:
+            return
+        if record.get("temperature"):
+            name, _ = classifier_output_layer(self.model)
+            state = checkpoint["state_dict"]
+            for key in (f"model.{name}.weight", f"model.{name}.bias"):
+                if key in state:
+                    state[key] = state[key] / record["temperature"]
+            self.model.config.calibration_temperature = record["temperature"]
+        if record.get("prediction_sets"):
+            self.model.config.prediction_sets = record["prediction_sets"]
 
     def forward(self, batch: dict) -> torch.Tensor:
         """The logits of a batch (its labels and example indices are not inputs)."""

@@ -20,7 +20,7 @@ class Metric:
 
     key: str
     label: str  # how reports and descriptions name it
-    torchmetric: str  # its class in `torchmetrics.classification`, built with the number of classes
+    torchmetric: str  # its class in `torchmetrics.classification` (or a dotted path), built with the number of classes
     options: tuple[tuple[str, object], ...] = ()  # further arguments of that class
     per_class: bool = False  # one value per label
     lower_is_better: bool = False  # an error, not a score
@@ -44,6 +44,14 @@ METRICS = (
         (("n_bins", 15), ("norm", "l1")),
         lower_is_better=True,
     ),
+    Metric(
+        "classwise_ece",
+        "class-wise calibration error",
+        "emo.metrics.ClasswiseCalibrationError",
+        (("n_bins", 15),),
+        lower_is_better=True,
+    ),
+    Metric("brier", "Brier score", "emo.metrics.BrierScore", lower_is_better=True),
 )
 LOSS = "loss"  # `<stage>/loss`: plain cross-entropy at every stage, whatever the training loss
 TRAIN_LOSS, TRAIN_LR = "train/loss", "train/lr"
@@ -92,6 +100,7 @@ TEACHER_TAG, TEACHER_VERSIONS_TAG, TEACHER_RUNS_TAG = (
     "emo.teacher_run_ids",
 )  # distilled
 TEMPERATURE_TAG = "emo.temperature"  # a calibrated run and its registered version: the temperature in its head
+PREDICTION_SETS_TAG = "emo.prediction_sets"  # a run and its registered version: the sets' thresholds (JSON)
 EXPORT_SOURCE_TAG, QUANTIZE_TAG = "emo.export.source", "emo.export.quantize"  # an ONNX export: its source version, int8
 EXPORT_SOURCE_RUN_TAG = "emo.export.source_run"  # an export's run: the run of its source
 TOP_LABEL_MAP_TAG = "emo.export.top_label_map"  # an export served through a top-label map: its validation examples

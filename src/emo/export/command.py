@@ -24,11 +24,18 @@ import mlflow
 import numpy as np
 from jsonargparse import auto_cli
 
-from emo import UserError
+from emo import UserError, conformal
 from emo.arguments import OneLineParser
 from emo.calibration import calibration_scores, fit_top_label_map, reliability_figure
 from emo.export.parity import Parity, split_examples
-from emo.export.served import GRAPH_FILE, SETTINGS_FILE, TOP_LABEL_MAP, OnnxTextClassifier, top_label_calibrated
+from emo.export.served import (
+    GRAPH_FILE,
+    PREDICTION_SETS,
+    SETTINGS_FILE,
+    TOP_LABEL_MAP,
+    OnnxTextClassifier,
+    top_label_calibrated,
+)
 from emo.spec import (
     EXPORT_SOURCE_RUN_TAG,
     EXPORT_SOURCE_TAG,
@@ -41,6 +48,7 @@ from emo.store import is_registered_model_uri, model_source, resolve_tracking_ur
 from emo.store.registry import INPUT_EXAMPLE, download_model, tracking_store
 
 SERVED_CODE = Path(__file__).with_name("served.py")
+SETS_CODE = Path(conformal.__file__)  # numpy only: logged with the served code
 DEFAULT_MAX_LENGTH = 128
 MAP_EXAMPLES = 1000  # the fewest validation examples a top-label map is fitted on: on fewer it learns their noise
 
@@ -135,6 +143,7 @@ def build(model_dir: Path, tokenizer_dir: Path, folder: Path, quantize: str, max
         "max_length": max_length,
         "pad_id": tokenizer.pad_token_id,
         "pad_token": tokenizer.pad_token,
+        **({PREDICTION_SETS: model.config.prediction_sets} if getattr(model.config, PREDICTION_SETS, None) else {}),
     }
     (bundle / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     (folder / "fp32").mkdir()
@@ -222,6 +231,7 @@ def log_and_register(
             name="model",
             python_model=str(SERVED_CODE),
             artifacts={"model": str(graph), "tokenizer": str(bundle)},
+            code_paths=[str(SETS_CODE)],  # the served code's prediction sets, imported beside it
             # no signature: the served code's type hints are one (texts in, one answer per text out), which spares
             # MLflow a DataFrame per call; a null or a number reaches the model, which refuses it with a message
             input_example=INPUT_EXAMPLE,

@@ -1,25 +1,28 @@
 """`emo predict --ckpt_path models:/NAME-onnx/VERSION`: an exported (ONNX) version labels a text file without torch.
 
 The same command line as `emo predict` (config files, `--data.predict_file`, `--prediction.output_file`,
-`--data.eval_batch_size`; settings for the model and the trainer do not apply and are ignored) and the same CSV:
-`text,label,p_<label>...` in the file's order, the labels those the model was exported with.
+`--data.eval_batch_size`; settings for the model and the trainer do not apply and are ignored) and the same CSV
+(`emo.prediction_file`): the labels those the model was exported with, the sets where it carries them.
 """
 
-import csv
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import yaml
+from jsonargparse import ActionConfigFile
 from mlflow.exceptions import MlflowException
 
-from emo import UsageError, UserError
+from emo import UserError
+from emo.arguments import OneLineParser
 from emo.export.served import BATCH_SIZE, GRAPH_FILE, OnnxTextClassifier
+from emo.prediction_file import write_predictions
 from emo.spec import EXPORT_SOURCE_TAG
 from emo.store import registered_version, resolve_tracking_uri
 
-DEFAULT_OUTPUT = "predictions.csv"  # as emo.predict.PredictionWriter's
+DEFAULT_OUTPUT = "predictions.csv"  # as emo.fit.prediction.PredictionWriter's
 
 
 def ckpt_path(args: list[str]) -> str | None:
@@ -45,33 +48,20 @@ def exported_version(args: list[str]) -> str | None:
     return f"models:/{version.name}/{version.version}" if EXPORT_SOURCE_TAG in version.tags else None
 
 
-def merge(into: dict, settings: dict) -> dict:
-    for key, value in settings.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            merge(into[key], value)
-        else:
-            into[key] = value
-    return into
-
-
-def settings(args: list[str]) -> dict:
-    """The settings the command line gives: config files merged left to right, then `--section.key value` options."""
-    found: dict = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        value = args[i + 1] if "=" not in arg and i + 1 < len(args) else None
-        key, value = arg.split("=", 1) if "=" in arg else (arg, value)
-        if key in ("--config", "-c") and value is not None:
-            path = Path(value)
-            if not path.is_file():
-                raise UsageError(f"--config {value}: no such file")
-            merge(found, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-        elif key.startswith("--") and "." in key and value is not None:
-            section, name = key[2:].split(".", 1)
-            merge(found, {section: {name: yaml.safe_load(value) if value else value}})
-        i += 1 if "=" in arg else 2
-    return found
+def predict_settings(args: list[str]):
+    """The command line as `emo predict` reads it (config files merged left to right, `--section.key value` over them),
+    parsed by jsonargparse without the Lightning CLI's classes, which load torch: each section the command line and
+    its config files name is read as a dict; only `data` and `prediction` are used here."""
+    parser = OneLineParser(prog="emo predict")
+    parser.add_argument("--config", action=ActionConfigFile)
+    names = {arg.split("=", 1)[0][2:] for arg in args if arg.startswith("--")} - {"config"}
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag in ("--config", "-c") and Path(value).is_file():
+            names |= set(yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {})
+    for name in sorted({name.split(".", 1)[0] for name in names}):
+        nested = any(other.startswith(f"{name}.") for other in names) or name in ("data", "prediction")
+        parser.add_argument(f"--{name}", type=dict if nested else Any, default={} if nested else None)
+    return parser.parse_args(args)
 
 
 def read_texts(predict_file: str | None) -> list[str]:
@@ -103,18 +93,12 @@ def load(model_uri: str, folder: str) -> OnnxTextClassifier:
 
 def predict(args: list[str], model_uri: str) -> None:
     """`emo predict` with the exported version `model_uri` (`args` as `emo predict` takes them)."""
-    given = settings(args[1:])
-    data, output = given.get("data") or {}, (given.get("prediction") or {}).get("output_file") or DEFAULT_OUTPUT
+    given = predict_settings(args[1:])
+    data, output = given.data, given.prediction.get("output_file") or DEFAULT_OUTPUT
     texts = read_texts(data.get("predict_file"))
     with tempfile.TemporaryDirectory(prefix="emo-onnx-") as folder:
         model = load(model_uri, folder)
     print(f"Using registered ONNX model {model_uri} (onnxruntime, no torch)")
-    probabilities = model.probabilities(texts, batch_size=int(data.get("eval_batch_size") or BATCH_SIZE)).tolist()
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out)
-        writer.writerow(["text", "label", *(f"p_{label}" for label in model.labels)])
-        for text, p in zip(texts, probabilities, strict=True):
-            writer.writerow([text, model.labels[max(range(len(p)), key=p.__getitem__)], *(f"{x:.5f}" for x in p)])
-    print(f"Wrote {len(texts)} predictions to {path}")
+    probabilities, sets = model.predictions(texts, batch_size=int(data.get("eval_batch_size") or BATCH_SIZE))
+    write_predictions(output, texts, probabilities, model.labels, sets)
+    print(f"Wrote {len(texts)} predictions to {output}")

@@ -7,8 +7,12 @@ as it was exported; `emo serve` and `emo predict` run today's copy of it on the 
 
 Requests and answers are the transformers flavor's: a list of texts in (`{"inputs": [...]}` or any request
 format of MLflow's scoring protocol with one text column), one answer per text out, in order (`answers`): `label`
-(the most probable class) and `score` (its probability), plus `p_<label>`, the probability of every class. An empty
-list, or anything but a text, is refused with a message (HTTP 400).
+(the most probable class) and `score` (its probability), plus `p_<label>`, the probability of every class, and
+`set`, the text's prediction set (its labels, most probable first), where the source carried sets' thresholds. An
+empty list, or anything but a text, is refused with a message (HTTP 400).
+
+The sets are those of the source (`emo.conformal`, logged beside this file), computed on the probabilities its
+thresholds were fitted on: before the top-label map, which calibrates the probabilities shown, not the sets.
 """
 
 import json
@@ -18,9 +22,15 @@ from typing import Any
 
 import numpy as np
 
+if __name__.startswith("code_model_"):  # run by MLflow as the logged model's code: its own copy, logged beside it
+    from conformal import prediction_sets
+else:
+    from emo.conformal import prediction_sets
+
 GRAPH_FILE = "model.onnx"  # logged as artifacts/model.onnx, beside artifacts/tokenizer/
 SETTINGS_FILE = "classifier.json"  # labels (in id order), max_length, pad_id; the top-label map if fitted
 TOP_LABEL_MAP = "top_label_map"  # its key in SETTINGS_FILE: {"confidence": [...], "calibrated": [...]}
+PREDICTION_SETS = "prediction_sets"  # its key in SETTINGS_FILE: the thresholds of the source's sets (emo.conformal)
 BATCH_SIZE = 64  # texts per forward pass, sorted by length so that a batch holds texts of similar length
 
 
@@ -69,15 +79,18 @@ def checked_texts(model_input) -> list[str]:
     return texts
 
 
-def answers(labels: Sequence[str], probabilities: np.ndarray) -> list[dict[str, Any]]:
-    """The answer to each text, in order: `label` (the most probable class), `score` (its probability) and
-    `p_<label>` for every class. The one place that shapes it: `mlflow models serve`, `emo serve` and Python users of
-    the export all get these rows; a new field is a new key here."""
+def answers(labels: Sequence[str], probabilities: np.ndarray, sets: list[list[int]] | None = None) -> list[dict]:
+    """The answer to each text, in order: `label` (the most probable class), `score` (its probability),
+    `p_<label>` for every class, and `set` (its labels, most probable first) where there are `sets`. The one place
+    that shapes it: `mlflow models serve`, `emo serve` and Python users of the export all get these rows; a new field
+    is a new key here."""
     keys = ("label", "score", *(f"p_{label}" for label in labels))
     rows = []
-    for row in np.asarray(probabilities, dtype=np.float64).tolist():
+    for i, row in enumerate(np.asarray(probabilities, dtype=np.float64).tolist()):
         best = max(range(len(row)), key=row.__getitem__)
         rows.append(dict(zip(keys, (labels[best], row[best], *row), strict=True)))
+        if sets is not None:
+            rows[-1]["set"] = [labels[c] for c in sets[i]]
     return rows
 
 
@@ -97,6 +110,7 @@ class OnnxTextClassifier:
         self.tokenizer.enable_truncation(max_length=self.max_length)
         self.pad_id: int = settings["pad_id"]
         self.top_label_map: dict | None = settings.get(TOP_LABEL_MAP)
+        self.prediction_sets: dict | None = settings.get(PREDICTION_SETS)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
         # Threads that wait by sleeping, not spinning: on a CPU shared with other work (uvicorn, other processes),
@@ -135,9 +149,16 @@ class OnnxTextClassifier:
         logits = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
         return softmax(logits.astype(np.float64))
 
+    def predictions(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, list | None]:
+        """The probabilities shown (through the top-label map where there is one) and each text's prediction set,
+        computed on the probabilities before the map (None without sets)."""
+        raw = self.probabilities(texts, batch_size, calibrated=False)
+        shown = top_label_calibrated(raw, **self.top_label_map) if self.top_label_map else raw
+        return shown, prediction_sets(raw, self.prediction_sets) if self.prediction_sets else None
+
     def answers(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """The answer to each text (`answers`)."""
-        return answers(self.labels, self.probabilities(texts))
+        return answers(self.labels, *self.predictions(texts))
 
 
 if __name__.startswith("code_model_"):  # run by MLflow as the logged model's code; an import by name is not

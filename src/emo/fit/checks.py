@@ -2,6 +2,7 @@
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -9,6 +10,7 @@ import torch
 
 from emo import UserError, first_line
 from emo.calibration import classifier_output_layer
+from emo.conformal import fewest_examples
 from emo.data import check_inputs as check_data
 from emo.data import checked_names, content_digest, load_local_splits
 from emo.fit.checkpoint_files import LIGHTNING_PATHS, CheckpointFiles, is_checkpoint_file
@@ -114,6 +116,13 @@ def check_train_size(train_size, labels: list[str] | None) -> None:
         )
 
 
+def validation_labels(config) -> list[int] | None:
+    """The validation split's labels (as ids) of local data, read without the Hub (a cache hit); None for a Hub dataset."""
+    if not config.data.data_dir:
+        return None
+    return load_local_splits(config.data.data_dir, config.data.labels)["validation"]["label"]
+
+
 def data_labels(config) -> list[str] | None:
     """The classes of the data (`emo.data.labels`), without the Hub: None for a Hub dataset without `data.labels`."""
     if config.data.labels:
@@ -134,6 +143,34 @@ def check_labels_match(what: str, model_labels: list[str] | None, labels: list[s
     """A model evaluated on data of other classes (or the same in another order) is refused in one line."""
     if model_labels and labels and list(model_labels) != list(labels):
         raise UserError(f"{what}: the model's classes are {list(model_labels)}, the data's are {list(labels)}")
+
+
+def check_prediction_sets(conformal, validation_labels: list[int] | None, label_names: list[str] | None) -> None:
+    """Enough validation examples for the sets asked (at least 1 / alpha - 1; of every class for class-conditional
+    sets), where the data is local (a Hub dataset is checked when the sets are fitted)."""
+    if conformal.alpha is None or validation_labels is None or not label_names:
+        return
+    need, alpha = fewest_examples(conformal.alpha), conformal.alpha
+    if not conformal.class_conditional:
+        if len(validation_labels) < need:
+            raise UserError(
+                f"--conformal.alpha {alpha:g}: {len(validation_labels)} validation examples are too few for "
+                f"prediction sets at this alpha (at least {need}: 1 / alpha - 1); raise alpha or validate on more"
+            )
+        return
+    counts = Counter(validation_labels)
+    absent = [name for i, name in enumerate(label_names) if not counts[i]]
+    if absent:
+        raise UserError(
+            f"--conformal.class_conditional: no validation example of {', '.join(absent)}: a class's threshold is "
+            "fitted on its own examples; set it false, or validate on data with every class"
+        )
+    few = [f"{name} ({counts[i]})" for i, name in enumerate(label_names) if counts[i] < need]
+    if few:
+        raise UserError(
+            f"--conformal.alpha {alpha:g}: class-conditional sets need at least {need} validation examples of each "
+            f"class (1 / alpha - 1); too few: {', '.join(few)}"
+        )
 
 
 def check_teachers(teachers: str | list[str] | None, tracking_uri: str, labels: list[str] | None = None) -> None:

@@ -26,17 +26,20 @@ from emo.fit.checks import (
     check_inputs,
     check_labels_match,
     check_model_parts,
+    check_prediction_sets,
     check_teachers,
     check_train_size,
     check_validation_interval,
     config_problem,
     data_labels,
     model_folder_labels,
+    validation_labels,
 )
 from emo.fit.finish import FitEnd, finish_fit, finish_test
 from emo.fit.last_checkpoint import LastCheckpoint
 from emo.fit.parser import EmoArgumentParser
 from emo.fit.prediction import PredictionWriter
+from emo.fit.prediction_sets import Conformal
 from emo.fit.registration import Registry
 from emo.fit.resume import RunRecord, hpc_checkpoint, kept_state_as_saved, plan_resume, remove_hpc_checkpoints
 from emo.fit.step_seeds import StepSeeds
@@ -143,6 +146,7 @@ class EmoCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_class_arguments(Calibration, "calibration")
+        parser.add_class_arguments(Conformal, "conformal")
         parser.add_class_arguments(Registry, "registry")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.add_argument(
@@ -206,6 +210,7 @@ class EmoCLI(LightningCLI):
         if subcommand == "fit":
             labels = data_labels(config)
             check_train_size(config.data.train_size, labels)
+            check_prediction_sets(config.conformal, validation_labels(config), labels)
             check_teachers(config.model.teacher, uri, labels)
             if self.subcommand and tracked:
                 self.resume_step = plan_resume(self.checkpoint_files, config, run_settings(config), uri)
@@ -275,6 +280,7 @@ class EmoCLI(LightningCLI):
             self.predictions,
             self.clock,
             config.calibration,
+            config.conformal,
             config.registry,
         )
         finish_fit(self.trainer, self.model, self.datamodule, end)

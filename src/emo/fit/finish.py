@@ -3,9 +3,12 @@
     the kept checkpoint, restored once           restore_kept        (read once: `CheckpointFiles`)
     its validation predictions                   kept.validation     (saved with it; else computed again)
     the temperature, fitted on those only        calibrate
+    the prediction sets' thresholds, on those    fit_prediction_sets
     the test                                     trainer.test
-    the report                                   record_test_calibration, record_evaluation_report, record_heldout
+    the report                                   record_test_calibration, record_test_sets, record_evaluation_report,
+                                                 record_heldout
     the logged and registered model              log_and_register
+    the kept checkpoint, with its calibration    keep_calibration
 
 Each step takes what the steps before it returned: none looks another up among the trainer's callbacks, and no
 result depends on the order of the callback list. The run stays open from the fit through its test to the
@@ -14,15 +17,20 @@ registration and ends here: FINISHED, or FAILED with the cause when a step fails
 
 import contextlib
 import dataclasses
+import os
+from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from emo.fit.calibration import Calibration, calibrate, record_test_calibration
 from emo.fit.checkpoint_files import CheckpointFiles
 from emo.fit.heldout import record_heldout
+from emo.fit.prediction_sets import Conformal, fit_prediction_sets, record_test_sets
 from emo.fit.registration import Registry, log_and_register
 from emo.inference import loader_probabilities
+from emo.model import CALIBRATION_KEY
 from emo.spec import KEPT_STEP_TAG
 from emo.tracking import (
     VAL_PREDICTIONS_KEY,
@@ -44,6 +52,7 @@ class FitEnd:
     predictions: EvaluationPredictions
     clock: TrainingClock
     calibration: Calibration
+    conformal: Conformal
     registry: Registry
 
 
@@ -98,6 +107,20 @@ def run_ends_here(logger):
         logger.end("success")
 
 
+@rank_zero_only
+def keep_calibration(kept: Kept, files: CheckpointFiles, temperature: float | None, sets: dict | None) -> None:
+    """The kept checkpoint carries the calibration fitted on it (`CALIBRATION_KEY`): loaded to validate, test or
+    predict it gives what the registered model gives (`EmotionClassifier.on_load_checkpoint`). Written whole or not at
+    all, as Lightning writes a checkpoint (a new file renamed over the old)."""
+    if kept.path is None or not (temperature or sets):
+        return
+    saved = dict(files.read(kept.path))
+    saved[CALIBRATION_KEY] = {"temperature": temperature, "prediction_sets": sets}
+    partial = Path(kept.path).with_suffix(".saving")
+    torch.save(saved, partial)
+    os.replace(partial, kept.path)
+
+
 def finish_fit(trainer, model, datamodule, end: FitEnd) -> None:
     """After `trainer.fit`: the kept checkpoint calibrated on its validation predictions, tested, reported, logged and
     registered, in that order."""
@@ -108,14 +131,19 @@ def finish_fit(trainer, model, datamodule, end: FitEnd) -> None:
             kept.validation if kept.validation is not None else validation_predictions(trainer, model, datamodule)
         )
         temperature = calibrate(model, validation, end.calibration, logger, trainer.global_step)
+        sets = fit_prediction_sets(model, validation, temperature, end.conformal)
         trainer.test(model, datamodule=datamodule, weights_only=True)
         test = end.predictions.predictions["test"]
         record_test_calibration(logger, test, temperature, trainer.global_step)
+        record_test_sets(logger, test, sets, model.hparams.label_names, trainer.global_step)
         if logger is not None and kept.step is not None:
             logger.record_tags({KEPT_STEP_TAG: str(kept.step)})
-        record_evaluation_report(logger, trainer, model, {"val": validation, "test": test}, end.clock, kept.summary())
+        record_evaluation_report(
+            logger, trainer, model, {"val": validation, "test": test}, end.clock, kept.summary(), sets
+        )
         record_heldout(logger, model, datamodule)
         log_and_register(logger, model.model, datamodule.tokenizer, end.registry)
+        keep_calibration(kept, end.files, temperature, sets)
 
 
 def finish_test(trainer, model, predictions: EvaluationPredictions, clock: TrainingClock) -> None:

@@ -1,14 +1,15 @@
-"""`emo predict`: label and class probabilities for each line of a text file, written as CSV."""
-
-import csv
-from pathlib import Path
+"""`emo predict`: label, class probabilities and, where the model carries them, prediction sets for each line of a
+text file, written as CSV (`emo.prediction_file`)."""
 
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from emo.conformal import prediction_sets
+from emo.prediction_file import write_predictions
+
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes `text,label,p_<label>...` rows, in the order of the input file.
+    """Writes a row per line of the input file, in its order (`emo.prediction_file`).
 
     Args:
         output_file: CSV file to write.
@@ -19,16 +20,11 @@ class PredictionWriter(BasePredictionWriter):
         self.output_file = output_file
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
-        sorted_probabilities = torch.cat(predictions).float().tolist()  # batches come sorted by length
-        probabilities = [[]] * len(sorted_probabilities)
-        for line, p in zip(trainer.datamodule.predict_lines, sorted_probabilities, strict=True):
-            probabilities[line] = p
+        ordered = torch.empty(len(trainer.datamodule.predict_lines), len(pl_module.hparams.label_names))
+        ordered[torch.tensor(trainer.datamodule.predict_lines)] = torch.cat(predictions).float()  # batches by length
+        probabilities = ordered.double().numpy()
+        record = getattr(pl_module.model.config, "prediction_sets", None)  # fitted with the model (emo.fit.finish)
+        sets = prediction_sets(probabilities, record) if record else None
         labels = list(pl_module.hparams.label_names)
-        path = Path(self.output_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out)
-            writer.writerow(["text", "label", *(f"p_{label}" for label in labels)])
-            for text, p in zip(trainer.datamodule.predict_texts, probabilities, strict=True):
-                writer.writerow([text, labels[max(range(len(p)), key=p.__getitem__)], *(f"{x:.5f}" for x in p)])
-        print(f"Wrote {len(probabilities)} predictions to {path}")
+        write_predictions(self.output_file, trainer.datamodule.predict_texts, probabilities, labels, sets)
+        print(f"Wrote {len(probabilities)} predictions to {self.output_file}")

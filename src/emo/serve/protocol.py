@@ -82,7 +82,7 @@ class ScoringProtocol(LitSpec):
         if status != LitAPIStatus.OK or isinstance(output, Failed):
             message = output.message if isinstance(output, Failed) else "the model failed on this request"
             return error(500, "INTERNAL_ERROR", message)
-        return Response(json.dumps({"predictions": answers(self.labels, output)}), media_type="application/json")
+        return Response(json.dumps({"predictions": answers(self.labels, *output)}), media_type="application/json")
 
     async def ping(self) -> Response:
         """200 once the model is loaded in every inference worker, 503 before."""

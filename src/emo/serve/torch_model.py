@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-BATCH_SIZE = 64  # texts per forward pass, sorted by length
+from emo.conformal import prediction_sets
+from emo.inference import text_probabilities
 
 
 class TorchTextClassifier:
@@ -22,21 +23,14 @@ class TorchTextClassifier:
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
         self.max_length = max_length
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        self.prediction_sets = getattr(self.model.config, "prediction_sets", None)  # fitted with it (emo.conformal)
         return self
 
-    def probabilities(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """One row of class probabilities per text, in the texts' order."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        result = np.empty((len(texts), len(self.labels)), dtype=np.float64)
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                rows = order[start : start + batch_size]
-                batch = self.tokenizer(
-                    [texts[i] for i in rows],
-                    truncation=True,
-                    max_length=self.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                )
-                result[rows] = self.model(**batch).logits.double().softmax(-1).numpy()
-        return result
+        return text_probabilities(self.model, self.tokenizer, texts, self.max_length).double().numpy()
+
+    def predictions(self, texts: Sequence[str]) -> tuple[np.ndarray, list | None]:
+        """The probabilities and each text's prediction set (None for a version without sets)."""
+        probabilities = self.probabilities(texts)
+        return probabilities, prediction_sets(probabilities, self.prediction_sets) if self.prediction_sets else None

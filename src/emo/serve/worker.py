@@ -53,18 +53,20 @@ class TextClassifierAPI(LitAPI):
         return requests
 
     def predict(self, requests: list[list[str]]) -> list:
-        """Each request's rows of probabilities (or `Failed`), in order, from one pass over all their texts."""
+        """Each request's (probabilities, prediction sets or None), or `Failed`, in order, from one pass over all their
+        texts."""
         try:
-            probabilities = self.classifier.probabilities([text for texts in requests for text in texts])
+            probabilities, sets = self.classifier.predictions([text for texts in requests for text in texts])
         except Exception:
             if len(requests) == 1:
                 return [self.failed(requests[0])]
             return [self.alone(texts) for texts in requests]
-        return np.split(probabilities, np.cumsum([len(texts) for texts in requests])[:-1])
+        rows = np.split(np.arange(len(probabilities)), np.cumsum([len(texts) for texts in requests])[:-1])
+        return [(probabilities[index], [sets[i] for i in index] if sets else None) for index in rows]
 
     def alone(self, texts: list[str]):
         try:
-            return self.classifier.probabilities(texts)
+            return self.classifier.predictions(texts)
         except Exception:
             return self.failed(texts)
 

@@ -22,6 +22,7 @@ from emo.spec import (
     MODEL_ARTIFACT,
     MODEL_TAG,
     MODEL_URI_TAG,
+    PREDICTION_SETS_TAG,
     TEACHER_TAG,
     TEMPERATURE_TAG,
     VALIDATION_DIGEST_TAG,
@@ -124,8 +125,12 @@ def register(run_id: str, name: str, alias: str = "champion", metric: str = "val
         client.set_registered_model_alias(name, alias, version.version)
     value = kept_validation(client, run).get(metric)
     client.set_model_version_tag(name, version.version, metric, str(value))
-    if TEMPERATURE_TAG in run.data.tags:  # calibrated: the temperature folded into its head (emo export copies it)
-        client.set_model_version_tag(name, version.version, TEMPERATURE_TAG, run.data.tags[TEMPERATURE_TAG])
+    for tag in (
+        TEMPERATURE_TAG,
+        PREDICTION_SETS_TAG,
+    ):  # its calibration, in its weights and config (export copies them)
+        if tag in run.data.tags:
+            client.set_model_version_tag(name, version.version, tag, run.data.tags[tag])
     client.update_model_version(name, version.version, description=f"{version_description(run)} {decision.reason}")
     return version, decision.promoted
 

@@ -23,6 +23,8 @@ from emo.analysis import (
     per_class_f1_figure,
     predictions_frame,
 )
+from emo.conformal import prediction_sets
+from emo.prediction_file import set_text
 from emo.spec import (
     CONFUSION_ARTIFACT,
     CONFUSION_NORMALISED_ARTIFACT,
@@ -71,9 +73,11 @@ def record_evaluation_report(
     predictions: dict,
     clock: TrainingClock,
     kept: dict | None = None,
+    sets: dict | None = None,
 ) -> None:
-    """The test's artifacts (`predictions`: `test`, and after a fit `val`, the kept checkpoint's validation), the run's
-    summary and its description; without a logger (`--trainer.logger false`) the summary alone, beside the checkpoints."""
+    """The test's artifacts (`predictions`: `test`, and after a fit `val`, the kept checkpoint's validation; with the
+    test's prediction sets where `sets` holds their thresholds), the run's summary and its description; without a
+    logger (`--trainer.logger false`) the summary alone, beside the checkpoints."""
     if logger is None:
         path = Path(trainer.default_root_dir) / SUMMARY_ARTIFACT
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +96,9 @@ def record_evaluation_report(
     logger.record_figure(per_class_f1_figure(report), F1_PER_CLASS_ARTIFACT)
     for stage, predicted in predictions.items():
         frame = split_predictions(trainer.datamodule, stage, predicted, label_names)
+        if stage == "test" and sets:
+            inside = prediction_sets(predicted["probabilities"].double().numpy(), sets)
+            frame["set"] = [set_text(classes, label_names) for classes in inside]
         logger.record_text(frame.to_csv(index=False), predictions_artifact(stage))
         if stage == "test":
             logger.record_text(mistakes_markdown(confident_mistakes(frame)), MISTAKES_ARTIFACT)
