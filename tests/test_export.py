@@ -69,7 +69,7 @@ def source(tiny_model_dir, small_data_dir, mlflow_server):
         run_id = run.info.run_id
         client.log_param(run_id, "data.data_dir", str(small_data_dir))
         client.log_param(run_id, "data.max_length", 128)
-        client.log_metric(run_id, "test/f1_weighted", 0.5)  # what `register` crowns a champion by
+        client.log_metric(run_id, "val/f1_weighted", 0.5)  # what `register` crowns a champion by
         with tracking_store(mlflow_server):
             log_transformers_model(run_id, model, tokenizer)
             version, _ = register(run_id, NAME)

@@ -229,16 +229,18 @@ def test_predict_from_the_checkpoint_and_the_registered_model_writes_the_model_s
     columns, rows = predict(
         tmp_path / "ckpt", tiny_model_dir, four_data, cli.trainer.checkpoint_callback.best_model_path
     )
-    assert columns == ["text", "label", *(f"p_{label}" for label in FOUR)]
+    assert columns == ["text", "label", *(f"p_{label}" for label in FOUR), "set"]  # the fit's prediction sets
     for row in rows:
         probabilities = {label: float(row[f"p_{label}"]) for label in FOUR}
         assert row["label"] == max(probabilities, key=probabilities.get)
         assert sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
+        assert set(row["set"].split("|")) - {""} <= set(FOUR)
     registered_columns, registered_rows = predict(
         tmp_path / "registered", tiny_model_dir, four_data, "models:/labels-four@champion"
     )
     assert registered_columns == columns
     assert [row["label"] for row in registered_rows] == [row["label"] for row in rows]  # the same weights
+    assert [row["set"] for row in registered_rows] == [row["set"] for row in rows]  # and the same sets
 
 
 def test_a_sweep_on_four_labels_records_them_in_every_trial_and_registers_the_best(four_sweep):

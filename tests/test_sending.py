@@ -34,10 +34,10 @@ def test_records_sent_twice_give_one_metric_history_and_one_model_version(tmp_pa
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder / "model")
     for step in range(3):
         journal.append("metrics", step=step, metrics={"train/loss": 1.0 / (step + 1)})
-    journal.append("params", params={"model.learning_rate": "0.0001"})
-    journal.append("metrics", step=3, metrics={"test/f1_weighted": 0.5})
+    journal.append("params", params={"optimizer.init_args.lr": "0.0001"})
+    journal.append("metrics", step=3, metrics={"val/f1_weighted": 0.5})
     journal.append("model", local="model")
-    journal.append("register", name=name, alias="champion", metric="test/f1_weighted")
+    journal.append("register", name=name, alias="champion", metric="val/f1_weighted")
     journal.append("status", status="FINISHED")
     journal.cover(3)
     assert send(journal)

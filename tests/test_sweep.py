@@ -346,8 +346,8 @@ def test_default_sweep_is_the_original_grid_and_tpe_is_one_config_away(hub_offli
     assert set(tpe.params) == {
         "optimizer.init_args.lr",
         "data.batch_size",
-        "model.weight_decay",
-        "model.warmup_ratio",
+        "optimizer.init_args.weight_decay",
+        "lr_scheduler.init_args.warmup_ratio",
         "trainer.max_epochs",
     }
 
@@ -394,7 +394,7 @@ def test_collisions_cannot_duplicate_parent_trials_or_versions(tmp_path, trackin
         "registry": {
             "registered_model_name": name,
             "champion_alias": "champion",
-            "champion_metric": "test/f1_weighted",
+            "champion_metric": "val/f1_weighted",
         },
     }
     # Worst case at start: every worker looks for the parent run before any has claimed one.
@@ -420,7 +420,7 @@ def test_collisions_cannot_duplicate_parent_trials_or_versions(tmp_path, trackin
     with mlflow.start_run(experiment_id=experiment_id) as model_run:
         info = mlflow.pyfunc.log_model(name="model", python_model=Constant())
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
-        mlflow.log_metric("test/f1_weighted", 0.5)
+        mlflow.log_metric("val/f1_weighted", 0.5)
     taken = [
         trial
         for trials in (race(workers, lambda i: sweeps[i].queue.next_trial()) for _ in range(2))

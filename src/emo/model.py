@@ -34,6 +34,7 @@ from emo.optim import (
     build_optimizer,
     build_scheduler,
     parameter_groups,
+    plain_callable,
 )
 from emo.spec import LOSS, STAGE_SPLITS, TRAIN_LOSS, TRAIN_LR
 
@@ -152,8 +153,8 @@ class EmotionClassifier(L.LightningModule):
             raise UserError(f"the model needs at least two class names (label_names: {list(label_names)})")
         # Every setting reaches MLflow from the resolved config instead; a checkpoint holds plain values (no callables).
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], logger=False)
-        self.optimizer = optimizer or as_callable(DEFAULT_OPTIMIZER)
-        self.lr_scheduler = lr_scheduler or as_callable(DEFAULT_LR_SCHEDULER)
+        self.optimizer = plain_callable(optimizer or as_callable(DEFAULT_OPTIMIZER))
+        self.lr_scheduler = plain_callable(lr_scheduler or as_callable(DEFAULT_LR_SCHEDULER))
         if isinstance(teacher, str):  # one teacher, as naturally written: --model.teacher models:/NAME/1
             self.hparams.teacher = [teacher]  # (LightningCLI saves the value as given, not this function's locals)
         self.model = load_classifier(model_name_or_path, label_names, attn_implementation)

@@ -78,6 +78,16 @@ def as_callable(setting: dict):
     return functools.partial(getattr(importlib.import_module(module), name), **setting.get("init_args", {}))
 
 
+def plain_callable(part):
+    """`part` as a plain `functools.partial` of its class: jsonargparse's callables carry its instantiator (which holds
+    a lock), so a module holding them cannot be copied (EMA weight averaging) or pickled (DDP spawn)."""
+    if isinstance(part, functools.partial) and not inspect.isclass(part.func):
+        classes = [arg for arg in part.args if inspect.isclass(arg)]
+        if len(classes) == 1:
+            return functools.partial(classes[0], **part.keywords)
+    return part
+
+
 def build_optimizer(optimizer, groups: list[dict], device_type: str) -> Optimizer:
     """`optimizer` (a callable from the `optimizer:` setting) over `groups`, each group's learning rate scaled by its
     `lr_scale`. An optimizer with a fused kernel left unset (`fused: null`) gets it on a CPU or a CUDA GPU: AdamW's

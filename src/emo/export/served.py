@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-if __name__.startswith("code_model_"):  # run by MLflow as the logged model's code: its own copy, logged beside it
+try:  # served by MLflow: its own copy, logged beside this file (code_paths), with no emo installed
     from conformal import prediction_sets
-else:
+except ModuleNotFoundError:  # in emo's process (emo export loads this file to log it; emo serve)
     from emo.conformal import prediction_sets
 
 GRAPH_FILE = "model.onnx"  # logged as artifacts/model.onnx, beside artifacts/tokenizer/
