@@ -99,5 +99,5 @@ def main(args: list[str] | None = None) -> None:
     try:
         run(args if run is lightning else args[1:])
     except UserError as error:  # exit status 2 for the command line or a config file (UsageError), else 1
-        print(f"emo: error: {first_line(error)}", file=sys.stderr)
+        print(f"emo: error: {first_line(error, limit=None)}", file=sys.stderr)
         sys.exit(error.exit_status)
