@@ -1,5 +1,5 @@
 """`LogRunConfig`: the resolved config in the MLflow run (`config.yaml`, every setting as a param, tags, the data
-inputs), the run record in every checkpoint, and why a run stopped.
+inputs, the texts the splits share), the run record in every checkpoint, and why a run stopped.
 
 Replaces LightningCLI's default callback, which writes into a log folder that sqlite and remote
 stores do not have.
@@ -23,6 +23,8 @@ from emo.spec import (
     DATASET_TAG,
     GIT_COMMIT_TAG,
     LABELS_TAG,
+    LEAKS_ARTIFACT,
+    LEAKS_DROPPED,
     MODEL_TAG,
     SPLITS,
     STAGE_TAG,
@@ -96,4 +98,8 @@ class LogRunConfig(SaveConfigCallback):
         if datamodule.digests:
             tags[DATA_DIGEST_TAG] = datamodule.data_digest
             logger.record_inputs(dataset_inputs(datamodule))
+        if datamodule.leaks is not None:  # texts shared between the splits, as the run uses them (emo.data.leaks)
+            dropped = {LEAKS_DROPPED: datamodule.leaks_dropped} if datamodule.hparams.get("drop_leaks") else {}
+            logger.log_metrics({**datamodule.leaks.metrics(), **dropped}, step=0)
+            logger.record_text(datamodule.leaks.table().to_csv(index=False), LEAKS_ARTIFACT)
         logger.record_tags(tags)
