@@ -47,7 +47,7 @@ class EmotionDataModule(L.LightningDataModule):
         dataset_config: Hub dataset configuration.
         data_dir: A local folder with train/val/test files; replaces the Hub.
         labels: The class names in id order (a label in a file may then also be its id). `null`: from the data, the Hub
-            dataset's `ClassLabel` names or the sorted names in the training split.
+            dataset's `ClassLabel` names, the folder's dataset_info.json, or the sorted names in the training split.
         tokenizer_name_or_path: Linked to `model.model_name_or_path` by the CLI.
         max_length: Longer texts are truncated to this many tokens.
         batch_size: Training examples per batch (per device).

@@ -15,7 +15,7 @@ from emo.data.formats import (
     read_text,
     text_lines,
 )
-from emo.data.labels import align_hub_labels, encode_splits
+from emo.data.labels import DATASET_INFO, GIVEN, align_hub_labels, encode_splits, info_names
 from emo.spec import SPLITS
 
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
@@ -61,8 +61,13 @@ def load_split(path: Path, split: str) -> datasets.Dataset:
 
 def load_local_splits(data_dir: str, labels: list[str] | None = None) -> datasets.DatasetDict:
     """Every example is checked while the cache is built; later loads of the same files are cache hits.
-    Labels become ids of `labels`, else of the training split's names (`emo.data.labels`)."""
-    return encode_splits({split: load_split(path, split) for split, path in split_files(data_dir).items()}, labels)
+    Labels become ids of `labels`, else of the names in the folder's dataset_info.json, else of the training split's
+    names, sorted (`emo.data.labels`)."""
+    files = split_files(data_dir)
+    named_by = GIVEN
+    if not labels:
+        labels, named_by = info_names(data_dir), str(Path(data_dir) / DATASET_INFO)
+    return encode_splits({split: load_split(path, split) for split, path in files.items()}, labels, named_by)
 
 
 def read_predict_texts(predict_file: str | None) -> list[str]:
