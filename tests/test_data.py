@@ -488,6 +488,13 @@ def test_a_dataset_info_that_cannot_be_read_is_one_line_naming_it(tmp_path, cont
         load_local_splits(str(tmp_path))
 
 
+def test_check_inputs_refuses_a_drop_of_the_leaks_that_leaves_nothing_to_train_on(tmp_path):
+    write_splits(tmp_path, val="i feel fine;joy\n", test="i am down;sadness\nso mad;anger\n")
+    check_inputs(str(tmp_path), None, "fit", drop_leaks=False)
+    with pytest.raises(DataFormatError, match=r"^--data.drop_leaks: the text of every training example \(3\) stands"):
+        check_inputs(str(tmp_path), None, "fit", drop_leaks=True)
+
+
 def test_check_inputs_reads_only_what_the_stage_uses(tmp_path):
     (tmp_path / "texts.txt").write_text("i am thrilled\n")
     check_inputs(str(tmp_path / "no-data-here"), str(tmp_path / "texts.txt"), "predict")  # predict reads no splits

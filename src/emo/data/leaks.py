@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from emo.data.formats import DataFormatError
 from emo.spec import IN_TRAIN_METRICS, TRAIN_CONFLICTING, TRAIN_DUPLICATES
 
 
@@ -28,6 +29,18 @@ def in_texts(texts: Sequence[str], others: Sequence[str]) -> list[int]:
     """The positions in `texts` of the examples whose text is also one of `others` (the same text, `same_text`)."""
     known = {same_text(text) for text in others}
     return [i for i, text in enumerate(texts) if same_text(text) in known]
+
+
+def leaked(train: Sequence[str], evaluated: Sequence[str]) -> list[int]:
+    """The positions of the training examples whose text stands in `evaluated` (validation and test), which
+    `data.drop_leaks` drops; dropping every training example is one line."""
+    positions = in_texts(train, evaluated)
+    if len(positions) == len(train):
+        raise DataFormatError(
+            f"--data.drop_leaks: the text of every training example ({len(train)}) stands in validation or test; "
+            "nothing is left to train on"
+        )
+    return positions
 
 
 @dataclasses.dataclass(frozen=True)

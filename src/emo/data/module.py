@@ -17,9 +17,9 @@ from emo import hub
 from emo.data.folds import audited, stratified_folds
 from emo.data.formats import DataFormatError
 from emo.data.labels import checked_names
-from emo.data.leaks import Leaks, Split, find_leaks, in_texts
+from emo.data.leaks import Leaks, Split, find_leaks
 from emo.data.sampler import EpochSampler, ResumableLoader
-from emo.data.splits import content_digest, load_hub_splits, load_local_splits, read_predict_texts
+from emo.data.splits import content_digest, leaked_from, load_hub_splits, load_local_splits, read_predict_texts
 from emo.spec import IN_TRAIN_METRICS, LEAKS_ARTIFACT, SPLITS
 
 Folds = restricted_number_type("Folds", int, [(">=", 2)])  # an audit needs a fold to hold out and one to train on
@@ -172,14 +172,9 @@ class EmotionDataModule(L.LightningDataModule):
     def without_leaks(self, splits: datasets.DatasetDict) -> datasets.Dataset:
         """The training split without the examples whose text stands in validation or test (`drop_leaks`)."""
         train = splits["train"]
-        leaked = in_texts(train["text"], [*splits["validation"]["text"], *splits["test"]["text"]])
-        if len(leaked) == len(train):
-            raise DataFormatError(
-                f"--data.drop_leaks: the text of every training example ({len(train)}) stands in validation or test; "
-                "nothing is left to train on"
-            )
-        self.leaks_dropped = len(leaked)
-        return train.select(np.setdiff1d(np.arange(len(train)), leaked))
+        dropped = leaked_from(splits)
+        self.leaks_dropped = len(dropped)
+        return train.select(np.setdiff1d(np.arange(len(train)), dropped))
 
     def say_test_leaks(self) -> None:
         """One line on the console when test examples stand in train (a model that learnt them is right by rote)."""
