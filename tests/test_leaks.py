@@ -1,11 +1,18 @@
 """Texts shared between the splits, counted as exact strings (`emo.data.leaks`): on a made-up data set whose answers are
 known, on CARER as the issue counts it, dropped from training by `data.drop_leaks`, and logged by every fit."""
 
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
 import pandas as pd
 
+from emo.cli import EmoCLI
 from emo.data import EmotionDataModule, load_local_splits
 from emo.data.leaks import Split, find_leaks, same_text
 from emo.data.module import split_as_read
+from emo_lab.data import one_epoch_named, shrunk_args
 
 # Made up so that each rule shows once: the outer spaces of a text do not count; its case and inner spaces do.
 TRAIN = [
@@ -110,3 +117,60 @@ def test_the_leaks_are_counted_in_the_training_subset_the_run_uses(small_data_di
     module = EmotionDataModule(data_dir=str(small_data_dir), train_size=60)
     splits = module.raw_splits()
     assert len(splits["train"]) == 60 and module.leaks.splits["train"].texts == splits["train"]["text"]
+
+
+def write_leaky(small_data_dir: Path, folder: Path) -> Path:
+    """The small CARER slice (and its dataset_info.json) with known leaks planted in train: the first validation
+    example, the first three test examples, a training example twice more (once relabelled)."""
+    shutil.copytree(small_data_dir, folder)
+    lines = {name: (folder / f"{name}.txt").read_text().splitlines() for name in ("train", "val", "test")}
+    text, label = lines["train"][0].rsplit(";", 1)
+    other = "joy" if label != "joy" else "sadness"
+    planted = [lines["val"][0], *lines["test"][:3], f"{text};{label}", f"{text};{other}", lines["train"][1]]
+    (folder / "train.txt").write_text("\n".join(lines["train"] + planted) + "\n")
+    return folder
+
+
+PLANTED = {"data/val_in_train": 1, "data/test_in_train": 3, "data/train_duplicates": 2, "data/train_conflicting": 1}
+
+
+def fit_leaky(tmp_path, model_dir, data, name: str, *extra: str) -> mlflow.entities.Run:
+    cli = EmoCLI(args=["fit", *shrunk_args(tmp_path, model_dir, data, *one_epoch_named(name, ""), *extra)])
+    return mlflow.MlflowClient().get_run(cli.trainer.logger.run_id)
+
+
+def warnings_in(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("emo: warning:")]
+
+
+def test_a_fit_logs_its_leaks_lists_them_and_says_so_when_test_texts_stand_in_train(
+    small_data_dir, tiny_model_dir, tmp_path, tracking_uri, capsys
+):
+    data = write_leaky(small_data_dir, tmp_path / "data")
+    run = fit_leaky(tmp_path, tiny_model_dir, data, "leaks-kept")
+    assert {name: run.data.metrics[name] for name in PLANTED} == PLANTED
+    assert "data/leaks_dropped" not in run.data.metrics
+    table = pd.read_csv(mlflow.MlflowClient().download_artifacts(run.info.run_id, "data/leaks.csv", str(tmp_path)))
+    expected = find_leaks({name: split_as_read(s) for name, s in load_local_splits(str(data)).items()}).table()
+    pd.testing.assert_frame_equal(table, expected)
+    assert list(table["split"]).count("test") == 3 and list(table["split"]).count("train") == 5
+    [line] = warnings_in(capsys.readouterr().err)
+    assert line.startswith("emo: warning: 3 test examples (3.00%) stand word for word in the training split")
+
+
+def test_a_fit_with_drop_leaks_trains_without_them_and_says_nothing(
+    small_data_dir, tiny_model_dir, tmp_path, tracking_uri, capsys
+):
+    data = write_leaky(small_data_dir, tmp_path / "data")
+    run = fit_leaky(tmp_path, tiny_model_dir, data, "leaks-dropped", "--data.drop_leaks", "true")
+    assert run.data.params["data.drop_leaks"] == "True" and run.data.metrics["data/leaks_dropped"] == 4
+    assert {name: run.data.metrics[name] for name in PLANTED} == {
+        **PLANTED,
+        "data/val_in_train": 0,
+        "data/test_in_train": 0,
+    }
+    summary = json.loads(
+        Path(mlflow.MlflowClient().download_artifacts(run.info.run_id, "summary.json", str(tmp_path))).read_text()
+    )
+    assert summary["examples"]["train"] == 300 + 7 - 4
+    assert not warnings_in(capsys.readouterr().err)
