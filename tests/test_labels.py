@@ -1,5 +1,6 @@
 """Labels from the data, end to end against a real MLflow server: a 4-label data set whose names are found in its files
-(sorted) and a 7-label one whose files hold ids into `--data.labels`. Every per-class metric, the predictions, the model's
+(sorted), fitted by the offline config with no label flag, a 7-label one whose files hold ids into `--data.labels`, and
+CARER, whose dataset_info.json keeps the Hub's ids. Every per-class metric, the predictions, the model's
 config, the registered version, predict, sweep and report follow the data's classes; a checkpoint, registered model or
 teacher of other classes is one line."""
 
@@ -16,7 +17,7 @@ from emo import UserError, report, sweep
 from emo.data.fetch import CARER_LABELS
 from emo.fit import EmoCLI
 from emo.spec import METRICS
-from emo_lab.data import DATA_DIR, ROOT, TRAINING_CONFIGS, shrunk_args
+from emo_lab.data import DATA_DIR, ROOT, SHIPPED_TRAINING_CONFIGS, TRAINING_CONFIGS, shrunk_args
 from helpers.processes import run_emo
 
 # TweetEval-like: CARER's sadness, joy and anger, love as optimism; fear and surprise dropped. Names only, no
@@ -96,14 +97,14 @@ def seven_data(small_data_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def four(four_data, tiny_model_dir, mlflow_server, tmp_path_factory):
-    """A fit on the 4-label data (no data.labels: the configs' CARER labels set to null), registered as `labels-four`."""
+    """A fit on the 4-label data by the offline config, no label flag, registered as `labels-four`."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         tmp_path = tmp_path_factory.mktemp("four-fit")
         cli = EmoCLI(
             args=[
                 "fit",
-                *fit_args(tmp_path, tiny_model_dir, four_data, "labels-four", "labels-four", "--data.labels", "null"),
+                *fit_args(tmp_path, tiny_model_dir, four_data, "labels-four", "labels-four"),
             ]
         )
     client = mlflow.MlflowClient(mlflow_server)
@@ -142,7 +143,7 @@ def four_sweep(four_data, tiny_model_dir, mlflow_server, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         patch.chdir(tmp_path)
-        sweep.main(fit_args(tmp_path, tiny_model_dir, four_data, "labels-four", name, "--data.labels", "null",
+        sweep.main(fit_args(tmp_path, tiny_model_dir, four_data, "labels-four", name,
                             "--sweep.study_name", name, "--sweep.storage", f"sqlite:///{tmp_path}/optuna.db",
                             "--sweep.params", '{"optimizer.init_args.lr": [1.0e-3, 5.0e-3]}', "--sweep.pruner", "null",
                             configs=["--config", str(ROOT / "configs/sweep.yaml"), "--config", str(ROOT / "configs/offline.yaml")]))  # fmt: skip
@@ -206,7 +207,7 @@ def predict(tmp_path, model_dir, data, ckpt_path: str, *extra: str) -> tuple[lis
     tmp_path.mkdir()
     texts, output = tmp_path / "texts.txt", tmp_path / "predictions.csv"
     texts.write_text("i feel so happy and hopeful\nthis makes me furious\ni miss her so much\n")
-    # The configs say CARER's six labels (configs/offline.yaml): the model's four win.
+    # The data folder holds four labels, but predict reads no training data: the model's four name the columns.
     EmoCLI(
         args=[
             "predict",
@@ -378,9 +379,15 @@ def test_comparing_runs_of_other_classes_is_refused(four, seven, tracking_uri):
         report.main(["--compare", four_run.info.run_id, seven_run.info.run_id])
 
 
-def test_carer_keeps_the_hub_s_ids():
-    offline = yaml.safe_load((ROOT / "configs/offline.yaml").read_text())
-    assert offline["data"]["labels"] == list(CARER_LABELS)
+def test_no_shipped_config_names_carer_s_classes():
+    for path in SHIPPED_TRAINING_CONFIGS:
+        assert "labels" not in ((yaml.safe_load(path.read_text()) or {}).get("data") or {}), path
+
+
+def test_the_offline_config_fits_carer_with_the_hub_s_ids(data_dir, tiny_model_dir, tmp_path):
+    cli = EmoCLI(args=shrunk_args(tmp_path, tiny_model_dir, data_dir), run=False)
+    assert list(cli.datamodule.label_names) == list(cli.model.hparams.label_names) == list(CARER_LABELS)
+    assert cli.model.model.config.id2label == dict(enumerate(CARER_LABELS))
     readme = DATA_DIR / "README.md"  # the data's card, where the copy comes with one: "sadness 0, joy 1, ..."
     if readme.is_file():
         line = next(line for line in readme.read_text().splitlines() if line.startswith("Label ids as on the Hub:"))

@@ -146,6 +146,13 @@ PARALLEL_COORDINATE_ARTIFACT, OPTIMIZATION_HISTORY_ARTIFACT = (
 )
 
 
+# Of the splits a run uses, counted as it starts (`emo.data.leaks`), logged at step 0: the examples of validation and of
+# test whose text stands in train; the training texts two or more examples hold, and of those, the ones with two labels.
+IN_TRAIN_METRICS = {split: f"data/{stage}_in_train" for stage, split in STAGE_SPLITS.items()}  # data/val_in_train, ...
+TRAIN_DUPLICATES, TRAIN_CONFLICTING = "data/train_duplicates", "data/train_conflicting"
+LEAKS_DROPPED = "data/leaks_dropped"  # with data.drop_leaks: the training examples it dropped
+LEAKS_ARTIFACT = "data/leaks.csv"  # every example those metrics count: its label, its text's labels in train
+
 HELDOUT_ARTIFACT = "audit/heldout_probabilities.csv"  # of an audit's fold: the held-out examples' probabilities
 LABEL_ISSUES_ARTIFACT = "audit/label_issues.csv"  # of an audit: the flagged examples, most likely wrong first
 OUT_OF_FOLD_ARTIFACT = "audit/out_of_fold_probabilities.csv"  # of an audit: every training example's

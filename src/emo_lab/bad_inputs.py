@@ -57,6 +57,11 @@ def data_with(ctx: Context, name: str, content: bytes | None) -> Path:
     return folder
 
 
+def every_training_text_in_validation(ctx: Context) -> Path:
+    """The good data folder with its training examples as the validation split too."""
+    return data_with(ctx, "val.txt", (ctx.data_dir / "train.txt").read_bytes())
+
+
 def model_with(ctx: Context, change: Callable[[Path], None]) -> Path:
     folder = ctx.folder / "model"
     shutil.copytree(ctx.model_dir, folder)
@@ -206,6 +211,30 @@ CASES = [
         plain(lambda c: fit(c, data=data_with(c, "train.jsonl", b'{"text": "hi", "label": 1}\n{"text": "hi"\n'))),
     ),
     Case("subset smaller than the classes", "--data.train_size 3:", plain(lambda c: fit(c, "--data.train_size", "3"))),
+    Case(
+        "dataset_info.json not JSON",
+        "dataset_info.json: line 1: not valid JSON",
+        plain(lambda c: fit(c, data=data_with(c, "dataset_info.json", b"{oops\n"))),
+    ),
+    Case(
+        "a label dataset_info.json does not name",
+        "test.txt:2: unknown label 'optimism' (expected one of sadness, joy, love, anger, fear, surprise or 0-5, as",
+        plain(lambda c: fit(c, data=data_with(c, "test.txt", GOOD_LINE + b"so hopeful;optimism\n"))),
+    ),
+    Case(
+        "no training text left without the leaks",
+        "--data.drop_leaks: the text of every training example",
+        plain(
+            lambda c: fit(
+                c,
+                "--data.drop_leaks",
+                "true",
+                "--data.labels",
+                "[sadness, joy, love, anger, fear, surprise]",
+                data=every_training_text_in_validation(c),
+            )
+        ),
+    ),
     Case(
         "not Parquet",
         "train.parquet: not a Parquet file",
@@ -403,6 +432,7 @@ ONE_OF_EVERY_KIND = (
     "not a checkpoint",  # checkpoints
     "checkpoint of another model",  # a checkpoint that loads, of other weights
     "subset smaller than the classes",  # a setting checked against the data
+    "no training text left without the leaks",  # the same, with names given: found before the trainer's lines
     "predict file empty",  # predict files
     "server not running",  # tracking
     "sweep storage not a URL",  # sweeps

@@ -2,6 +2,7 @@
 shipped configs shrunk to run in seconds."""
 
 import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -24,11 +25,14 @@ SLURM = {
 
 
 def write_small_data(folder: Path, data_dir: Path = DATA_DIR) -> Path:
-    """The first few hundred real examples of each split, in the original format."""
+    """The first few hundred real examples of each split, in the original format, with the data's dataset_info.json
+    (its classes in the Hub's id order)."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, size in SMALL_SIZES.items():
         lines = [line for line in (data_dir / f"{split}.txt").read_text().splitlines() if line.strip()]
         (folder / f"{split}.txt").write_text("\n".join(lines[:size]) + "\n")
+    if (data_dir / "dataset_info.json").is_file():
+        shutil.copyfile(data_dir / "dataset_info.json", folder / "dataset_info.json")
     return folder
 
 

@@ -2,9 +2,10 @@
 
 A link to `../shared/data/emotion` when that folder exists (this lab's machines); otherwise a one-time
 download of `dair-ai/emotion` (configuration `split`) from the Hugging Face Hub, written as the
-authors' `text;label` files. Either way the copy is checked: 16,000 / 2,000 / 2,000 examples and the
-digest of the examples that emo logs as `emo.data_digest`; a copy that differs is one warning line
-that says how. Neither possible: one line that says what to do.
+authors' `text;label` files beside the Hub's `dataset_info.json` (its classes in the Hub's id order,
+which emo reads: `emo.data.labels`). Either way the copy is checked: 16,000 / 2,000 / 2,000 examples,
+the digest of the examples that emo logs as `emo.data_digest`, and the class names in the Hub's order;
+a copy that differs is one warning line that says how. Neither possible: one line that says what to do.
 
     python -m emo data [--target data/emotion] [--shared ../shared/data/emotion]
 """
@@ -19,11 +20,12 @@ from jsonargparse import auto_cli
 
 from emo import UserError, first_line, hub
 from emo.arguments import OneLineParser
+from emo.data.labels import DATASET_INFO, info_names
 from emo.data.splits import content_digest, load_hub_splits, load_local_splits
 from emo.spec import SPLITS
 
 HUB_DATASET, HUB_CONFIG = "dair-ai/emotion", "split"
-CARER_LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")  # in the Hub's id order (configs/offline.yaml)
+CARER_LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")  # in the Hub's id order (its dataset_info.json)
 EXPECTED_SIZES = {"train": 16000, "validation": 2000, "test": 2000}
 # emo.data_digest of the examples (in file order) of the CARER `split` files, as on the Hub and in ../shared.
 EXPECTED_DIGEST = "2fcba6f138f7bad8a41b9281aca7023c91228ddf5c9048b48108e3dfc7a78bf7"
@@ -36,8 +38,12 @@ def data_digest(splits: dict[str, datasets.Dataset]) -> str:
 
 
 def export(splits: dict[str, datasets.Dataset], folder: Path) -> None:
-    """Writes the splits as the authors' files: `<text>;<label name>` a line, train.txt, val.txt, test.txt."""
+    """Writes the splits as the authors' files: `<text>;<label name>` a line, train.txt, val.txt, test.txt; first,
+    the training split's `DatasetInfo` as `dataset_info.json` (`datasets`' format: the classes in id order)."""
     folder.mkdir(parents=True, exist_ok=True)
+    info = splits["train"].info.copy()
+    info.features = splits["train"].features  # the classes as the splits number them
+    info.write_to_directory(str(folder), pretty_print=True)  # before train.txt, whose presence means "fetched"
     for split, name in FILE_NAMES.items():
         names = splits[split].features["label"].names
         lines = [
@@ -49,8 +55,16 @@ def export(splits: dict[str, datasets.Dataset], folder: Path) -> None:
         os.replace(temporary, folder / name)  # a split file is whole or absent
 
 
-def difference(folder: Path) -> str | None:
-    """How the copy in `folder` differs from the expected data (sizes, then examples); None when it does not."""
+def carer_info() -> datasets.DatasetInfo:
+    """CARER's `DatasetInfo` as the Hub gives its features: for a copy fetched before emo wrote one."""
+    features = {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(CARER_LABELS))}
+    return datasets.DatasetInfo(
+        description=f"{HUB_DATASET} (config {HUB_CONFIG})", features=datasets.Features(features)
+    )
+
+
+def examples_difference(folder: Path) -> str | None:
+    """How the examples in `folder` differ from the expected data (sizes, then examples); None when they do not."""
     splits = load_local_splits(str(folder), list(CARER_LABELS))
     sizes = {split: len(examples) for split, examples in splits.items()}
     if sizes != EXPECTED_SIZES:
@@ -62,10 +76,26 @@ def difference(folder: Path) -> str | None:
     return None
 
 
+def difference(folder: Path) -> str | None:
+    """How the copy in `folder` differs from the expected data (sizes, examples, then the names of the classes in its
+    dataset_info.json); None when it does not."""
+    problem = examples_difference(folder)
+    if problem:
+        return problem
+    names = info_names(str(folder))
+    if names != list(CARER_LABELS):
+        found = f"its {DATASET_INFO} names the classes {names}" if names else f"it has no {DATASET_INFO}"
+        return f"{found}: a fit would number them otherwise than the Hub ({', '.join(CARER_LABELS)})"
+    return None
+
+
 def fetch(target: Path, shared: Path) -> str:
     """Fills `target` (a link to `shared`, else the Hub's copy) unless it is there; returns where the data came from."""
     if (target / "train.txt").exists():
         source = f"{target} (already there)"
+        if not (target / DATASET_INFO).exists() and not target.is_symlink() and examples_difference(target) is None:
+            carer_info().write_to_directory(str(target), pretty_print=True)  # a copy an earlier emo fetched
+            source = f"{target} (already there; {DATASET_INFO} added: the Hub's class order)"
     elif (shared / "train.txt").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_symlink():

@@ -1,6 +1,7 @@
 """The LightningDataModule: labelled texts split three ways, tokenized once (cached by `datasets`), padded per batch."""
 
 import hashlib
+import sys
 from functools import cached_property, partial
 from typing import Literal
 
@@ -16,15 +17,22 @@ from emo import hub
 from emo.data.folds import audited, stratified_folds
 from emo.data.formats import DataFormatError
 from emo.data.labels import checked_names
+from emo.data.leaks import Leaks, Split, find_leaks
 from emo.data.sampler import EpochSampler, ResumableLoader
-from emo.data.splits import content_digest, load_hub_splits, load_local_splits, read_predict_texts
-from emo.spec import SPLITS
+from emo.data.splits import content_digest, leaked_from, load_hub_splits, load_local_splits, read_predict_texts
+from emo.spec import IN_TRAIN_METRICS, LEAKS_ARTIFACT, SPLITS
 
 Folds = restricted_number_type("Folds", int, [(">=", 2)])  # an audit needs a fold to hold out and one to train on
 
 
 def batch_size_of(batch: dict) -> int:
     return len(batch["input_ids"])
+
+
+def split_as_read(examples: datasets.Dataset) -> Split:
+    """A split's texts and labels (as names), in its order, for `emo.data.leaks`."""
+    names = examples.features["label"].names
+    return Split(examples["text"], [names[label] for label in examples["label"]])
 
 
 def tokenize_texts(batch: dict, tokenizer, max_length: int) -> dict:
@@ -39,7 +47,7 @@ class EmotionDataModule(L.LightningDataModule):
         dataset_config: Hub dataset configuration.
         data_dir: A local folder with train/val/test files; replaces the Hub.
         labels: The class names in id order (a label in a file may then also be its id). `null`: from the data, the Hub
-            dataset's `ClassLabel` names or the sorted names in the training split.
+            dataset's `ClassLabel` names, the folder's dataset_info.json, or the sorted names in the training split.
         tokenizer_name_or_path: Linked to `model.model_name_or_path` by the CLI.
         max_length: Longer texts are truncated to this many tokens.
         batch_size: Training examples per batch (per device).
@@ -55,6 +63,8 @@ class EmotionDataModule(L.LightningDataModule):
         audit_run: Train on the training split as this `emo audit` run (its MLflow run id) audited it: the examples
             it flagged dropped, or relabelled (`audit_action`). The audit must be of these examples (their digest).
         audit_action: `drop` the flagged examples, or `relabel` them with the class the audit suggests.
+        drop_leaks: Train without the examples whose text stands in validation or test (the same text as
+            `emo.data.leaks` counts it: the string, stripped). Either way a run logs the leaks it trains with.
     """
 
     def __init__(
@@ -77,6 +87,7 @@ class EmotionDataModule(L.LightningDataModule):
         fold_seed: int = 0,
         audit_run: str | None = None,
         audit_action: Literal["drop", "relabel"] = "drop",
+        drop_leaks: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -84,6 +95,8 @@ class EmotionDataModule(L.LightningDataModule):
         self.digests: dict[str, str] = {}
         self.train_as_read_digest: str | None = None  # of the training split before a fold or an audit changed it
         self.audit_changed = 0  # training examples the audit run dropped or relabelled
+        self.leaks: Leaks | None = None  # of the splits as the run uses them (after every data setting)
+        self.leaks_dropped = 0  # training examples drop_leaks dropped
         self.predict_texts: list[str] = []  # in the order of the predict file
         self.predict_lines: list[
             int
@@ -123,6 +136,7 @@ class EmotionDataModule(L.LightningDataModule):
         if self.digests:
             return  # the test after a fit reuses the splits the fit loaded
         self.splits = self.tokenized_splits()
+        self.say_test_leaks()
         # Of the examples in file order (validation and test run sorted by length, which depends on the tokenizer).
         self.digests = {split: content_digest(self.splits[split].sort("example")) for split in SPLITS}
 
@@ -145,6 +159,8 @@ class EmotionDataModule(L.LightningDataModule):
             indexed = splits["train"].add_column("index", list(range(len(fold))))  # its place in the split as read
             splits["heldout"] = indexed.select(np.flatnonzero(fold == self.hparams.holdout_fold))
             splits["train"] = splits["train"].select(np.flatnonzero(fold != self.hparams.holdout_fold))
+        if self.hparams.drop_leaks:
+            splits["train"] = self.without_leaks(splits)
         if self.hparams.train_size and self.hparams.train_size < len(splits["train"]):
             try:
                 splits["train"] = splits["train"].train_test_split(
@@ -152,7 +168,27 @@ class EmotionDataModule(L.LightningDataModule):
                 )["train"]
             except ValueError as error:  # e.g. fewer examples than classes: no stratified subset exists
                 raise DataFormatError(f"--data.train_size {self.hparams.train_size}: {error}") from None
+        self.leaks = find_leaks({split: split_as_read(splits[split]) for split in SPLITS})
         return splits
+
+    def without_leaks(self, splits: datasets.DatasetDict) -> datasets.Dataset:
+        """The training split without the examples whose text stands in validation or test (`drop_leaks`)."""
+        train = splits["train"]
+        dropped = leaked_from(splits)
+        self.leaks_dropped = len(dropped)
+        return train.select(np.setdiff1d(np.arange(len(train)), dropped))
+
+    def say_test_leaks(self) -> None:
+        """One line on the console when test examples stand in train (a model that learnt them is right by rote)."""
+        leaked = len(self.leaks.in_train["test"]) if self.leaks else 0
+        if leaked and (self.trainer is None or self.trainer.is_global_zero):
+            share = leaked / len(self.splits["test"])
+            print(
+                f"emo: warning: {leaked} test examples ({share:.2%}) stand word for word in the training split "
+                f"({IN_TRAIN_METRICS['test']}; listed in the run's {LEAKS_ARTIFACT}); --data.drop_leaks true trains "
+                "without them",
+                file=sys.stderr,
+            )
 
     def tokenize_function(self):
         # A plain function of (tokenizer, max_length): datasets hashes it to key the cache.

@@ -15,7 +15,8 @@ from emo.data.formats import (
     read_text,
     text_lines,
 )
-from emo.data.labels import align_hub_labels, encode_splits
+from emo.data.labels import DATASET_INFO, GIVEN, align_hub_labels, encode_splits, info_names
+from emo.data.leaks import leaked
 from emo.spec import SPLITS
 
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
@@ -61,8 +62,13 @@ def load_split(path: Path, split: str) -> datasets.Dataset:
 
 def load_local_splits(data_dir: str, labels: list[str] | None = None) -> datasets.DatasetDict:
     """Every example is checked while the cache is built; later loads of the same files are cache hits.
-    Labels become ids of `labels`, else of the training split's names (`emo.data.labels`)."""
-    return encode_splits({split: load_split(path, split) for split, path in split_files(data_dir).items()}, labels)
+    Labels become ids of `labels`, else of the names in the folder's dataset_info.json, else of the training split's
+    names, sorted (`emo.data.labels`)."""
+    files = split_files(data_dir)
+    named_by = GIVEN
+    if not labels:
+        labels, named_by = info_names(data_dir), str(Path(data_dir) / DATASET_INFO)
+    return encode_splits({split: load_split(path, split) for split, path in files.items()}, labels, named_by)
 
 
 def read_predict_texts(predict_file: str | None) -> list[str]:
@@ -75,7 +81,18 @@ def read_predict_texts(predict_file: str | None) -> list[str]:
     return texts
 
 
-def check_inputs(data_dir: str | None, predict_file: str | None, stage: str, labels: list[str] | None = None) -> None:
+def leaked_from(splits: datasets.DatasetDict) -> list[int]:
+    """The positions of the training examples whose text stands in validation or test (`emo.data.leaks.leaked`)."""
+    return leaked(splits["train"]["text"], [*splits["validation"]["text"], *splits["test"]["text"]])
+
+
+def check_inputs(
+    data_dir: str | None,
+    predict_file: str | None,
+    stage: str,
+    labels: list[str] | None = None,
+    drop_leaks: bool = False,
+) -> None:
     """Reads every input of a run without a tokenizer or model, so a bad file stops the CLI before anything loads.
 
     The splits are read by `load_local_splits` itself: the run then finds them in the datasets cache.
@@ -84,7 +101,9 @@ def check_inputs(data_dir: str | None, predict_file: str | None, stage: str, lab
     if stage == "predict":
         read_predict_texts(predict_file)
     elif data_dir:
-        load_local_splits(data_dir, labels)
+        splits = load_local_splits(data_dir, labels)
+        if drop_leaks:
+            leaked_from(splits)  # something is left to train on
 
 
 def load_hub_splits(name: str, config: str | None, labels: list[str] | None = None) -> datasets.DatasetDict:

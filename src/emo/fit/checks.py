@@ -71,7 +71,7 @@ def optimizer_problem(config) -> str | None:
 def check_inputs(files: CheckpointFiles, subcommand: str, config) -> None:
     """Data files, the model folder and the checkpoint file, read and checked before any of them is used."""
     data_dir = config.data.data_dir if subcommand != "predict" else None
-    check_data(data_dir, config.data.predict_file, subcommand, config.data.labels)
+    check_data(data_dir, config.data.predict_file, subcommand, config.data.labels, config.data.get("drop_leaks"))
     check_model_folder(config.model.model_name_or_path)
     positions = max_positions(config.model.model_name_or_path)
     if positions and config.data.max_length > positions:

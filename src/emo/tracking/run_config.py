@@ -1,5 +1,5 @@
 """`LogRunConfig`: the resolved config in the MLflow run (`config.yaml`, every setting as a param, tags, the data
-inputs), and why a run stopped.
+inputs, the texts the splits share), and why a run stopped.
 
 Replaces LightningCLI's default callback, which writes into a log folder that sqlite and remote
 stores do not have.
@@ -23,6 +23,8 @@ from emo.spec import (
     DATASET_TAG,
     GIT_COMMIT_TAG,
     LABELS_TAG,
+    LEAKS_ARTIFACT,
+    LEAKS_DROPPED,
     MODEL_TAG,
     SPLITS,
     STAGE_TAG,
@@ -88,4 +90,8 @@ class LogRunConfig(SaveConfigCallback):
             tags[DATA_DIGEST_TAG] = datamodule.data_digest
             tags[VALIDATION_DIGEST_TAG] = datamodule.digests["validation"]
             logger.record_inputs(dataset_inputs(datamodule))
+        if datamodule.leaks is not None:  # texts shared between the splits, as the run uses them (emo.data.leaks)
+            dropped = {LEAKS_DROPPED: datamodule.leaks_dropped} if datamodule.hparams.get("drop_leaks") else {}
+            logger.log_metrics({**datamodule.leaks.metrics(), **dropped}, step=0)
+            logger.record_text(datamodule.leaks.table().to_csv(index=False), LEAKS_ARTIFACT)
         logger.record_tags(tags)
