@@ -40,7 +40,10 @@ def datalab(
             pred_probs=None if probabilities is None else np.asarray(probabilities, dtype=np.float64),
             issue_types={name: dict(settings) for name, settings in checks.items()},
         )
-    ran = set(lab.get_issue_summary()["issue_type"])
+    try:
+        ran = set(lab.get_issue_summary()["issue_type"])
+    except ValueError:  # Datalab's word for "no check ran"
+        ran = set()
     missing = [name for name in checks if name not in ran]
     if missing:
         reasons = [
