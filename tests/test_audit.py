@@ -19,7 +19,10 @@ from emo.spec import (
     AUDITED_DIGEST_TAG,
     DATA_DIGEST_TAG,
     LABEL_ISSUES_ARTIFACT,
+    NEAR_DUPLICATES_ARTIFACT,
     OUT_OF_FOLD_ARTIFACT,
+    OUTLIERS_ARTIFACT,
+    SPLIT_NEAR_DUPLICATES_ARTIFACT,
 )
 from emo.store import read_audit
 from emo_lab.data import ROOT, write_tiny_model
@@ -52,11 +55,9 @@ def planted(tmp_path_factory):
     for i in flipped:
         text, label = train[i]
         train[i] = (text, generator.choice([other for other in WORDS if other != label]))
-    for name, examples in (
-        ("train", train),
-        ("val", learnable_split(generator, 10)),
-        ("test", learnable_split(generator, 10)),
-    ):
+    test = learnable_split(generator, 10)
+    test[0] = train[0]  # a test text that stands in training: the audit's Datalab pairs them
+    for name, examples in (("train", train), ("val", learnable_split(generator, 10)), ("test", test)):
         (folder / f"{name}.txt").write_text("".join(f"{text};{label}\n" for text, label in examples))
     return folder, set(flipped.tolist())
 
@@ -198,6 +199,13 @@ def test_an_audit_finds_planted_flips_and_a_fit_trains_without_them(tmp_path, pl
     assert sorted(run.data.params["data.holdout_fold"] for run in folds) == ["0", "1", "2"]
     assert {run.info.status for run in folds} == {"FINISHED"} and parent.info.status == "FINISHED"
     assert f"emo: audit planted: {len(issues)} of 240 training labels flagged" in out
+    across = pd.read_csv(client.download_artifacts(parent.info.run_id, SPLIT_NEAR_DUPLICATES_ARTIFACT, str(tmp_path)))
+    planted_pair = across[(across["split"] == "test") & (across["example"] == 0)]
+    assert list(planted_pair["index"]) == [0] and planted_pair["text"].iloc[0] == planted_pair["train_text"].iloc[0]
+    assert parent.data.metrics["audit/test_near_train"] >= 1 and "audit/near_duplicates" in parent.data.metrics
+    for artifact in (NEAR_DUPLICATES_ARTIFACT, OUTLIERS_ARTIFACT):
+        assert set(pd.read_csv(client.download_artifacts(parent.info.run_id, artifact, str(tmp_path))).columns)
+    assert "training texts in" in out and "test texts near a training text" in out
 
     code, out = run_emo(
         [

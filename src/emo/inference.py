@@ -1,5 +1,6 @@
 """Class probabilities of a classifier in batches, with no gradients: of texts by a Hugging Face model
-(`text_probabilities`), or of a data loader's batches by emo's model (`loader_probabilities`)."""
+(`text_probabilities`), or of a data loader's batches by emo's model (`loader_probabilities`, with the examples' pooled
+encoder outputs where asked)."""
 
 import contextlib
 from collections.abc import Sequence
@@ -30,18 +31,39 @@ def text_probabilities(
 
 
 @torch.inference_mode()
-def loader_probabilities(module, loader, key: str, context=contextlib.nullcontext) -> dict[str, torch.Tensor]:
+def loader_probabilities(
+    module, loader, key: str, context=contextlib.nullcontext, features: bool = False
+) -> dict[str, torch.Tensor]:
     """`{key, "label", "probabilities"}` of every batch of `loader` through `module` (emo's model, in eval mode for the
     pass), in the loader's order; `key` is the batch column that says which example a row is (kept on the CPU, not an
-    input). `context` wraps each forward pass (a trainer's precision: `strategy.precision_plugin.forward_context`)."""
+    input). `context` wraps each forward pass (a trainer's precision: `strategy.precision_plugin.forward_context`).
+    `features`: also `"features"`, each example's encoder output averaged over its tokens (padding left out), fp32,
+    from the same forward pass."""
     was_training = module.training
     module.eval()
-    keys, labels, probabilities = [], [], []
+    keys, labels, probabilities, pooled = [], [], [], []
     for batch in loader:
         keys.append(batch.pop(key))
         labels.append(batch["labels"])
+        inputs = {name: value.to(module.device) for name, value in batch.items()}
         with context():
-            logits = module({name: value.to(module.device) for name, value in batch.items()})
+            if features:
+                logits, encoding = module.logits_and_encoding(inputs)
+                pooled.append(mean_over_tokens(encoding, inputs.get("attention_mask")).cpu())
+            else:
+                logits = module(inputs)
         probabilities.append(logits.float().softmax(dim=-1).cpu())
     module.train(was_training)
-    return {key: torch.cat(keys), "label": torch.cat(labels), "probabilities": torch.cat(probabilities)}
+    predicted = {key: torch.cat(keys), "label": torch.cat(labels), "probabilities": torch.cat(probabilities)}
+    if features:
+        predicted["features"] = torch.cat(pooled)
+    return predicted
+
+
+def mean_over_tokens(encoding: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """One vector per example (fp32): the mean of its tokens' vectors, padding left out (`attention_mask` 0)."""
+    encoding = encoding.float()
+    if attention_mask is None:
+        return encoding.mean(dim=1)
+    mask = attention_mask.unsqueeze(-1).to(encoding.dtype)
+    return (encoding * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)

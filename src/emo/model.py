@@ -212,6 +212,14 @@ class EmotionClassifier(L.LightningModule):
         """The logits of a batch (its labels and example indices are not inputs)."""
         return self.model(**{key: value for key, value in batch.items() if key not in MODEL_INPUTS_EXCLUDE}).logits
 
+    def logits_and_encoding(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits of a batch and the encoder's output beside them: its last hidden state, one vector per token
+        (batch x tokens x hidden size), from the same forward pass."""
+        output = self.model(
+            **{key: value for key, value in batch.items() if key not in MODEL_INPUTS_EXCLUDE}, output_hidden_states=True
+        )
+        return output.logits, output.hidden_states[-1]
+
     def training_step(self, batch, batch_idx):
         loss = self.loss(self(batch), batch["labels"], batch.get("example"))
         self.log(TRAIN_LOSS, loss, prog_bar=True)

@@ -157,6 +157,29 @@ HELDOUT_ARTIFACT = "audit/heldout_probabilities.csv"  # of an audit's fold: the 
 LABEL_ISSUES_ARTIFACT = "audit/label_issues.csv"  # of an audit: the flagged examples, most likely wrong first
 OUT_OF_FOLD_ARTIFACT = "audit/out_of_fold_probabilities.csv"  # of an audit: every training example's
 NOISE_MATRIX_ARTIFACTS = ("audit/noise_matrix.csv", "audit/noise_matrix.png")  # given x suggested, counts
+# Of an audit's fold: the fold model's pooled encoder output (float16) of its held-out, validation and test examples.
+HELDOUT_FEATURES_ARTIFACT = "audit/heldout_features.npz"
+# Of an audit, from cleanlab's Datalab on the folds' features: training texts near one another (pairs), outliers (most
+# outlying first), and validation or test texts near a training text, compared by the fold model that saw neither.
+NEAR_DUPLICATES_ARTIFACT = "audit/near_duplicates.csv"
+OUTLIERS_ARTIFACT = "audit/outliers.csv"
+SPLIT_NEAR_DUPLICATES_ARTIFACT = "audit/split_near_duplicates.csv"
+DATALAB_FAILURE_TAG = "emo.datalab_failure"  # of an audit whose Datalab could not run: why, in one line
+
+# Metrics of an audit's Datalab: training examples in a near-duplicate set, outliers, examples of a class too rare
+# (cleanlab's class imbalance); of validation and test (`near_train_metrics`), their texts near a training text.
+NEAR_DUPLICATES_METRIC = "audit/near_duplicates"
+NEAR_DUPLICATE_PAIRS_METRIC = "audit/near_duplicate_pairs"
+OUTLIERS_METRIC = "audit/outliers"
+CLASS_IMBALANCE_METRIC = "audit/class_imbalance"
+
+
+def near_train_metrics(stage: str) -> dict[str, str]:
+    """`{what: metric}` for a split's texts near training texts (`stage`: `val` or `test`, as `STAGE_SPLITS`):
+    `examples` of the split with a near-duplicate in training, the `pairs` (split text, training text), and the
+    examples whose training near-duplicates include `conflicting` labels (another label than theirs)."""
+    return {what: f"audit/{stage}_near_train{suffix}" for what, suffix in
+            (("examples", ""), ("pairs", "_pairs"), ("conflicting", "_conflicting"))}  # fmt: skip
 
 
 def predictions_artifact(stage: str) -> str:

@@ -9,6 +9,9 @@ Optuna study (`emo.sweep`): processes sharing its storage share them, a killed a
 it stopped, no fold runs twice. When every fold is in, the parent run gets the out-of-fold
 probabilities, `audit/label_issues.csv` (`emo.audit.issues`), the noise matrix, counts per class,
 and the digest of the training split it audited; `--data.audit_run RUN_ID` trains on the result.
+From the features each fold logs (`emo.fit.heldout`), cleanlab's Datalab adds near-duplicates, outliers and class
+imbalance in the training split, and the validation and test texts near a training text (`emo.audit.data_issues`);
+a Datalab that cannot run says why in one line, and the audit of the labels still finishes.
 """
 
 import os
@@ -24,20 +27,34 @@ from optuna.trial import TrialState
 from emo import UserError
 from emo.analysis import frame_label_names
 from emo.arguments import check_config_files
+from emo.audit.data_issues import split_pairs, training_issues
 from emo.audit.issues import label_issues, noise_figure, noise_matrix
 from emo.audit.settings import AuditSettings
 from emo.data import load_local_splits
 from emo.data.folds import check_folds
 from emo.fit import LOGGER_CLASS, lightning_errors
+from emo.fit.heldout import read_heldout_features
 from emo.quiet import quiet_libraries
 from emo.spec import (
     AUDIT_TAG,
     AUDITED_DIGEST_TAG,
+    CLASS_IMBALANCE_METRIC,
+    DATALAB_FAILURE_TAG,
     FOLD_RUNS_TAG,
     HELDOUT_ARTIFACT,
+    HELDOUT_FEATURES_ARTIFACT,
     LABEL_ISSUES_ARTIFACT,
+    NEAR_DUPLICATE_PAIRS_METRIC,
+    NEAR_DUPLICATES_ARTIFACT,
+    NEAR_DUPLICATES_METRIC,
     NOISE_MATRIX_ARTIFACTS,
     OUT_OF_FOLD_ARTIFACT,
+    OUTLIERS_ARTIFACT,
+    OUTLIERS_METRIC,
+    SPLIT_NEAR_DUPLICATES_ARTIFACT,
+    STAGE_SPLITS,
+    near_train_metrics,
+    predictions_artifact,
 )
 from emo.store import log_params, prepare_tracking, resolve_tracking_uri
 from emo.sweep import RUN_ATTR, ParentRun, StudyCLI, Sweep, SweepSettings
@@ -85,7 +102,15 @@ class AuditParent(ParentRun):
 
     def describe(self, run_id: str) -> None:
         super().describe(run_id)
-        log_params(self.client, run_id, {"audit.folds": self.settings.folds, "audit.seed": self.settings.seed})
+        log_params(
+            self.client,
+            run_id,
+            {
+                "audit.folds": self.settings.folds,
+                "audit.seed": self.settings.seed,
+                "audit.near_duplicate_threshold": self.settings.near_duplicate_threshold,
+            },
+        )
 
 
 def audit_problem(config, logger_class: str) -> str | None:
@@ -189,6 +214,12 @@ def finish(sweep: Sweep, settings: AuditSettings) -> None:
     for name in names:
         client.log_metric(run_id, f"audit/flagged_{name}", int(flagged.get(name, 0)))
     log_params(client, run_id, {"audit.examples": len(frame)})
+    try:
+        found = record_data_issues(client, run_id, fold_runs, frame, names, settings.near_duplicate_threshold)
+    except Exception as error:  # noqa: BLE001 - whatever stops Datalab, the audit of the labels stands
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        client.set_tag(run_id, DATALAB_FAILURE_TAG, reason)
+        found = f"no near-duplicates or outliers: Datalab could not run ({reason})"
     client.set_tag(run_id, FOLD_RUNS_TAG, ", ".join(fold_runs))
     client.set_tag(run_id, AUDITED_DIGEST_TAG, digest)  # last: the audit is complete (emo.store.read_audit)
     sweep.parent.ended()
@@ -196,6 +227,102 @@ def finish(sweep: Sweep, settings: AuditSettings) -> None:
         f"emo: audit {settings.name}: {len(issues)} of {len(frame)} training labels flagged "
         f"({len(issues) / len(frame):.1%}); run {run_id}, {LABEL_ISSUES_ARTIFACT}",
         file=sys.stderr,
+    )
+    print(f"emo: audit {settings.name}: {found}", file=sys.stderr)
+
+
+def fold_features(client, fold_runs: list[str], folder: str) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Each fold's features (`emo.fit.heldout`), in fold order."""
+    return [
+        read_heldout_features(client.download_artifacts(run_id, HELDOUT_FEATURES_ARTIFACT, f"{folder}/{fold}"))
+        for fold, run_id in enumerate(fold_runs)
+    ]
+
+
+def evaluation_texts(client, run_id: str, folder: str) -> dict[str, pd.DataFrame]:
+    """`{split: its examples' text and label, indexed by their place in the split}` for validation and test, as a fold
+    logged them with its predictions (every fold evaluates the same examples)."""
+    texts = {}
+    for stage, split in STAGE_SPLITS.items():
+        frame = pd.read_csv(
+            client.download_artifacts(run_id, predictions_artifact(stage), f"{folder}/{stage}"), keep_default_na=False
+        )
+        texts[split] = frame.set_index("example")[["text", "label"]]
+    return texts
+
+
+def record_data_issues(
+    client, run_id: str, fold_runs: list[str], frame: pd.DataFrame, names: list[str], threshold: float
+) -> str:
+    """Datalab on the folds' features, its tables and counts on the audit's run; returns what it found, in one line.
+
+    The training split: each example's features from the fold model that held it out (its out-of-fold probabilities
+    beside them), for near-duplicates, outliers and class imbalance. Validation and test: in each fold model's space,
+    its held-out training examples with every validation and test example, so a training text and a validation or test
+    text are compared by the one model that saw neither."""
+    with tempfile.TemporaryDirectory() as folder:
+        folds = fold_features(client, fold_runs, folder)
+        evaluation = evaluation_texts(client, fold_runs[0], folder)
+    index = np.concatenate([fold["heldout"][0] for fold in folds])
+    order = np.argsort(index, kind="stable")
+    if not np.array_equal(index[order], frame["index"].to_numpy()):
+        raise ValueError("the folds' features do not cover the training split once each")
+    features = np.concatenate([fold["heldout"][1] for fold in folds])[order]
+    given = frame["label"].map({name: i for i, name in enumerate(names)}).to_numpy()
+    probabilities = frame[[f"p_{name}" for name in names]].to_numpy()
+    training = training_issues(list(frame["text"]), given, features, probabilities, names, threshold)
+    pairs = pd.concat(
+        [
+            split_pairs(fold["heldout"], {split: fold[split] for split in evaluation}, threshold).assign(fold=k)
+            for k, fold in enumerate(folds)
+        ],
+        ignore_index=True,
+    )
+    texts = frame.set_index("index")
+    split = pd.DataFrame(
+        {
+            "split": pairs["split"],
+            "example": pairs["example"],
+            "text": [evaluation[s].at[e, "text"] for s, e in zip(pairs["split"], pairs["example"], strict=True)],
+            "label": [evaluation[s].at[e, "label"] for s, e in zip(pairs["split"], pairs["example"], strict=True)],
+            "index": pairs["index"],
+            "train_text": texts.loc[pairs["index"], "text"].to_numpy(),
+            "train_label": texts.loc[pairs["index"], "label"].to_numpy(),
+            "fold": pairs["fold"],
+            "distance": pairs["distance"],
+        }
+    )
+    rank = split["split"].map({name: i for i, name in enumerate(STAGE_SPLITS.values())})
+    split = split.assign(rank=rank).sort_values(["rank", "distance", "example"]).drop(columns="rank")
+    with tempfile.TemporaryDirectory() as folder:
+        for table, artifact in (
+            (training.near_duplicates, NEAR_DUPLICATES_ARTIFACT),
+            (training.outliers, OUTLIERS_ARTIFACT),
+            (split, SPLIT_NEAR_DUPLICATES_ARTIFACT),
+        ):
+            path = Path(folder) / Path(artifact).name
+            table.to_csv(path, index=False)
+            client.log_artifact(run_id, str(path), os.path.dirname(artifact))
+    client.log_metric(run_id, NEAR_DUPLICATES_METRIC, training.near_duplicate_examples)
+    client.log_metric(run_id, NEAR_DUPLICATE_PAIRS_METRIC, len(training.near_duplicates))
+    client.log_metric(run_id, OUTLIERS_METRIC, len(training.outliers))
+    client.log_metric(run_id, CLASS_IMBALANCE_METRIC, training.class_imbalance)
+    near = []
+    for stage, name in STAGE_SPLITS.items():
+        rows = split[split["split"] == name]
+        counts = {
+            "examples": rows["example"].nunique(),
+            "pairs": len(rows),
+            "conflicting": rows.loc[rows["label"] != rows["train_label"], "example"].nunique(),
+        }
+        for what, metric in near_train_metrics(stage).items():
+            client.log_metric(run_id, metric, counts[what])
+        near.append(
+            f"{counts['examples']} {name} texts near a training text ({counts['conflicting']} of another label)"
+        )
+    return (
+        f"{training.near_duplicate_examples} training texts in {len(training.near_duplicates)} near-duplicate pairs, "
+        f"{len(training.outliers)} outliers; {', '.join(near)}; {SPLIT_NEAR_DUPLICATES_ARTIFACT}"
     )
 
 

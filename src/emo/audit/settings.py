@@ -1,6 +1,8 @@
 """An audit's settings: the `audit:` section of `emo audit` (the training options are `emo fit`'s)."""
 
-from jsonargparse.typing import PositiveInt
+from jsonargparse.typing import PositiveFloat, PositiveInt
+
+from emo.audit.data_issues import NEAR_DUPLICATE_THRESHOLD
 
 
 class AuditSettings:
@@ -13,6 +15,8 @@ class AuditSettings:
         storage: Optuna storage (an RDB URL) that processes sharing the folds share.
         trial_heartbeat_s: A process fitting a fold says so this often.
         trial_grace_s: A fold whose process has been silent this long runs again in another process.
+        near_duplicate_threshold: Two texts are near-duplicates when the distance of their fold models' features is
+            below this share of the median distance of a text to its nearest neighbour (cleanlab's Datalab).
     """
 
     def __init__(
@@ -23,6 +27,7 @@ class AuditSettings:
         storage: str = "sqlite:///optuna.db",
         trial_heartbeat_s: PositiveInt = 30,
         trial_grace_s: PositiveInt = 120,
+        near_duplicate_threshold: PositiveFloat = NEAR_DUPLICATE_THRESHOLD,
     ):
         self.folds = folds
         self.seed = seed
@@ -30,3 +35,4 @@ class AuditSettings:
         self.storage = storage
         self.trial_heartbeat_s = trial_heartbeat_s
         self.trial_grace_s = trial_grace_s
+        self.near_duplicate_threshold = near_duplicate_threshold
