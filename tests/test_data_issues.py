@@ -54,9 +54,7 @@ def test_a_test_text_near_a_training_text_is_paired_with_it_and_only_across_spli
     train_examples = np.arange(len(features)) + 1000  # places in the split, not rows
     test = np.vstack([features[7] + 1e-4, rng.normal(size=(30, features.shape[1])) * 10])
     val = rng.normal(size=(30, features.shape[1])) * 10
-    pairs = split_pairs(
-        (train_examples, features), {"validation": (np.arange(30), val), "test": (np.arange(31), test)}
-    )
+    pairs = split_pairs((train_examples, features), {"validation": (np.arange(30), val), "test": (np.arange(31), test)})
     assert pairs[["split", "example", "index"]].values.tolist() == [["test", 0, 1007]]
 
 
