@@ -99,7 +99,7 @@ serve: $(INSTALLED) ## serve MODEL (the champion's ONNX export) over HTTP, reque
 		--port $(SERVE_PORT) $(ARGS)
 
 benchmark: $(INSTALLED) data ## emo beside the Trainer's best, side by side (~20 min): reports/benchmarks/
-	$(BIN)/python scripts/benchmark.py $(ARGS)
+	$(BIN)/python -m scripts.benchmark $(ARGS)
 
 lock: $(INSTALLED) ## refresh requirements.lock (uv) from pyproject.toml; then make install, make test, commit both
 	echo "$(LOCK_TORCH)" > $(VENV)/torch-override.txt

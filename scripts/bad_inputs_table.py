@@ -1,6 +1,6 @@
-"""Runs every bad input of emo_lab/bad_inputs.py as a real `python -m emo` process and prints a Markdown table.
+"""Runs every bad input of tests/helpers/bad_inputs.py as a real `python -m emo` process and prints a Markdown table.
 
-    .venv/bin/python scripts/bad_inputs_table.py [--only SUBSTRING] > reports/bad_inputs.md
+    .venv/bin/python -m scripts.bad_inputs_table [--only SUBSTRING] > reports/bad_inputs.md
 
 Each case gets a fresh scratch folder, the tiny test model, a few hundred real examples and a
 real MLflow server on 127.0.0.1; the table gives the exit status (and the one expected), the runs the
@@ -17,12 +17,9 @@ import time
 from pathlib import Path
 
 import mlflow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-from emo_lab.bad_inputs import CASES, Context  # noqa: E402
-from emo_lab.data import write_small_data, write_tiny_model  # noqa: E402
-from emo_lab.server import MlflowServer  # noqa: E402
+from tests.helpers.bad_inputs import CASES, Context
+from tests.helpers.data import write_small_data, write_tiny_model
+from tests.helpers.server import MlflowServer
 
 
 def run_case(case, scratch: Path, model: Path, data: Path, server: MlflowServer) -> tuple[int, float, list[str], int]:

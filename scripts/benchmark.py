@@ -1,7 +1,7 @@
 """emo beside the best a Hugging Face `Trainer` user can do, measured side by side in one run.
 
-    .venv/bin/python scripts/benchmark.py                      # everything, about 25 min on 2 cores
-    .venv/bin/python scripts/benchmark.py --only training --rounds 3 --steps 200
+    .venv/bin/python -m scripts.benchmark                      # everything, about 25 min on 2 cores
+    .venv/bin/python -m scripts.benchmark --only training --rounds 3 --steps 200
 
 Sections (each variant runs in its own process; training variants alternate over rounds and the
 median is reported):
@@ -30,10 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from emo_lab.data import DATA_DIR  # noqa: E402
-from emo_lab.server import MlflowServer  # noqa: E402
+from tests.helpers.data import DATA_DIR, ROOT
+from tests.helpers.server import MlflowServer
 
 MODEL_DIR = ROOT / "models/all-MiniLM-L6-v2"
 OFFLINE = ["--config", "configs/base.yaml", "--config", "configs/offline.yaml"]

@@ -1,6 +1,6 @@
 """Is a fit's calibration as good as its test split can show, and would more than one temperature help?
 
-    python scripts/calibration_check.py RUN_ID [RUN_ID ...]     # fits, or sweep parents (their finished trials)
+    python -m scripts.calibration_check RUN_ID [RUN_ID ...]     # fits, or sweep parents (their finished trials)
 
 For each fit, from the predictions it logged (`val/predictions.csv`: the kept checkpoint's raw probabilities;
 `test/predictions.csv`: after its temperature, tag `emo.temperature`): the test ECE raw, after the run's

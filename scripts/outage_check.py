@@ -1,6 +1,6 @@
 """A long tracking outage in the middle of a real fit: points lost, and training speed with and without the server.
 
-    .venv/bin/python scripts/outage_check.py [--outage_s 300] [--train_size 9000] [--epochs 2]
+    .venv/bin/python -m scripts.outage_check [--outage_s 300] [--train_size 9000] [--epochs 2]
 
 Starts a real MLflow server, fine-tunes MiniLM offline (configs/offline.yaml) against it, kills
 the server once training has run for `--cut_after_s`, restarts it on the same port and store
@@ -19,11 +19,8 @@ import time
 from pathlib import Path
 
 import mlflow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-from emo_lab.data import DATA_DIR  # noqa: E402
-from emo_lab.server import MlflowServer  # noqa: E402
+from tests.helpers.data import DATA_DIR, ROOT
+from tests.helpers.server import MlflowServer
 
 
 def train_points(journal: Path) -> list[tuple[int, int]]:

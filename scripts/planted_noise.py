@@ -1,8 +1,8 @@
 """Planted label noise: flip a known, random share of a training split's labels, then score an audit against it.
 
-    python scripts/planted_noise.py plant --data_dir data/emotion --out outputs/planted --share 0.05 --seed 0
+    python -m scripts.planted_noise plant --data_dir data/emotion --out outputs/planted --share 0.05 --seed 0
     python -m emo audit --config configs/base.yaml --config configs/offline.yaml --data.data_dir outputs/planted ...
-    python scripts/planted_noise.py score --flips outputs/planted/flips.csv --audit AUDIT_RUN_ID
+    python -m scripts.planted_noise score --flips outputs/planted/flips.csv --audit AUDIT_RUN_ID
 
 `plant` copies the three split files of a CARER-format folder (`text;label` lines), each flipped
 training example given another class drawn uniformly, and writes `flips.csv` (index, text, true,

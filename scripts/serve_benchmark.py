@@ -2,7 +2,7 @@
 
     export MLFLOW_TRACKING_URI=sqlite:////tmp/serve/mlflow.db
     python -m emo export --model models:/minilm-emotion-classifier@champion          # int8: NAME-onnx/1
-    python scripts/serve_benchmark.py --source models:/minilm-emotion-classifier@champion \\
+    python -m scripts.serve_benchmark --source models:/minilm-emotion-classifier@champion \\
         --export models:/minilm-emotion-classifier-onnx/1
 
 In process first (this process, nothing else running): the export's own `predict` (`mlflow.pyfunc.load_model`)
@@ -33,9 +33,8 @@ import time
 from pathlib import Path
 
 import psutil
-
-from emo_lab.data import ROOT
-from emo_lab.server import free_port, served_model, wait_for_http
+from tests.helpers.data import ROOT
+from tests.helpers.server import free_port, served_model, wait_for_http
 
 CLIENTS = (1, 4, 16)
 BATCH = 32

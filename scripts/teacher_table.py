@@ -1,6 +1,6 @@
 """Teachers as classifiers: each model alone and the mean probabilities of each group, on val and test, as a Markdown table.
 
-    .venv/bin/python scripts/teacher_table.py mpnet3=models:/mpnet-emotion-teacher/1,models:/mpnet-emotion-teacher/2,models:/mpnet-emotion-teacher/3 \
+    .venv/bin/python -m scripts.teacher_table mpnet3=models:/mpnet-emotion-teacher/1,models:/mpnet-emotion-teacher/2,models:/mpnet-emotion-teacher/3 \
         [NAME=TEACHER,TEACHER ...] [--data_dir data/emotion] [--max_length 128]
 
 A teacher is what `--model.teacher` takes (a registered model or a run id), read from MLFLOW_TRACKING_URI.

@@ -1,6 +1,6 @@
 """The test split audited by a model that never saw it: which test labels are likely wrong, and accuracy without them.
 
-    python scripts/test_split_audit.py --run RUN_ID
+    python -m scripts.test_split_audit --run RUN_ID
 
 A fit's `test/predictions.csv` holds, for every test example, the probabilities of a model trained on the
 training split only: what confident learning needs (as an audit's out-of-fold probabilities). The same

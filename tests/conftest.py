@@ -19,9 +19,9 @@ from emo.store import use_mlflow_defaults  # noqa: E402
 
 use_mlflow_defaults()  # MLflow's settings as `python -m emo` makes them, for the tests that run emo in this process
 import emo.fit  # noqa: E402,F401 - Lightning binds its log handler to sys.stderr on import: here, not in a test's captured one
-from emo_lab.data import DATA_DIR, write_small_data, write_tiny_model  # noqa: E402
-from emo_lab.server import MlflowServer  # noqa: E402
+from helpers.data import DATA_DIR, write_small_data, write_tiny_model  # noqa: E402
 from helpers.processes import STARTED  # noqa: E402
+from helpers.server import MlflowServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

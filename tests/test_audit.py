@@ -25,7 +25,7 @@ from emo.spec import (
     SPLIT_NEAR_DUPLICATES_ARTIFACT,
 )
 from emo.store import read_audit
-from emo_lab.data import ROOT, write_tiny_model
+from helpers.data import ROOT, write_tiny_model
 from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 

@@ -11,7 +11,7 @@ import pytest
 
 from emo.arguments import one_line
 from emo.commands import main
-from emo_lab.bad_inputs import CASES, ONE_OF_EVERY_KIND, Context
+from helpers.bad_inputs import CASES, ONE_OF_EVERY_KIND, Context
 from helpers.processes import run_emo
 
 

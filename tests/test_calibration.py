@@ -22,7 +22,7 @@ from emo.calibration import (
     softmax,
 )
 from emo.export.served import top_label_calibrated
-from emo_lab.data import ROOT
+from helpers.data import ROOT
 
 
 def tempered_examples(temperature: float, n: int = 20_000, k: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

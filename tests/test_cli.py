@@ -14,7 +14,7 @@ from emo import UserError
 from emo.data import DataFormatError
 from emo.fit import EmoCLI
 from emo.optim import build_optimizer, parameter_groups
-from emo_lab.data import ROOT, SHIPPED_TRAINING_CONFIGS, shrunk_args
+from helpers.data import ROOT, SHIPPED_TRAINING_CONFIGS, shrunk_args
 
 
 def instantiate(*args: str) -> EmoCLI:

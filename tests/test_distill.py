@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from emo.fit import EmoCLI
 from emo.losses import TrainingLoss, distillation_loss
 from emo.spec import TEACHER_ARTIFACT
-from emo_lab.data import ROOT, SMALL_SIZES, one_epoch_named, shrunk_args
+from helpers.data import ROOT, SMALL_SIZES, one_epoch_named, shrunk_args
 
 CARER = ["sadness", "joy", "love", "anger", "fear", "surprise"]  # the ids a teacher's classes must have
 
@@ -77,7 +77,8 @@ def test_a_student_learns_from_a_registered_teacher_computed_once(
     table = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts/teacher_table.py"),
+            "-m",
+            "scripts.teacher_table",
             f"solo={uri}",
             f"twice={uri},{uri}",
             "--data_dir",
@@ -86,6 +87,7 @@ def test_a_student_learns_from_a_registered_teacher_computed_once(
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=ROOT,
     )
     assert table.returncode == 0, table.stderr
     rows = [line.split(" | ") for line in table.stdout.splitlines()[2:]]

@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from emo.data.fetch import CARER_LABELS
-from emo_lab.server import wait_for_http
 from helpers.processes import run_emo
+from helpers.server import wait_for_http
 from helpers.serving import (
     HOLD_FOLDER,
     emo_predict_rows,

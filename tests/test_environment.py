@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from emo_lab.data import ROOT
+from helpers.data import ROOT
 
 SHELL = {
     "HF_HUB_OFFLINE": "1",

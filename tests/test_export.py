@@ -19,9 +19,9 @@ from emo.calibration import expected_calibration_error, fit_top_label_map
 from emo.export.parity import FP32_TOLERANCE, INT8_ACCURACY_LOSS
 from emo.export.served import top_label_calibrated
 from emo.store.registry import log_transformers_model, register, tracking_store
-from emo_lab.data import DATA_DIR, ROOT
-from emo_lab.server import served_model
+from helpers.data import DATA_DIR, ROOT
 from helpers.processes import run_emo
+from helpers.server import served_model
 
 NAME = "emotion-export-test"
 MAP_EXAMPLES = 1200  # the validation examples of the test exports' top-label map

@@ -16,7 +16,7 @@ from emo.inference import text_probabilities
 from emo.model import EmotionClassifier
 from emo.spec import KEPT_STEP_TAG
 from emo.tracking import VAL_PREDICTIONS_KEY
-from emo_lab.data import SMALL_SIZES, shrunk_args
+from helpers.data import SMALL_SIZES, shrunk_args
 from helpers.gates import gate_callback, wait_for_reached
 from helpers.processes import start_emo
 

@@ -8,7 +8,7 @@ import pytest
 
 from emo import hardware
 from emo.fit import EmoCLI
-from emo_lab.data import ROOT
+from helpers.data import ROOT
 
 
 def cpu_flags() -> set[str]:

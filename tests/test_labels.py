@@ -17,7 +17,7 @@ from emo import UserError, report, sweep
 from emo.data.fetch import CARER_LABELS
 from emo.fit import EmoCLI
 from emo.spec import METRICS
-from emo_lab.data import DATA_DIR, ROOT, SHIPPED_TRAINING_CONFIGS, TRAINING_CONFIGS, shrunk_args
+from helpers.data import DATA_DIR, ROOT, SHIPPED_TRAINING_CONFIGS, TRAINING_CONFIGS, shrunk_args
 from helpers.processes import run_emo
 
 # TweetEval-like: CARER's sadness, joy and anger, love as optimism; fear and surprise dropped. Names only, no

@@ -12,7 +12,7 @@ from emo.fit import EmoCLI
 from emo.hardware import cpu_has_fast_bf16
 from emo.report.table import load_runs, summary_table
 from emo.spec import Metric
-from emo_lab.data import ROOT, shrunk_args
+from helpers.data import ROOT, shrunk_args
 from helpers.processes import run_emo
 
 TRAINING_LIBRARIES = ("torch", "lightning", "transformers", "datasets")
@@ -117,3 +117,25 @@ def test_the_metrics_in_docs_are_the_spec_s():
     assert METRICS_START in text and METRICS_END in text
     documented = text.split(METRICS_START, 1)[1].split(METRICS_END, 1)[0].strip()
     assert documented == metrics_table(), f"docs/tracking.md: put this table between its markers:\n{metrics_table()}"
+
+
+def test_the_wheel_holds_emo_only(tmp_path):
+    """What `pip install .` ships: the package, no test helpers and no tests (built from a copy: no build/ left here)."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [wheel] = tmp_path.glob("emo-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert tops == {"emo", wheel.name.split("-py")[0] + ".dist-info"}

@@ -12,7 +12,7 @@ from emo.data import EmotionDataModule, load_local_splits
 from emo.data.leaks import Split, find_leaks, same_text
 from emo.data.module import split_as_read
 from emo.fit import EmoCLI
-from emo_lab.data import one_epoch_named, shrunk_args
+from helpers.data import one_epoch_named, shrunk_args
 
 # Made up so that each rule shows once: the outer spaces of a text do not count; its case and inner spaces do.
 TRAIN = [

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from emo_lab.data import ROOT
+from helpers.data import ROOT
 
 
 def planned(target: str, venv) -> str:

@@ -6,11 +6,11 @@ import time
 import mlflow
 import pytest
 
-from emo_lab.data import ROOT, shrunk_args
-from emo_lab.server import MlflowServer
+from helpers.data import ROOT, shrunk_args
 from helpers.gates import open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo, wait_for_output
 from helpers.records import STEPS, assert_complete_record, outage_fit_args
+from helpers.server import MlflowServer
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from emo.conformal import fit_sets
 from emo.data.fetch import CARER_LABELS
 from emo.fit import EmoCLI
 from emo.spec import MODEL_URI_TAG
-from emo_lab.data import ROOT, SMALL_SIZES, shrunk_args
+from helpers.data import ROOT, SMALL_SIZES, shrunk_args
 
 
 def fit(tmp_path, tiny_model_dir, small_data_dir, experiment: str, model_name: str, *extra: str) -> EmoCLI:
@@ -315,10 +315,11 @@ def test_the_test_split_audit_script_flags_test_labels_and_scores_the_rest(fitte
     """scripts/test_split_audit.py on the fit's logged test probabilities: accuracy on all is the run's test/acc."""
     _, client, run = fitted
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/test_split_audit.py"), "--run", run.info.run_id],
+        [sys.executable, "-m", "scripts.test_split_audit", "--run", run.info.run_id],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=ROOT,
         env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server},
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,12 +9,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from emo_lab.data import ROOT, shrunk_args
-from emo_lab.server import MlflowServer
+from helpers.data import ROOT, shrunk_args
 from helpers.gates import gate_callback, wait_for_reached
 from helpers.postgres import PostgresServer, bindir
 from helpers.processes import start_emo
 from helpers.secrets import file_texts, leaks, run_texts
+from helpers.server import MlflowServer
 
 pytestmark = pytest.mark.skipif(
     bindir() is None and not os.environ.get("EMO_CI"),

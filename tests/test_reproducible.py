@@ -3,7 +3,7 @@
 import mlflow
 
 from emo.fit import EmoCLI
-from emo_lab.data import shrunk_args
+from helpers.data import shrunk_args
 
 COMPARED = ["train/loss", "val/loss", "val/f1_weighted", "test/acc", "test/f1_macro", "test/f1_weighted", "test/loss"]
 

@@ -12,7 +12,7 @@ from emo.fit.checkpoint_files import CheckpointFiles
 from emo.fit.resume import read_record
 from emo.spec import ENDED_BY_TAG, HEARTBEAT_TAG
 from emo.store import is_stale
-from emo_lab.data import SLURM, SMALL_SIZES, shrunk_args
+from helpers.data import SLURM, SMALL_SIZES, shrunk_args
 from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 

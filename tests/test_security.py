@@ -13,12 +13,12 @@ import torch
 from mlflow.server import get_app_client
 
 from emo.fit.checkpoint_files import CheckpointError, CheckpointFiles
-from emo_lab.data import ROOT, one_epoch_named, shrunk_args
-from emo_lab.server import MlflowServer
+from helpers.data import ROOT, one_epoch_named, shrunk_args
 from helpers.gates import open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 from helpers.records import assert_complete_record, outage_fit_args
 from helpers.secrets import file_texts, leaks, run_texts
+from helpers.server import MlflowServer
 
 SECRETS = {  # what a researcher's shell may hold while training; the test puts each one into the record
     "MLFLOW_TRACKING_PASSWORD": "pw-9f2c1e7a-tracking",  # in the tracking URI

@@ -6,7 +6,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from emo.store import Journal, Sender, pending_journals
 from emo.store.journal import SENT, read_entries
-from emo_lab.data import one_epoch_named, shrunk_args
+from helpers.data import one_epoch_named, shrunk_args
 from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import run_emo, start_emo
 

@@ -11,9 +11,9 @@ import pytest
 from emo.commands import main
 from emo.data.fetch import CARER_LABELS
 from emo.fit import EmoCLI
-from emo_lab.data import shrunk_args
-from emo_lab.server import served_model
+from helpers.data import shrunk_args
 from helpers.processes import run_emo
+from helpers.server import served_model
 
 NAME = "emotion-serve-test"
 TEXTS = ["i feel so happy and loved", "this makes me furious", "i am scared of the dark", "what a surprise to see you"]

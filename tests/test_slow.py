@@ -8,7 +8,7 @@ import torch
 
 from emo.data.fetch import CARER_LABELS
 from emo.fit import EmoCLI
-from emo_lab.data import ROOT, shrunk_args
+from helpers.data import ROOT, shrunk_args
 
 
 @pytest.mark.slow

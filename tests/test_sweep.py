@@ -18,7 +18,7 @@ from emo import report, sweep
 from emo.report.importance import importances_lines, write_sweep_analysis
 from emo.spec import MODEL_URI_TAG
 from emo.store import mark_as_model_training
-from emo_lab.data import DATA_DIR, ROOT, SHIPPED_SWEEP_CONFIGS, shrunk_args
+from helpers.data import DATA_DIR, ROOT, SHIPPED_SWEEP_CONFIGS, shrunk_args
 from helpers.gates import gate_callback, open_gate, wait_for_reached
 from helpers.processes import start_emo
 

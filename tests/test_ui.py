@@ -9,7 +9,7 @@ import pytest
 
 from emo.fit import EmoCLI
 from emo.store import ui_url
-from emo_lab.data import one_epoch_named, shrunk_args
+from helpers.data import one_epoch_named, shrunk_args
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # As the probe of this machine kind starts it: no sandbox as root, and no calls to Google's services.

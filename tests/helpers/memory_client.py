@@ -1,5 +1,5 @@
 """An MLflow client that keeps runs in memory: for unit tests of the journal, the sender and the resume rule, where
-the server is not the point. The end-to-end tests run against a real server (emo_lab.server).
+the server is not the point. The end-to-end tests run against a real server (helpers.server).
 
 `down = True` makes every call fail as MLflow's client fails when the server is away (an MlflowException
 raised while handling a requests ConnectionError); `refuse` makes the next call fail with an HTTP status.

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from emo_lab.server import free_port
+from .server import free_port
 
 
 def bindir() -> Path | None:

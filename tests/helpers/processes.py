@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from emo_lab.data import ROOT
+from .data import ROOT
 
 
 def as_in_a_terminal():

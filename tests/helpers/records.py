@@ -2,7 +2,7 @@
 
 import json
 
-from emo_lab.data import SMALL_SIZES, shrunk_args
+from .data import SMALL_SIZES, shrunk_args
 
 STEPS = 2 * -(-SMALL_SIZES["train"] // 16)  # two epochs of 19 batches
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from litserve import Callback
 
-from emo_lab.data import ROOT
-from emo_lab.server import free_port, wait_for_http
-from helpers.processes import run_emo
+from .data import ROOT
+from .processes import run_emo
+from .server import free_port, wait_for_http
 
 HOLD_FOLDER = "EMO_TEST_HOLD_FOLDER"  # where HoldForward writes `reached-<n>` and waits for `open`
 

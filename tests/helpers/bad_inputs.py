@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from emo_lab.data import ROOT, SLURM, TRAINING_CONFIGS
+from .data import ROOT, SLURM, TRAINING_CONFIGS
 
 
 @dataclasses.dataclass
