@@ -16,7 +16,7 @@ import emo.data
 from emo.data import (
     DataFormatError,
     EmotionDataModule,
-    check_inputs,
+    check_data_files,
     content_digest,
     find_split_file,
     label_name,
@@ -426,7 +426,7 @@ def test_bad_inputs_stop_with_one_line_naming_file_and_line(tmp_path, files, inp
     data_dir, predict_file, stage = inputs
     message = message.format(d=tmp_path)
     with pytest.raises(DataFormatError, match=f"^{re.escape(message)}$"):
-        check_inputs(
+        check_data_files(
             data_dir and str(tmp_path / data_dir),
             predict_file and str(tmp_path / predict_file),
             stage,
@@ -490,27 +490,27 @@ def test_a_dataset_info_that_cannot_be_read_is_one_line_naming_it(tmp_path, cont
 
 def test_check_inputs_refuses_a_drop_of_the_leaks_that_leaves_nothing_to_train_on(tmp_path):
     write_splits(tmp_path, val="i feel fine;joy\n", test="i am down;sadness\nso mad;anger\n")
-    check_inputs(str(tmp_path), None, "fit", drop_leaks=False)
+    check_data_files(str(tmp_path), None, "fit", drop_leaks=False)
     with pytest.raises(DataFormatError, match=r"^--data.drop_leaks: the text of every training example \(3\) stands"):
-        check_inputs(str(tmp_path), None, "fit", drop_leaks=True)
+        check_data_files(str(tmp_path), None, "fit", drop_leaks=True)
 
 
 def test_check_inputs_reads_only_what_the_stage_uses(tmp_path):
     (tmp_path / "texts.txt").write_text("i am thrilled\n")
-    check_inputs(str(tmp_path / "no-data-here"), str(tmp_path / "texts.txt"), "predict")  # predict reads no splits
-    check_inputs(None, str(tmp_path / "missing.txt"), "fit")  # the Hub dataset is left to datasets; no predict file
+    check_data_files(str(tmp_path / "no-data-here"), str(tmp_path / "texts.txt"), "predict")  # predict reads no splits
+    check_data_files(None, str(tmp_path / "missing.txt"), "fit")  # the Hub dataset is left to datasets; no predict file
 
 
 def test_check_inputs_fills_the_cache_that_training_loads(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))
-    check_inputs(str(data_dir), None, "fit")
+    check_data_files(str(data_dir), None, "fit")
     written = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.arrow")}
     splits = load_local_splits(str(data_dir))
     assert {name: len(split) for name, split in splits.items()} == {"train": 16000, "validation": 2000, "test": 2000}
     cached = {Path(file["filename"]) for split in splits.values() for file in split.cache_files}
     assert len(cached) == 3 and cached <= set(
         written
-    )  # files check_inputs wrote (as read, then labelled), not new ones
+    )  # files check_data_files wrote (as read, then labelled), not new ones
     assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.arrow")} == written
 
 

@@ -4,13 +4,9 @@ the paired bootstrap that says whether one run (or group of seeds) beats another
 
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # drawn into files: no pyplot, no backend, nothing to close
 
 from emo.bootstrap import bootstrap_weights, percentile_interval  # noqa: E402
 from emo.spec import is_maximized  # noqa: E402
@@ -62,7 +58,8 @@ def normalised_confusion_figure(confusion, label_names: Sequence[str]):
     """Rows are the true classes, each summing to 1: the recall of a class on the diagonal, where its misses go beside it."""
     counts = np.asarray(confusion, dtype=np.float64)
     shares = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
-    figure, ax = plt.subplots(figsize=(7, 6))
+    figure = Figure(figsize=(7, 6))
+    ax = figure.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (i, j), share in np.ndenumerate(shares):
         ax.text(j, i, f"{share:.2f}", ha="center", va="center", color="white" if share > 0.6 else "black", fontsize=9)
@@ -85,7 +82,8 @@ def per_class_f1_figure(report: dict):
     """F1 per class as bars, with each class's test support: the rare classes are where the errors weigh most."""
     labels = list(report)
     f1 = [report[label]["f1"] for label in labels]
-    figure, ax = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    ax = figure.subplots()
     bars = ax.bar(labels, f1, color="tab:blue")
     for bar, label in zip(bars, labels, strict=True):
         ax.annotate(

@@ -14,12 +14,8 @@ only hold a temperature), so `emo export` fits it on validation and its served m
 
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # drawn into files: no pyplot, no backend, nothing to close
 
 from emo.bootstrap import bootstrap_weights, percentile_interval  # noqa: E402
 
@@ -157,7 +153,8 @@ def reliability_figure(probabilities, labels, bins: int = 15, title: str = "test
     accuracy = np.bincount(index, weights=correct, minlength=bins)[filled] / counts[filled]
     mean_confidence = np.bincount(index, weights=confidence, minlength=bins)[filled] / counts[filled]
     edges = np.linspace(0, 1, bins + 1)
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    figure = Figure(figsize=(6, 6.5))
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(
         edges[:-1][filled],
         accuracy,

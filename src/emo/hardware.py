@@ -9,13 +9,15 @@ On a CPU, a fit also draws its dropout masks faster (`cpu_dropout`) and uses pla
 """
 
 import contextlib
+import logging
 from pathlib import Path
 
 import torch
-import transformers
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+from emo.quiet import logger_at
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -94,10 +96,5 @@ def use_cpu_kernels(model: nn.Module, attention: bool) -> None:
                 setattr(module, name, CpuDropout(child.p).train(child.training))
     if attention and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager"):
         # A model that takes no attention function (MPNet) keeps its own; transformers' warning that it does is expected.
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()
-        try:
-            with contextlib.suppress(ValueError, AttributeError):
-                model.set_attn_implementation("emo_cpu")
-        finally:
-            transformers.logging.set_verbosity(verbosity)
+        with logger_at("transformers", logging.ERROR), contextlib.suppress(ValueError, AttributeError):
+            model.set_attn_implementation("emo_cpu")

@@ -26,7 +26,7 @@ def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: 
     return F.kl_div(student, target, reduction="batchmean") * temperature**2
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)  # by keyword: a field added in the middle shifts nothing
 class TrainingLoss:
     """`(1 - alpha) CE + alpha T² KL(teacher || student)`; plain (weighted, smoothed) cross-entropy without teacher
     targets or at alpha 0. The class weights and the teacher targets are set when the fit starts."""

@@ -6,14 +6,13 @@ targets are prepared by `emo.fit.teachers`, and what a run keeps of an evaluatio
 `emo.tracking.EvaluationPredictions`.
 """
 
-import contextlib
 import importlib
+import logging
 import warnings
 from collections.abc import Sequence
 
 import lightning as L
 import torch
-import transformers
 from jsonargparse.typing import ClosedUnitInterval, PositiveFloat, restricted_number_type
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
@@ -36,6 +35,7 @@ from emo.optim import (
     parameter_groups,
     plain_callable,
 )
+from emo.quiet import logger_at
 from emo.spec import LOSS, STAGE_SPLITS, TRAIN_LOSS, TRAIN_LR
 
 EVAL_STAGES = tuple(STAGE_SPLITS)
@@ -62,23 +62,13 @@ class TrainingDiverged(UserError):
     """The loss is no longer a number: the run stops and is recorded as FAILED."""
 
 
-@contextlib.contextmanager
-def transformers_errors_only():
-    previous = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(previous)
-
-
 def load_classifier(name: str, label_names: Sequence[str], attn_implementation: str | None = None) -> nn.Module:
     """The pretrained encoder with a new classification head.
 
     transformers reports the new head's weights as missing from the checkpoint, which is the
     point of fine-tuning; only weights missing from the encoder itself are worth a warning.
     """
-    with transformers_errors_only():
+    with logger_at("transformers", logging.ERROR):
         model, loading = hub.from_pretrained(
             AutoModelForSequenceClassification,
             name,
@@ -166,7 +156,9 @@ class EmotionClassifier(L.LightningModule):
                 if isinstance(module, nn.Dropout):
                     module.p = dropout  # attention layers read their dropout module's p too
         self.metrics = nn.ModuleDict({stage: evaluation_metrics(label_names, stage) for stage in EVAL_STAGES})
-        self.loss = TrainingLoss(label_smoothing, distill_alpha, distill_temperature)
+        self.loss = TrainingLoss(
+            label_smoothing=label_smoothing, distill_alpha=distill_alpha, distill_temperature=distill_temperature
+        )
 
     @property
     def needs_training_data(self) -> bool:

@@ -11,8 +11,7 @@ import pandas as pd
 from cleanlab.count import compute_confident_joint
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
-
-from emo.analysis import plt
+from matplotlib.figure import Figure  # drawn into files: no pyplot, no backend, nothing to close
 
 
 def label_issues(
@@ -47,7 +46,8 @@ def noise_matrix(given: np.ndarray, probabilities: np.ndarray, label_names: Sequ
 
 def noise_figure(matrix: pd.DataFrame):
     """The noise matrix as a heat map of counts, given by row, suggested by column."""
-    figure, ax = plt.subplots(figsize=(7, 6))
+    figure = Figure(figsize=(7, 6))
+    ax = figure.subplots()
     values = matrix.to_numpy()
     ax.imshow(np.log1p(values), cmap="Blues")
     ticks = range(len(matrix))
@@ -60,7 +60,9 @@ def noise_figure(matrix: pd.DataFrame):
         ylabel="given (label)",
         title="Estimated label noise: counts (confident joint)",
     )
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    ax.tick_params(axis="x", labelrotation=45)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
     for (row, column), count in np.ndenumerate(values):
         ax.text(column, row, str(int(count)), ha="center", va="center", color="black" if row != column else "white")
     figure.tight_layout()

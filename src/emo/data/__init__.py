@@ -5,7 +5,7 @@ from emo.data.formats import READERS, DataFormatError, label_name, read_table_ex
 from emo.data.labels import checked_names, names_in
 from emo.data.module import EmotionDataModule, batch_size_of
 from emo.data.sampler import EpochSampler, length_buckets
-from emo.data.splits import check_inputs, content_digest, find_split_file, load_local_splits, read_predict_texts
+from emo.data.splits import check_data_files, content_digest, find_split_file, load_local_splits, read_predict_texts
 
 __all__ = [
     "READERS",
@@ -13,7 +13,7 @@ __all__ = [
     "EmotionDataModule",
     "EpochSampler",
     "batch_size_of",
-    "check_inputs",
+    "check_data_files",
     "content_digest",
     "find_split_file",
     "checked_names",

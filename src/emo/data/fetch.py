@@ -37,7 +37,7 @@ def data_digest(splits: dict[str, datasets.Dataset]) -> str:
     return hashlib.sha256("".join(content_digest(splits[split]) for split in SPLITS).encode()).hexdigest()
 
 
-def export(splits: dict[str, datasets.Dataset], folder: Path) -> None:
+def write_splits(splits: dict[str, datasets.Dataset], folder: Path) -> None:
     """Writes the splits as the authors' files: `<text>;<label name>` a line, train.txt, val.txt, test.txt; first,
     the training split's `DatasetInfo` as `dataset_info.json` (`datasets`' format: the classes in id order)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ def fetch(target: Path, shared: Path) -> str:
                 f"Face Hub {why}; put train/val/test files (text;label a line) in a folder and give it with "
                 "--data.data_dir PATH"
             ) from None
-        export(splits, target)
+        write_splits(splits, target)
         source = f"{target}, downloaded from {HUB_DATASET} ({HUB_CONFIG})"
     problem = difference(target)
     if problem:

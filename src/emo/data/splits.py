@@ -86,7 +86,7 @@ def leaked_from(splits: datasets.DatasetDict) -> list[int]:
     return leaked(splits["train"]["text"], [*splits["validation"]["text"], *splits["test"]["text"]])
 
 
-def check_inputs(
+def check_data_files(
     data_dir: str | None,
     predict_file: str | None,
     stage: str,

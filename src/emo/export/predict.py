@@ -91,6 +91,16 @@ def load(model_uri: str, folder: str) -> OnnxTextClassifier:
     return OnnxTextClassifier().load(path / "artifacts" / GRAPH_FILE, path / "artifacts" / "tokenizer")
 
 
+def main(args: list[str]) -> None:
+    """`emo predict ARGS`: from an ONNX export here, without torch; from anything else, as `emo fit`'s CLI does."""
+    exported = exported_version(args)
+    if exported:
+        return predict(args, exported)
+    from emo.fit import main as lightning_main
+
+    lightning_main(args)
+
+
 def predict(args: list[str], model_uri: str) -> None:
     """`emo predict` with the exported version `model_uri` (`args` as `emo predict` takes them)."""
     given = predict_settings(args[1:])

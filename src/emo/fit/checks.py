@@ -11,8 +11,7 @@ import torch
 from emo import UserError, first_line
 from emo.calibration import classifier_output_layer
 from emo.conformal import fewest_examples
-from emo.data import check_inputs as check_data
-from emo.data import checked_names, content_digest, load_local_splits
+from emo.data import check_data_files, checked_names, content_digest, load_local_splits
 from emo.fit.checkpoint_files import LIGHTNING_PATHS, CheckpointFiles, is_checkpoint_file
 from emo.fit.resume import hpc_checkpoint
 from emo.hub import check_model_folder, max_positions
@@ -71,7 +70,7 @@ def optimizer_problem(config) -> str | None:
 def check_inputs(files: CheckpointFiles, subcommand: str, config) -> None:
     """Data files, the model folder and the checkpoint file, read and checked before any of them is used."""
     data_dir = config.data.data_dir if subcommand != "predict" else None
-    check_data(data_dir, config.data.predict_file, subcommand, config.data.labels, config.data.get("drop_leaks"))
+    check_data_files(data_dir, config.data.predict_file, subcommand, config.data.labels, config.data.get("drop_leaks"))
     check_model_folder(config.model.model_name_or_path)
     positions = max_positions(config.model.model_name_or_path)
     if positions and config.data.max_length > positions:

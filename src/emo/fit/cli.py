@@ -18,7 +18,6 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from emo import UserError, first_line
 from emo.data import EmotionDataModule
-from emo.fit.calibration import Calibration
 from emo.fit.checkpoint_files import CheckpointFiles, CheckpointFilesIO, is_checkpoint_file
 from emo.fit.checks import (
     check_audit,
@@ -44,6 +43,7 @@ from emo.fit.registration import Registry
 from emo.fit.resume import RunRecord, hpc_checkpoint, kept_state_as_saved, plan_resume, remove_hpc_checkpoints
 from emo.fit.step_seeds import StepSeeds
 from emo.fit.teachers import prepare_teachers, record_teachers
+from emo.fit.temperature import Calibration
 from emo.hardware import fast_precision
 from emo.model import EmotionClassifier
 from emo.optim import DEFAULT_LR_SCHEDULER, DEFAULT_OPTIMIZER

@@ -24,11 +24,11 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from emo.fit.calibration import Calibration, calibrate, record_test_calibration
 from emo.fit.checkpoint_files import CheckpointFiles
 from emo.fit.heldout import record_heldout
 from emo.fit.prediction_sets import Conformal, fit_prediction_sets, record_test_sets
 from emo.fit.registration import Registry, log_and_register
+from emo.fit.temperature import Calibration, calibrate, record_test_calibration
 from emo.inference import loader_probabilities
 from emo.model import CALIBRATION_KEY
 from emo.spec import KEPT_STEP_TAG

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only, no display
+matplotlib.use("Agg")  # Optuna draws its plots with pyplot: files only, no display (emo's own figures need no backend)
 
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402

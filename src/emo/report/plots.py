@@ -2,12 +2,8 @@
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # drawn into files: no pyplot, no backend, nothing to close
 
 from emo.spec import TRAIN_LOSS  # noqa: E402
 
@@ -19,7 +15,8 @@ def as_number(values: pd.Series) -> pd.Series:
 
 def plot_metric_vs_params(runs: pd.DataFrame, params: list[str], metric: str, path: Path) -> None:
     columns = max(len(params), 1)
-    figure, axes = plt.subplots(1, columns, figsize=(max(6.0, 4.5 * columns), 4.0), squeeze=False)
+    figure = Figure(figsize=(max(6.0, 4.5 * columns), 4.0))
+    axes = figure.subplots(1, columns, squeeze=False)
     for ax, param in zip(axes[0], params, strict=False):
         x = as_number(runs[f"params.{param}"])
         ax.scatter(x, runs[f"best.{metric}"], c=["tab:red" if s == "PRUNED" else "tab:blue" for s in runs["status"]])
@@ -31,11 +28,11 @@ def plot_metric_vs_params(runs: pd.DataFrame, params: list[str], metric: str, pa
     figure.suptitle(f"{metric} per swept hyperparameter (red: pruned)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def plot_learning_curves(client, runs: pd.DataFrame, metric: str, path: Path) -> None:
-    figure, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    train_ax, val_ax = figure.subplots(1, 2)
     for _, run in runs.iterrows():
         label = run["run_name"]
         for ax, name in ((train_ax, TRAIN_LOSS), (val_ax, metric)):
@@ -50,4 +47,3 @@ def plot_learning_curves(client, runs: pd.DataFrame, metric: str, path: Path) ->
     val_ax.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)

@@ -14,7 +14,6 @@ import sys
 import threading
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import mlflow
 from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 from lightning.pytorch import Trainer
@@ -236,8 +235,7 @@ class JournalLogger(MLFlowLogger):
     @rank_zero_only
     def record_figure(self, figure, artifact_file: str) -> None:
         path = self.artifact_file(artifact_file)
-        figure.savefig(path)
-        plt.close(figure)
+        figure.savefig(path)  # a matplotlib Figure, never pyplot's: nothing to close
         self.record_file(path, os.path.dirname(artifact_file) or None)
 
     @rank_zero_only
