@@ -13,12 +13,13 @@ run's experiment; its params are the settings, its metrics the parity and the ma
 name the source.
 """
 
+import dataclasses
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import mlflow
 import numpy as np
@@ -83,20 +84,21 @@ def export(
         raise UserError(
             f"--model {model}: already an ONNX export (of {version.tags[EXPORT_SOURCE_TAG]}); export its source"
         )
-    params = run.data.params
-    test_dir = Path(data_dir or params.get("data.data_dir") or "")
-    if not (data_dir or params.get("data.data_dir")) or not test_dir.is_dir():
-        raise UserError(
-            f"--data_dir {test_dir if str(test_dir) != '.' else ''}: no folder with the test split "
-            "(the source run's data.data_dir is not here); give one with --data_dir"
-        )
-    max_length = int(params.get("data.max_length", DEFAULT_MAX_LENGTH))
+    test_dir = test_folder(data_dir, run.data.params)
+    settings = {
+        "source": source.pinned,
+        "quantize": quantize,
+        "max_length": int(run.data.params.get("data.max_length", DEFAULT_MAX_LENGTH)),
+        "data_dir": str(test_dir),
+        "top_label_map": top_label_map,
+    }
+    name = registered_model_name or f"{source.name}-onnx"
     with tempfile.TemporaryDirectory(prefix="emo-export-") as folder:
         folder = Path(folder)
         model_dir, tokenizer_dir = download_model(source, tracking_uri, folder / "source")
         print(f"Exporting {source.pinned} (run {source.run_id}) to ONNX, {'int8' if quantize == 'int8' else 'fp32'}")
         graph, bundle, labels, source_probabilities, texts, ids = build(
-            model_dir, tokenizer_dir, folder, quantize, max_length, test_dir
+            model_dir, tokenizer_dir, folder, quantize, settings["max_length"], test_dir
         )
         classifier = OnnxTextClassifier().load(graph, bundle)
         exported = classifier.probabilities(texts)
@@ -110,19 +112,22 @@ def export(
         mapped, diagram = (
             fit_served_map(classifier, bundle, test_dir, labels, exported, ids) if top_label_map else ({}, None)
         )
-        name = registered_model_name or f"{source.name}-onnx"
-        settings = {
-            "source": source.pinned,
-            "quantize": quantize,
-            "max_length": max_length,
-            "data_dir": str(test_dir),
-            "top_label_map": top_label_map,
-        }
+        built = Export(source, version, graph, bundle, settings, parity, mapped, diagram)
         with tracking_store(tracking_uri):
-            registered = log_and_register(
-                run.info.experiment_id, source, version, graph, bundle, labels, settings, parity, name, mapped, diagram
-            )
+            run_id, model_uri = log_export(run.info.experiment_id, built)
+            registered = register_export(built, model_uri, run_id, name)
     print(f"Registered {name!r} version {registered.version} ({parity.summary()}): models:/{name}/{registered.version}")
+
+
+def test_folder(data_dir: str | None, params: dict) -> Path:
+    """The folder with the test split: `--data_dir`, else the source run's `data.data_dir` where it is here."""
+    given = data_dir or params.get("data.data_dir")
+    if not given or not Path(given).is_dir():
+        raise UserError(
+            f"--data_dir {given or ''}: no folder with the test split "
+            "(the source run's data.data_dir is not here); give one with --data_dir"
+        )
+    return Path(given)
 
 
 def build(model_dir: Path, tokenizer_dir: Path, folder: Path, quantize: str, max_length: int, test_dir: Path):
@@ -199,74 +204,85 @@ def requirements() -> list[str]:
     ]
 
 
-def log_and_register(
-    experiment_id,
-    source,
-    version,
-    graph: Path,
-    bundle: Path,
-    labels,
-    settings: dict,
-    parity: Parity,
-    name: str,
-    mapped: dict[str, float],
-    diagram,
-):
-    """The export run (params: settings; metrics: parity, the top-label map's figures) with the served model,
-    registered as a version of `name`."""
-    run_name = f"export-{source.name}-v{source.version}-{'int8' if settings['quantize'] == 'int8' else 'fp32'}"
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """What an export made, before it is logged: its registered `source` (and that `version`), the `graph` file and
+    the tokenizer `bundle` the served code reads, the `settings` (its params), the `parity` with the source, and the
+    top-label map's figures (`mapped`, empty without a map) and reliability `diagram`."""
+
+    source: Any
+    version: Any
+    graph: Path
+    bundle: Path
+    settings: dict
+    parity: Parity
+    mapped: dict[str, float]
+    diagram: Any
+
+    @property
+    def kind(self) -> str:
+        return "int8" if self.settings["quantize"] == "int8" else "fp32"
+
+
+def log_export(experiment_id: str, built: Export) -> tuple[str, str]:
+    """The export run (params: settings; metrics: parity, the top-label map's figures) with the served model; its id
+    and the model's URI."""
+    run_name = f"export-{built.source.name}-v{built.source.version}-{built.kind}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tags(
             {
-                EXPORT_SOURCE_TAG: source.pinned,
-                QUANTIZE_TAG: settings["quantize"],
-                EXPORT_SOURCE_RUN_TAG: source.run_id,
+                EXPORT_SOURCE_TAG: built.source.pinned,
+                QUANTIZE_TAG: built.settings["quantize"],
+                EXPORT_SOURCE_RUN_TAG: built.source.run_id,
             }
         )
-        mlflow.log_params({f"export.{key}": value for key, value in settings.items()})
-        mlflow.log_metrics(parity.metrics() | mapped)
-        if diagram is not None:
-            mlflow.log_figure(diagram, RELIABILITY_ARTIFACT)
+        mlflow.log_params({f"export.{key}": value for key, value in built.settings.items()})
+        mlflow.log_metrics(built.parity.metrics() | built.mapped)
+        if built.diagram is not None:
+            mlflow.log_figure(built.diagram, RELIABILITY_ARTIFACT)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(SERVED_CODE),
-            artifacts={"model": str(graph), "tokenizer": str(bundle)},
+            artifacts={"model": str(built.graph), "tokenizer": str(built.bundle)},
             code_paths=[str(SETS_CODE)],  # the served code's prediction sets, imported beside it
             # no signature: the served code's type hints are one (texts in, one answer per text out), which spares
             # MLflow a DataFrame per call; a null or a number reaches the model, which refuses it with a message
             input_example=INPUT_EXAMPLE,
             pip_requirements=requirements(),
         )
-    client = mlflow.MlflowClient()
-    registered = mlflow.register_model(info.model_uri, name)
+    return run.info.run_id, info.model_uri
+
+
+def register_export(built: Export, model_uri: str, run_id: str, name: str):
+    """The logged export as the next version of `name`: tagged with its source, kind, parity, map and the source's
+    temperature, and described in one paragraph."""
+    registered = mlflow.register_model(model_uri, name)
     tags = {
-        EXPORT_SOURCE_TAG: source.pinned,
-        QUANTIZE_TAG: settings["quantize"],
-        **{k: f"{v:.6g}" for k, v in parity.metrics().items()},
+        EXPORT_SOURCE_TAG: built.source.pinned,
+        QUANTIZE_TAG: built.settings["quantize"],
+        **{k: f"{v:.6g}" for k, v in built.parity.metrics().items()},
     }
+    mapped = built.mapped
     if mapped:
         tags[TOP_LABEL_MAP_TAG] = str(int(mapped["top_label_map/examples"]))
         tags["top_label_map/test_after_ece"] = f"{mapped['top_label_map/test_after_ece']:.6g}"
-    if TEMPERATURE_TAG in version.tags:
-        tags[TEMPERATURE_TAG] = version.tags[TEMPERATURE_TAG]
+    if TEMPERATURE_TAG in built.version.tags:
+        tags[TEMPERATURE_TAG] = built.version.tags[TEMPERATURE_TAG]
+    client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, registered.version, key, value)
-    kind = "int8 (dynamic quantization)" if settings["quantize"] == "int8" else "fp32"
-    client.update_model_version(
-        name,
-        registered.version,
-        description=(
-            f"ONNX export ({kind}) of {source.pinned} by run {run.info.run_id}, served without torch by onnxruntime. "
-            f"Parity {parity.summary()}."
-            + (
-                f" Served through a top-label map fitted on {int(mapped['top_label_map/examples'])} validation "
-                f"examples: test ECE {mapped['top_label_map/test_before_ece']:.4f} -> "
-                f"{mapped['top_label_map/test_after_ece']:.4f}."
-                if mapped
-                else ""
-            )
-        ),
+    kind = "int8 (dynamic quantization)" if built.kind == "int8" else "fp32"
+    description = (
+        f"ONNX export ({kind}) of {built.source.pinned} by run {run_id}, served without torch by onnxruntime. "
+        f"Parity {built.parity.summary()}."
     )
+    if mapped:
+        description += (
+            f" Served through a top-label map fitted on {int(mapped['top_label_map/examples'])} validation "
+            f"examples: test ECE {mapped['top_label_map/test_before_ece']:.4f} -> "
+            f"{mapped['top_label_map/test_after_ece']:.4f}."
+        )
+    client.update_model_version(name, registered.version, description=description)
     return registered
 
 
