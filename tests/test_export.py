@@ -22,6 +22,7 @@ from emo.store.registry import log_transformers_model, register, tracking_store
 from helpers.data import DATA_DIR, ROOT
 from helpers.processes import run_emo
 from helpers.server import served_model
+from helpers.serving import train_tiny_classifier
 
 NAME = "emotion-export-test"
 MAP_EXAMPLES = 1200  # the validation examples of the test exports' top-label map
@@ -38,28 +39,9 @@ def source(tiny_model_dir, small_data_dir, mlflow_server):
     """Version 1 of NAME: the tiny BERT trained for a few steps on the small data, logged and registered by emo.store.
 
     Its labels are the data's, in order of appearance: nothing here knows the six CARER names."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     texts, labels = examples(small_data_dir, "train")
     names = list(dict.fromkeys(labels + examples(small_data_dir, "test")[1]))
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model_dir,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for step in range(40):  # enough to leave the uniform guess: the probabilities differ from class to class
-        rows = slice(step * 15 % len(texts), step * 15 % len(texts) + 15)
-        batch = tokenizer(texts[rows], truncation=True, max_length=128, padding=True, return_tensors="pt")
-        loss = model(**batch, labels=torch.tensor([names.index(label) for label in labels[rows]])).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
+    model, tokenizer = train_tiny_classifier(tiny_model_dir, texts, labels, names)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         # No process-wide MLflow state (set_experiment, set_tracking_uri) left for the tests after this one.

@@ -21,35 +21,43 @@ from .server import free_port, wait_for_http
 HOLD_FOLDER = "EMO_TEST_HOLD_FOLDER"  # where HoldForward writes `reached-<n>` and waits for `open`
 
 
-def register_tiny_classifier(tracking_uri: str, name: str, model_dir: Path, data_dir: Path) -> None:
-    """Version 1 of `name`: the tiny BERT trained for a few steps on the small data, so that its probabilities differ
-    from text to text, logged (transformers flavor) and registered as emo registers a fit's model."""
-    import mlflow
+def train_tiny_classifier(model_dir: Path, texts: list[str], labels: list[str], names: list[str]):
+    """The tiny BERT with a head for `names`, trained for 40 steps of 15 texts (seeded, the caller's random state left
+    as it was): enough to leave the uniform guess, so that its probabilities differ from text to text. In eval mode."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from emo.data.fetch import CARER_LABELS
-    from emo.store.registry import log_transformers_model, register, tracking_store
-
-    rows = [line.rsplit(";", 1) for line in (data_dir / "train.txt").read_text().splitlines() if line.strip()]
-    texts, labels = [text for text, _ in rows], [CARER_LABELS.index(label) for _, label in rows]
     with torch.random.fork_rng():
         torch.manual_seed(0)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir,
-            num_labels=len(CARER_LABELS),
-            id2label=dict(enumerate(CARER_LABELS)),
-            label2id={label: i for i, label in enumerate(CARER_LABELS)},
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={label: i for i, label in enumerate(names)},
         )
         optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
         for step in range(40):
             rows = slice(step * 15 % len(texts), step * 15 % len(texts) + 15)
             batch = tokenizer(texts[rows], truncation=True, max_length=128, padding=True, return_tensors="pt")
-            model(**batch, labels=torch.tensor(labels[rows])).loss.backward()
+            model(**batch, labels=torch.tensor([names.index(label) for label in labels[rows]])).loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-    model.eval()
+    return model.eval(), tokenizer
+
+
+def register_tiny_classifier(tracking_uri: str, name: str, model_dir: Path, data_dir: Path) -> None:
+    """Version 1 of `name`: the tiny BERT trained for a few steps on the small data, so that its probabilities differ
+    from text to text, logged (transformers flavor) and registered as emo registers a fit's model."""
+    import mlflow
+
+    from emo.data.fetch import CARER_LABELS
+    from emo.store.registry import log_transformers_model, register, tracking_store
+
+    rows = [line.rsplit(";", 1) for line in (data_dir / "train.txt").read_text().splitlines() if line.strip()]
+    model, tokenizer = train_tiny_classifier(
+        model_dir, [text for text, _ in rows], [label for _, label in rows], CARER_LABELS
+    )
     client = mlflow.MlflowClient(tracking_uri)
     run_id = client.create_run(client.create_experiment(f"{name}-test")).info.run_id
     client.log_param(run_id, "data.data_dir", str(data_dir))
