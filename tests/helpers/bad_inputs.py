@@ -57,6 +57,14 @@ def data_with(ctx: Context, name: str, content: bytes | None) -> Path:
     return folder
 
 
+def validation_without(ctx: Context, label: str) -> Path:
+    """The good data folder whose validation split has no example of `label`."""
+    lines = (ctx.data_dir / "val.txt").read_text().splitlines(keepends=True)
+    return data_with(
+        ctx, "val.txt", "".join(line for line in lines if line.strip().rpartition(";")[2] != label).encode()
+    )
+
+
 def every_training_text_in_validation(ctx: Context) -> Path:
     """The good data folder with its training examples as the validation split too."""
     return data_with(ctx, "val.txt", (ctx.data_dir / "train.txt").read_bytes())
@@ -398,6 +406,23 @@ CASES = [
                 command="predict",
             )
         ),
+    ),
+    # prediction sets
+    Case(
+        "alpha of the sets outside (0, 1)",
+        "--conformal.alpha: Not of type OpenUnitInterval",
+        plain(lambda c: fit(c, "--conformal.alpha", "1.5")),
+        status=2,
+    ),
+    Case(
+        "too few validation examples for the alpha of the sets",
+        "validation examples are too few for prediction sets at this alpha (at least 999",
+        plain(lambda c: fit(c, "--conformal.alpha", "0.001")),
+    ),
+    Case(
+        "a class absent from validation with class-conditional sets",
+        "--conformal.class_conditional: no validation example of surprise",
+        lambda c: (fit(c, "--conformal.class_conditional", "true", data=validation_without(c, "surprise")), {}),
     ),
     # teachers (distillation)
     Case(
