@@ -8,7 +8,6 @@ The same command line as `emo predict` (config files, `--data.predict_file`, `--
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import yaml
@@ -50,18 +49,28 @@ def exported_version(args: list[str]) -> str | None:
 
 def predict_settings(args: list[str]):
     """The command line as `emo predict` reads it (config files merged left to right, `--section.key value` over them),
-    parsed by jsonargparse without the Lightning CLI's classes, which load torch: each section the command line and
-    its config files name is read as a dict; only `data` and `prediction` are used here."""
+    parsed by jsonargparse without the Lightning CLI's classes, which load torch: `data` and `prediction` as dicts,
+    every other section the command line and its config files name as given (unused)."""
     parser = OneLineParser(prog="emo predict")
     parser.add_argument("--config", action=ActionConfigFile)
     names = {arg.split("=", 1)[0][2:] for arg in args if arg.startswith("--")} - {"config"}
     for flag, value in zip(args, args[1:], strict=False):
         if flag in ("--config", "-c") and Path(value).is_file():
             names |= set(yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {})
-    for name in sorted({name.split(".", 1)[0] for name in names}):
-        nested = any(other.startswith(f"{name}.") for other in names) or name in ("data", "prediction")
-        parser.add_argument(f"--{name}", type=dict if nested else Any, default={} if nested else None)
+    for name in sorted({name.split(".", 1)[0] for name in names} | set(USED_SECTIONS)):
+        if name in USED_SECTIONS:
+            parser.add_argument(f"--{name}", type=dict, default={})
+        else:  # read, never used: a callable type, so that jsonargparse imports no class_path in it (torch)
+            parser.add_argument(f"--{name}", type=as_given, default=None)
     return parser.parse_args(args)
+
+
+USED_SECTIONS = ("data", "prediction")
+
+
+def as_given(value):
+    """A section `emo predict` of an export does not use, as given."""
+    return value
 
 
 def read_texts(predict_file: str | None) -> list[str]:
