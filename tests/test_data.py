@@ -514,8 +514,8 @@ def test_check_inputs_fills_the_cache_that_training_loads(data_dir, tmp_path, mo
     assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.arrow")} == written
 
 
-def test_an_exported_dataset_reads_back_as_the_same_examples(tmp_path):
-    from emo.data.fetch import data_digest, export
+def test_written_splits_read_back_as_the_same_examples(tmp_path):
+    from emo.data.fetch import data_digest, write_splits
 
     texts = {
         "train": ["i feel fine; really", "ça va très bien", "so angry"],
@@ -530,7 +530,7 @@ def test_an_exported_dataset_reads_back_as_the_same_examples(tmp_path):
         split: datasets.Dataset.from_dict({"text": texts[split], "label": labels[split]}, features=features)
         for split in texts
     }
-    export(built, tmp_path / "emotion")
+    write_splits(built, tmp_path / "emotion")
     assert (tmp_path / "emotion" / "val.txt").read_text() == "i am sad;sadness\n"  # the authors' format
     read = load_local_splits(str(tmp_path / "emotion"))  # the classes from the dataset_info.json written beside
     assert read["train"].features["label"].names == list(CARER_LABELS)
