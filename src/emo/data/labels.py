@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 
+from emo import first_line
 from emo.data.formats import DataFormatError, json_type, read_text
 
 GIVEN = "--data.labels"  # names given on the command line or in a config
@@ -50,7 +51,7 @@ def info_names(data_dir: str) -> list[str] | None:
     try:
         info = datasets.DatasetInfo.from_dict(record)  # what DatasetInfo.from_directory does once the JSON is read
     except (ValueError, TypeError, AttributeError, KeyError) as error:
-        raise DataFormatError(f"{path}: not a datasets DatasetInfo ({str(error).splitlines()[0][:200]})") from None
+        raise DataFormatError(f"{path}: not a datasets DatasetInfo ({first_line(error, limit=200)})") from None
     label = (info.features or {}).get("label")
     if not isinstance(label, datasets.ClassLabel):
         raise DataFormatError(
