@@ -31,7 +31,11 @@ GRAPH_FILE = "model.onnx"  # logged as artifacts/model.onnx, beside artifacts/to
 SETTINGS_FILE = "classifier.json"  # labels (in id order), max_length, pad_id; the top-label map if fitted
 TOP_LABEL_MAP = "top_label_map"  # its key in SETTINGS_FILE: {"confidence": [...], "calibrated": [...]}
 PREDICTION_SETS = "prediction_sets"  # its key in SETTINGS_FILE: the thresholds of the source's sets (emo.conformal)
-BATCH_SIZE = 64  # texts per forward pass, sorted by length so that a batch holds texts of similar length
+BATCH_SIZE = 64  # texts per forward pass, at most
+# What a forward pass costs beyond its tokens, in tokens: texts are grouped into passes of similar length so that the
+# sum of (PASS_TOKENS + texts x longest) is least. Random batches of 16 CARER texts: 186 texts/s as one padded pass,
+# 243 one text at a time, 300-307 grouped with 16-64 here (docs/speed.md).
+PASS_TOKENS = 16
 
 
 class NotTexts(ValueError):
@@ -94,6 +98,26 @@ def answers(labels: Sequence[str], probabilities: np.ndarray, sets: list[list[in
     return rows
 
 
+def passes(lengths: Sequence[int], most: int, pass_tokens: int = PASS_TOKENS) -> list[np.ndarray]:
+    """The indices of `lengths` (texts' token counts) grouped into forward passes of at most `most` texts: sorted by
+    length and cut where the total cost, the sum over passes of `pass_tokens` + texts x longest, is least (exact,
+    by dynamic programming over the sorted lengths)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    ordered = np.asarray(lengths)[order]
+    cost = np.zeros(len(order) + 1)  # cost[j]: the least cost of the first j sorted texts
+    start = np.zeros(len(order) + 1, dtype=np.int64)  # where the last pass of that least cost starts
+    for j in range(1, len(order) + 1):
+        first = np.arange(max(0, j - most), j)  # a pass holding texts first..j-1, padded to ordered[j - 1]
+        total = cost[first] + pass_tokens + (j - first) * ordered[j - 1]
+        best = int(total.argmin())
+        cost[j], start[j] = total[best], first[best]
+    groups, j = [], len(order)
+    while j:
+        groups.append(order[start[j] : j])
+        j = start[j]
+    return groups[::-1]
+
+
 class OnnxTextClassifier:
     """Texts to class probabilities with an exported encoder classifier, `load`ed from the export's files."""
 
@@ -122,18 +146,17 @@ class OnnxTextClassifier:
         return self
 
     def probabilities(self, texts: Sequence[str], batch_size: int = BATCH_SIZE, calibrated: bool = True) -> np.ndarray:
-        """One row of class probabilities per text, in the texts' order (computed in batches of similar length);
-        through the export's top-label map when it has one, unless not `calibrated`."""
+        """One row of class probabilities per text, in the texts' order (computed in passes of similar length, at
+        most `batch_size` texts each: `passes`); through the export's top-label map when it has one, unless not
+        `calibrated`."""
         if len(texts) == 1:  # a single text: no sorting, no padding
             ids = np.array([self.tokenizer.encode(texts[0]).ids], dtype=np.int64)
             result = self.forward(ids, np.ones_like(ids))
         else:
             encoded = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
             lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-            order = np.argsort(lengths, kind="stable")
             result = np.empty((len(texts), len(self.labels)), dtype=np.float64)
-            for start in range(0, len(texts), batch_size):
-                rows = order[start : start + batch_size]
+            for rows in passes(lengths, batch_size):
                 width = int(lengths[rows].max())
                 input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
                 for row, i in enumerate(rows.tolist()):
