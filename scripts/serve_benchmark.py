@@ -7,7 +7,7 @@
 
 In process first (this process, nothing else running): the export's own `predict` (`mlflow.pyfunc.load_model`)
 and its bare graph (onnxruntime and `tokenizers`, nothing else: the limit), one text at a time and in batches of
-32 of similar length. Then each server in turn, alone, on 127.0.0.1: the transformers flavor and the export under
+32 of similar length, in --rounds interleaved rounds (the median round counts). Then each server in turn, alone, on 127.0.0.1: the transformers flavor and the export under
 `mlflow models serve`, the export under `emo serve` (and, with --mlserver_python, under MLServer's MLflow runtime,
 `mlserver start`;
 with --emo_serve_variants, `emo serve` with other batching settings). Each server takes 1, 4 and 16 concurrent
@@ -151,16 +151,6 @@ def mlserver(uri: str, log: Path, python: str):
         server.wait(timeout=120)
 
 
-def timed_calls(call, jobs: list[list[str]]) -> dict:
-    latencies = []
-    start = time.perf_counter()
-    for texts in jobs:
-        began = time.perf_counter()
-        call(texts)
-        latencies.append(time.perf_counter() - began)
-    return figures(time.perf_counter() - start, sum(map(len, jobs)), latencies)
-
-
 def bare_graph(folder: Path, threads: int):
     """The export's graph and tokenizer, nothing else: texts to logits, padded to the longest."""
     import numpy as np
@@ -185,8 +175,10 @@ def bare_graph(folder: Path, threads: int):
     return run
 
 
-def in_process(export_uri: str, texts: list[str], singles: int, folder: Path) -> dict:
-    """The export's predict and its bare graph, single texts and length-sorted batches of 32 of `texts`."""
+def in_process(export_uri: str, texts: list[str], singles: int, folder: Path, rounds: int) -> dict:
+    """The export's predict and its bare graph, single texts and length-sorted batches of 32 of `texts`: each in
+    turn, `rounds` times over (on a shared machine the speed drifts over minutes; interleaved, every way meets the
+    same drift), the median round's texts/s and the latencies of all rounds."""
     import mlflow
 
     model = mlflow.pyfunc.load_model(export_uri)
@@ -194,17 +186,33 @@ def in_process(export_uri: str, texts: list[str], singles: int, folder: Path) ->
     single = [[text] for text in texts[:singles]]
     ordered = sorted(texts, key=len)
     batches = [ordered[i : i + BATCH] for i in range(0, len(ordered), BATCH)]
-    result = {}
-    for name, call in (
+    calls = (
         ("export predict", model.predict),
         ("bare graph, 1 thread", bare_graph(path / "artifacts", 1)),
         ("bare graph, 2 threads", bare_graph(path / "artifacts", 2)),
-    ):
-        for kind, jobs in (("single", single), ("batch", batches)):
-            call(jobs[0])  # warm-up
-            result[f"{name}/{kind}"] = timed_calls(call, jobs)
-            print(f"{name}, {kind}: {json.dumps(result[f'{name}/{kind}'])}", flush=True)
+    )
+    seconds, latencies = {}, {}
+    for _ in range(rounds):
+        for name, call in calls:
+            for kind, jobs in (("single", single), ("batch", batches)):
+                call(jobs[0])  # warm-up
+                began = time.perf_counter()
+                timed = [time_call(call, texts) for texts in jobs]
+                seconds.setdefault(f"{name}/{kind}", []).append(time.perf_counter() - began)
+                latencies.setdefault(f"{name}/{kind}", []).extend(timed)
+    result = {}
+    for key, rounds_s in seconds.items():
+        texts_sent = len(single) if key.endswith("single") else len(texts)
+        result[key] = figures(statistics.median(rounds_s), texts_sent, latencies[key])
+        result[key]["rounds_texts_per_s"] = [texts_sent / s for s in rounds_s]
+        print(f"{key}: {json.dumps(result[key])}", flush=True)
     return result
+
+
+def time_call(call, texts: list[str]) -> float:
+    began = time.perf_counter()
+    call(texts)
+    return time.perf_counter() - began
 
 
 def predict_wall(uri: str, texts_file: Path, folder: Path) -> float:
@@ -244,9 +252,10 @@ def tables(measured: dict) -> str:
                     f"{f['p50_ms']:.1f}/{f['p99_ms']:.0f}"
                 )
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| in process | texts/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+    lines += ["", "| in process | texts/s (median round) | each round | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for name, f in inside.items():
-        lines.append(f"| {name} | {f['texts_per_s']:.0f} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} |")
+        each = ", ".join(f"{r:.0f}" for r in f.get("rounds_texts_per_s", ()))
+        lines.append(f"| {name} | {f['texts_per_s']:.0f} | {each} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} |")
     if "soak" in measured:
         s = measured["soak"]
         lines += ["", f"emo serve RSS: {s['before_gib']:.3f} GiB before, {s['after_gib']:.3f} GiB after {s['requests']} "
@@ -264,6 +273,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=2000, help="test texts sent in batches of 32 per load")
     parser.add_argument("--requests", type=int, default=400, help="single-text requests per load")
     parser.add_argument("--singles", type=int, default=400, help="single texts in process")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the in-process figures, interleaved")
     parser.add_argument("--soak", type=int, default=10_000, help="single-text requests to emo serve before its RSS")
     parser.add_argument("--mlserver_python", help="the python of an environment with mlserver and mlserver-mlflow")
     parser.add_argument("--emo_serve_variants", nargs="*", default=[], help='more `emo serve` settings to load, each '
@@ -278,7 +288,7 @@ def main() -> None:
     measured = {"load_average_at_start": os.getloadavg(), "servers": {}}
     with tempfile.TemporaryDirectory(prefix="serve-benchmark-") as folder:
         folder = Path(folder)
-        measured["in_process"] = in_process(args.export, texts, args.singles, folder)
+        measured["in_process"] = in_process(args.export, texts, args.singles, folder, args.rounds)
         servers = [
             ("transformers, mlflow models serve", lambda log: served_model(args.source, log, timeout_s=600)),
             ("export, mlflow models serve", lambda log: served_model(args.export, log, timeout_s=600)),

@@ -40,7 +40,7 @@ def serve(
     host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1",
     port: int = 5001,
     max_batch_size: int = 32,
-    batch_wait_ms: float = 2.0,
+    batch_wait_ms: float = 1.0,
     max_queue: int = 256,
     threads: int = 0,
     max_texts: int = Limits.max_texts,
