@@ -55,10 +55,11 @@ def serve(
             export, or one line that says to make one; torch: the version itself.
         host: 127.0.0.1 answers this machine only; 0.0.0.0 (or ::) every network, with no authentication.
         port: The port, 1024 to 65535.
-        max_batch_size: Requests whose texts share one forward pass, at most.
+        max_batch_size: Requests taken together, at most (their texts cut into forward passes of similar length).
         batch_wait_ms: How long a request waits for others to share its forward pass, at most (milliseconds).
         max_queue: Requests accepted and not yet answered, at most; one more is answered 503 at once.
-        threads: The model's threads for one forward pass; 0: the runtime's default (one per core).
+        threads: An export's forward passes run at once, each on one thread (a torch version: torch's threads); 0: one
+            per core.
         max_texts: Texts in one request, at most; more is a 400.
         max_text_chars: Characters in one text, at most; more is a 400. Texts are read up to the model's max_length
             tokens, the rest cut, as in training and emo predict.

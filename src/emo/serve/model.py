@@ -46,7 +46,8 @@ class ServedModel:
 
     def load(self, threads: int = 0):
         """The classifier, ready: `probabilities(texts)` gives one row of class probabilities per text, in order.
-        `threads`: for one forward pass (0: the runtime's default, one per core)."""
+        `threads`: an export's forward passes run at once, each on one thread, or torch's threads (0: one per
+        core)."""
         if self.kind == "onnx":
             artifacts = Path(self.folder) / "artifacts"
             return OnnxTextClassifier().load(artifacts / GRAPH_FILE, artifacts / "tokenizer", threads)

@@ -25,9 +25,9 @@ class TextClassifierAPI(LitAPI):
     Args:
         model: The downloaded version (`emo.serve.model.ServedModel`), loaded in the worker.
         protocol: The HTTP side (`emo.serve.protocol.ScoringProtocol`).
-        max_batch_size: Requests in one forward pass, at most.
+        max_batch_size: Requests taken together, at most.
         batch_wait_ms: How long the first request of a batch waits for others, at most.
-        threads: The model's threads for one forward pass (0: the runtime's default, one per core).
+        threads: An export's forward passes run at once, each on one thread (torch: its threads); 0: one per core.
     """
 
     def __init__(
