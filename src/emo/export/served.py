@@ -131,7 +131,7 @@ class OnnxTextClassifier:
     def load(self, model_file: Path, tokenizer_dir: Path, threads: int = 0) -> "OnnxTextClassifier":
         """`threads`: forward passes run at once, each on one thread (0: one per core). On two cores, passes side by
         side beat one pass spread over both cores: 1.3-1.4x the texts/s for a random batch of 16 and for 2,000 texts,
-        and one text alone is as fast or faster on one thread (docs/speed.md)."""
+        and one text alone about as fast on one thread as on two (159-189 against 163-188 texts/s; docs/speed.md)."""
         import onnxruntime
         from tokenizers import Tokenizer
 
