@@ -154,8 +154,8 @@ class OnnxTextClassifier:
 
     def probabilities(self, texts: Sequence[str], batch_size: int = BATCH_SIZE, calibrated: bool = True) -> np.ndarray:
         """One row of class probabilities per text, in the texts' order (computed in passes of similar length, at
-        most `batch_size` texts each, `passes`, run side by side); through the export's top-label map when it has one, unless not
-        `calibrated`."""
+        most `batch_size` texts each, `passes`, run side by side); through the export's top-label map when it has
+        one, unless not `calibrated`."""
         if len(texts) == 1:  # a single text: no sorting, no padding
             ids = np.array([self.tokenizer.encode(texts[0]).ids], dtype=np.int64)
             result = self.forward(ids, np.ones_like(ids))
