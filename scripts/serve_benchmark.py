@@ -7,10 +7,10 @@
 
 In process first (this process, nothing else running): the export's own `predict` (`mlflow.pyfunc.load_model`)
 and its bare graph (onnxruntime and `tokenizers`, nothing else: the limit), one text at a time and in batches of
-32 of similar length, in --rounds interleaved rounds (the median round counts). Then each server in turn, alone, on 127.0.0.1: the transformers flavor and the export under
-`mlflow models serve`, the export under `emo serve` (and, with --mlserver_python, under MLServer's MLflow runtime,
-`mlserver start`;
-with --emo_serve_variants, `emo serve` with other batching settings). Each server takes 1, 4 and 16 concurrent
+32 of similar length, in --rounds interleaved rounds (the median round counts). Then each server in turn, alone, on
+127.0.0.1: the transformers flavor and the export under `mlflow models serve`, the export under `emo serve` (and,
+with --mlserver_python, under MLServer's MLflow runtime, `mlserver start`; with --emo_serve_variants, `emo serve`
+with other batching settings). Each server takes 1, 4 and 16 concurrent
 clients (one asyncio loop, keep-alive connections) of single-text requests, then of batches of 32: texts/s and
 the p50 and p99 latency of a request; the RSS of the server's whole process tree after its loads. `emo serve`
 then takes --soak more single-text requests from 16 clients: its RSS before and after. Last, `emo predict` of the

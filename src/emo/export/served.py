@@ -109,8 +109,9 @@ def passes(lengths: Sequence[int], most: int, pass_tokens: int = PASS_TOKENS) ->
     """The indices of `lengths` (texts' token counts) grouped into forward passes of at most `most` texts: sorted by
     length and cut where the total cost, the sum over passes of `pass_tokens` + texts x longest, is least (exact,
     by dynamic programming over the sorted lengths)."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    ordered = np.asarray(lengths)[order]
+    lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable")
+    ordered = lengths[order]
     cost = np.zeros(len(order) + 1)  # cost[j]: the least cost of the first j sorted texts
     start = np.zeros(len(order) + 1, dtype=np.int64)  # where the last pass of that least cost starts
     for j in range(1, len(order) + 1):
